@@ -1,0 +1,248 @@
+"""The ``certbot-fanout`` command: parse, call the library, map outcomes to exit codes.
+
+Only argparse is imported at module level: ``--help`` and the deploy hook start fast, and the
+hook path never imports ``certbot`` or ``acme``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TextIO
+
+from certbot_fanout import __version__
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+HOOK_ENV = "RENEWED_LINEAGE"
+
+logger = logging.getLogger("certbot_fanout")
+
+_DESCRIPTION = """\
+Deploy a renewed Certbot certificate to every service that uses it: place its files with the
+right owner and mode, test and reload each service, then connect to it like a client and prove
+it serves the new certificate.
+
+As a deploy hook, run it bare: `certbot renew --deploy-hook certbot-fanout`; with
+$RENEWED_LINEAGE set and no sub-command it deploys that lineage.
+"""
+
+_EPILOG = """\
+exit codes (deploy): 0 every consumer placed, reloaded and verified (or none uses the
+certificate); 1 at least one consumer failed, the others were still done; 2 usage, config or
+lineage error: nothing was changed.
+"""
+
+
+def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # Sub-commands take the same options as the top level; SUPPRESS keeps a sub-command's
+    # unset option from overwriting one given before the sub-command.
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default(None),
+        help="the consumer map (default: $CERTBOT_FANOUT_CONFIG, "
+        "else /etc/certbot-fanout/consumers.yaml)",
+    )
+    parser.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        default=default("/etc/letsencrypt"),
+        help="Certbot's configuration directory (default: /etc/letsencrypt)",
+    )
+    parser.add_argument(
+        "--lock-file",
+        metavar="FILE",
+        default=default(None),
+        help="lock that keeps runs one at a time (default: /run/certbot-fanout.lock for root)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="show every placed file and what the tool does",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default(False),
+        help="log everything, with tracebacks",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="certbot-fanout",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _common_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    deploy = sub.add_parser(
+        "deploy",
+        help="deploy one lineage to its consumers",
+        description="Deploy one lineage to every consumer of it: place, test, reload, verify.",
+        epilog=_EPILOG,
+    )
+    _common_options(deploy, top=False)
+    which = deploy.add_mutually_exclusive_group()
+    which.add_argument(
+        "--cert-name", metavar="NAME", help="the lineage live/NAME under --config-dir"
+    )
+    which.add_argument(
+        "--lineage",
+        metavar="DIR",
+        help="the lineage directory itself (default: $RENEWED_LINEAGE, as set by certbot)",
+    )
+    deploy.add_argument(
+        "--dry-run", action="store_true", help="print the plan; change, run and probe nothing"
+    )
+    deploy.add_argument(
+        "--force", action="store_true", help="rewrite every file and reload every consumer"
+    )
+    deploy.add_argument("--json", action="store_true", help="print the result as JSON")
+    deploy.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=128,
+        metavar="N",
+        help="consumers handled at once (default: 128)",
+    )
+
+    demo = sub.add_parser(
+        "demo",
+        help="a self-contained demonstration (no root, no network, leaves nothing)",
+        description="Build a throwaway CA and lineage, start two loopback TLS services, renew, "
+        "and deploy with the real code path; then show a stale consumer being caught.",
+    )
+    _common_options(demo, top=False)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected at least 1")
+    return value
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    stdout: TextIO | None = None,
+) -> int:
+    """Run the command line; returns the exit code instead of exiting."""
+    env = os.environ if environ is None else environ
+    out = stdout or sys.stdout
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as e:  # argparse exits 2 on usage errors, 0 for --help/--version
+        return int(e.code or 0) if isinstance(e.code, int) else EXIT_USAGE
+
+    _setup_logging(args.verbose, args.debug)
+    if args.command is None:
+        if env.get(HOOK_ENV):
+            args = parser.parse_args([*args_list, "deploy"])
+        else:
+            parser.print_usage(sys.stderr)
+            print(
+                "certbot-fanout: error: give a sub-command (see --help); "
+                f"run bare only as a certbot deploy hook, with ${HOOK_ENV} set",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+
+    from certbot_fanout.errors import FanoutError
+
+    try:
+        if args.command == "deploy":
+            return _deploy(args, env, out)
+        if args.command == "demo":
+            from certbot_fanout.demo import run_demo
+
+            return run_demo(out)
+        raise AssertionError(f"unhandled command {args.command}")
+    except FanoutError as e:
+        print(f"certbot-fanout: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("certbot-fanout: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(
+            f"certbot-fanout: internal error: {type(e).__name__}: {e} "
+            "(run with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+
+
+def _setup_logging(verbose: bool, debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("certbot-fanout: %(levelname)s: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    from certbot_fanout.config import default_config_path, load_config
+    from certbot_fanout.deploy import DeployOptions, deploy
+    from certbot_fanout.errors import FanoutError
+    from certbot_fanout.lineage import lineage_dir, read_lineage
+    from certbot_fanout.lock import default_lock_path, run_lock
+    from certbot_fanout.report import render_json, render_text
+
+    if args.lineage:
+        live = args.lineage
+    elif args.cert_name:
+        live = lineage_dir(args.config_dir, args.cert_name)
+    elif env.get(HOOK_ENV):
+        live = env[HOOK_ENV]
+    else:
+        raise FanoutError(
+            "deploy needs a certificate: --cert-name NAME, --lineage DIR, "
+            f"or ${HOOK_ENV} (set by certbot for deploy hooks)"
+        )
+    live = os.path.abspath(live)
+    name = os.path.basename(live)
+
+    config = load_config(args.config or default_config_path(env))
+    if not config.consumers_for(name):
+        print(
+            f"certbot-fanout: no consumer in {config.source} uses certificate {name}; "
+            "nothing to do",
+            file=out,
+        )
+        return EXIT_OK
+
+    lineage = read_lineage(live)
+    options = DeployOptions(force=args.force, dry_run=args.dry_run, jobs=args.jobs)
+    if args.dry_run:
+        result = deploy(config, lineage, options)
+    else:
+        with run_lock(args.lock_file or default_lock_path()):
+            result = deploy(config, lineage, options)
+    out.write(render_json(result) if args.json else render_text(result, verbose=args.verbose))
+    out.flush()
+    return EXIT_FAILED if result.failed else EXIT_OK

@@ -1,0 +1,96 @@
+"""Running a consumer's test and reload commands: argv only, bounded in time and output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO
+
+from certbot_fanout.errors import CommandError
+
+OUTPUT_TAIL_BYTES = 4096
+_KILL_GRACE = 2.0
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    output: str
+    seconds: float
+
+
+def run_command(argv: Sequence[str], timeout: float, what: str = "command") -> CommandResult:
+    """Run ``argv`` without a shell, in its own session, and wait at most ``timeout`` seconds.
+
+    Output goes to an anonymous temporary file rather than a pipe, so that a daemon the command
+    starts (and which inherits its stdout) cannot keep us waiting for end-of-file. On timeout the
+    whole process group gets SIGTERM, then SIGKILL.
+
+    Raises:
+        CommandError: the program cannot be started, timed out, or exited non-zero. The message
+            holds the tail of its output.
+    """
+    argv = tuple(argv)
+    shown = " ".join(argv)
+    start = time.monotonic()
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except FileNotFoundError:
+            raise CommandError(f"{what} `{shown}`: program {argv[0]} not found") from None
+        except PermissionError:
+            raise CommandError(f"{what} `{shown}`: {argv[0]} is not executable") from None
+        except OSError as e:
+            raise CommandError(f"{what} `{shown}`: cannot start: {e.strerror}") from None
+        try:
+            returncode = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            tail = _tail(out)
+            raise CommandError(
+                f"{what} `{shown}` timed out after {timeout:g} s; its process group was killed"
+                + (f"; output: {tail}" if tail else "")
+            ) from None
+        seconds = time.monotonic() - start
+        output = _tail(out)
+    if returncode != 0:
+        status = f"was killed by signal {-returncode}" if returncode < 0 else f"exited {returncode}"
+        raise CommandError(f"{what} `{shown}` {status}" + (f"; output: {output}" if output else ""))
+    return CommandResult(argv, returncode, output, seconds)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(_KILL_GRACE)
+    # Whether or not the leader left, nothing it started in its group may outlive the timeout.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10.0)
+
+
+def _tail(out: IO[bytes]) -> str:
+    out.seek(0, os.SEEK_END)
+    size = out.tell()
+    out.seek(max(0, size - OUTPUT_TAIL_BYTES))
+    data: bytes = out.read()
+    text = data.decode("utf-8", "replace").strip()
+    if size > OUTPUT_TAIL_BYTES:
+        text = "..." + text
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())

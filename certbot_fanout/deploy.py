@@ -1,0 +1,342 @@
+"""Orchestration: each consumer staged, tested, reloaded and verified, all of them in parallel.
+
+One consumer's failure (or bug) becomes that consumer's result; it never stops or corrupts
+another. The side effects arrive through :class:`Effects`, so the flow can be exercised with
+stand-ins where a real resource is impossible; the defaults are the real modules.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from certbot_fanout import commands, files, probe
+from certbot_fanout.config import Config, Consumer, Endpoint, FileSpec
+from certbot_fanout.errors import CommandError, FanoutError, PlacementError, ProbeError
+from certbot_fanout.lineage import CertInfo, Lineage, cert_info_from_der, fingerprint
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_JOBS = 128
+PROBE_ATTEMPT_TIMEOUT = 10.0
+_FIRST_RETRY_DELAY = 0.02
+_MAX_RETRY_DELAY = 0.5
+
+
+@dataclass(frozen=True)
+class Effects:
+    """The side effects a deploy needs; the defaults touch the real system."""
+
+    snapshot: Callable[[str], files.Snapshot] = files.snapshot
+    place: Callable[[files.Desired], None] = files.place
+    restore: Callable[[files.Snapshot], None] = files.restore
+    run: Callable[[Sequence[str], float, str], commands.CommandResult] = commands.run_command
+    fetch_leaf: Callable[[str, int, str | None, float], bytes] = probe.fetch_leaf
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    force: bool = False
+    dry_run: bool = False
+    jobs: int = DEFAULT_JOBS
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    FAILED = "failed"
+    PLANNED = "planned"
+
+
+class Stage(enum.Enum):
+    PLACE = "place"
+    TEST = "test"
+    RELOAD = "reload"
+    VERIFY = "verify"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class FileResult:
+    path: str
+    changed: bool
+    reasons: tuple[str, ...] = ()
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class EndpointResult:
+    endpoint: Endpoint
+    server_name: str | None
+    ok: bool
+    seconds: float = 0.0
+    attempts: int = 0
+    served: CertInfo | None = None
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.endpoint.label
+
+
+@dataclass(frozen=True)
+class ConsumerResult:
+    consumer: Consumer
+    outcome: Outcome
+    files: tuple[FileResult, ...] = ()
+    tested: bool = False
+    reloaded: bool = False
+    reload_reason: str = ""
+    endpoints: tuple[EndpointResult, ...] = ()
+    failed_stage: Stage | None = None
+    error: str | None = None
+    rolled_back: bool = False
+    seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.consumer.name
+
+    @property
+    def notes(self) -> str:
+        return self.consumer.notes
+
+    @property
+    def changed_files(self) -> tuple[FileResult, ...]:
+        return tuple(f for f in self.files if f.changed)
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    certificate: str
+    expected: CertInfo | None
+    consumers: tuple[ConsumerResult, ...] = field(default_factory=tuple)
+    dry_run: bool = False
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> tuple[ConsumerResult, ...]:
+        return tuple(c for c in self.consumers if c.outcome is Outcome.FAILED)
+
+
+def desired_file(spec: FileSpec, lineage: Lineage) -> files.Desired:
+    if spec.link:
+        return files.Desired(
+            path=spec.path,
+            uid=spec.owner,
+            gid=spec.group,
+            target=lineage.live_path(spec.content[0]),
+        )
+    return files.Desired(
+        path=spec.path,
+        uid=spec.owner,
+        gid=spec.group,
+        mode=spec.mode,
+        data=lineage.content(spec.content),
+    )
+
+
+def deploy(
+    config: Config,
+    lineage: Lineage,
+    options: DeployOptions = DeployOptions(),
+    effects: Effects = Effects(),
+) -> DeployResult:
+    """Deploy ``lineage`` to every consumer of it in ``config``, in parallel."""
+    start = effects.clock()
+    consumers = config.consumers_for(lineage.name)
+    results: list[ConsumerResult] = []
+    if consumers:
+        workers = max(1, min(options.jobs, len(consumers)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fanout") as pool:
+            results = list(pool.map(lambda c: _guarded(c, lineage, options, effects), consumers))
+    return DeployResult(
+        certificate=lineage.name,
+        expected=lineage.cert,
+        consumers=tuple(results),
+        dry_run=options.dry_run,
+        seconds=effects.clock() - start,
+    )
+
+
+def _guarded(
+    consumer: Consumer, lineage: Lineage, options: DeployOptions, effects: Effects
+) -> ConsumerResult:
+    start = effects.clock()
+    try:
+        return _ConsumerRun(consumer, lineage, options, effects).run()
+    except Exception as e:  # a bug must cost one consumer, not the run
+        logger.debug("consumer %s crashed", consumer.name, exc_info=True)
+        return ConsumerResult(
+            consumer=consumer,
+            outcome=Outcome.FAILED,
+            failed_stage=Stage.INTERNAL,
+            error=f"internal error: {type(e).__name__}: {e} (run with --debug for details)",
+            seconds=effects.clock() - start,
+        )
+
+
+class _ConsumerRun:
+    """One consumer, start to finish: place -> test -> reload -> verify."""
+
+    def __init__(
+        self, consumer: Consumer, lineage: Lineage, options: DeployOptions, effects: Effects
+    ) -> None:
+        self.consumer = consumer
+        self.lineage = lineage
+        self.options = options
+        self.fx = effects
+        self.start = effects.clock()
+        self.file_results: list[FileResult] = []
+        self.placed: list[files.Snapshot] = []
+        self.tested = False
+        self.reloaded = False
+        self.reload_reason = ""
+
+    def result(
+        self,
+        outcome: Outcome,
+        endpoints: Sequence[EndpointResult] = (),
+        stage: Stage | None = None,
+        error: str | None = None,
+        rolled_back: bool = False,
+    ) -> ConsumerResult:
+        return ConsumerResult(
+            consumer=self.consumer,
+            outcome=outcome,
+            files=tuple(self.file_results),
+            tested=self.tested,
+            reloaded=self.reloaded,
+            reload_reason=self.reload_reason,
+            endpoints=tuple(endpoints),
+            failed_stage=stage,
+            error=error,
+            rolled_back=rolled_back,
+            seconds=self.fx.clock() - self.start,
+        )
+
+    def run(self) -> ConsumerResult:
+        c = self.consumer
+        try:
+            self.stage_files()
+        except PlacementError as e:
+            return self.rollback(Stage.PLACE, str(e))
+
+        changed = any(f.changed for f in self.file_results)
+        if self.options.force:
+            self.reload_reason = "forced"
+        elif changed:
+            self.reload_reason = "files changed"
+        elif not c.files:
+            # Nothing to compare: the service reads live/ itself, so the renewal is the change.
+            self.reload_reason = "no files of its own"
+
+        if self.options.dry_run:
+            self.tested = bool(c.test) and bool(self.reload_reason)
+            self.reloaded = bool(c.reload) and bool(self.reload_reason)
+            return self.result(Outcome.PLANNED)
+
+        if not self.reload_reason and c.verify and c.reload:
+            # Files are current; if the service still serves something else, reload to repair.
+            current = self.verify(patience=False)
+            stale = [r for r in current if not r.ok]
+            if not stale:
+                return self.result(Outcome.OK, current)
+            self.reload_reason = f"{stale[0].label} not serving the current certificate"
+
+        if self.reload_reason:
+            if c.test:
+                try:
+                    self.fx.run(c.test, c.reload_timeout, "test")
+                    self.tested = True
+                except CommandError as e:
+                    self.tested = True
+                    return self.rollback(Stage.TEST, str(e))
+            if c.reload:
+                try:
+                    self.fx.run(c.reload, c.reload_timeout, "reload")
+                    self.reloaded = True
+                except CommandError as e:
+                    return self.result(Outcome.FAILED, stage=Stage.RELOAD, error=str(e))
+
+        endpoints = self.verify(patience=True)
+        bad = [r for r in endpoints if not r.ok]
+        if bad:
+            error = "; ".join(r.error or r.label for r in bad)
+            return self.result(Outcome.FAILED, endpoints, Stage.VERIFY, error)
+        return self.result(Outcome.OK, endpoints)
+
+    def stage_files(self) -> None:
+        for spec in self.consumer.files:
+            desired = desired_file(spec, self.lineage)
+            current = self.fx.snapshot(spec.path)
+            reasons = files.differences(desired, current)
+            warning = None
+            if spec.link and desired.target is not None:
+                problem = files.reader_problem(desired.target, spec.owner, spec.group)
+                if problem:
+                    warning = f"{spec.owner_name} cannot follow the link: {problem}"
+            changed = bool(reasons) or self.options.force
+            if changed and not self.options.dry_run:
+                self.placed.append(current)
+                self.fx.place(desired)
+            self.file_results.append(FileResult(spec.path, changed, tuple(reasons), warning))
+
+    def rollback(self, stage: Stage, error: str) -> ConsumerResult:
+        problems = []
+        for previous in reversed(self.placed):
+            try:
+                self.fx.restore(previous)
+            except PlacementError as e:
+                problems.append(str(e))
+        if problems:
+            error += "; ROLLBACK INCOMPLETE: " + "; ".join(problems)
+        rolled_back = bool(self.placed) and not problems
+        return self.result(Outcome.FAILED, stage=stage, error=error, rolled_back=rolled_back)
+
+    def verify(self, *, patience: bool) -> tuple[EndpointResult, ...]:
+        """Probe every endpoint; with patience, poll until it serves the lineage's cert or the
+        consumer's verify_timeout ends (a reload is rarely instant)."""
+        deadline = self.fx.clock() + (self.consumer.verify_timeout if patience else 0.0)
+        return tuple(self.verify_endpoint(ep, deadline) for ep in self.consumer.verify)
+
+    def verify_endpoint(self, ep: Endpoint, deadline: float) -> EndpointResult:
+        expected = self.lineage.cert
+        server_name = ep.server_name or self.lineage.default_server_name
+        start = self.fx.clock()
+        delay = _FIRST_RETRY_DELAY
+        attempts = 0
+        while True:
+            attempts += 1
+            served: CertInfo | None = None
+            remaining = deadline - self.fx.clock()
+            attempt_timeout = min(max(remaining, 1.0), PROBE_ATTEMPT_TIMEOUT)
+            try:
+                der = self.fx.fetch_leaf(ep.host, ep.port, server_name, attempt_timeout)
+                if fingerprint(der) == expected.fingerprint:
+                    return EndpointResult(
+                        ep, server_name, True, self.fx.clock() - start, attempts, expected
+                    )
+                served = cert_info_from_der(der)
+                error = (
+                    f"{ep.label} (SNI {server_name}) serves {served.describe()}; "
+                    f"expected serial {expected.serial}, not after "
+                    f"{expected.not_after:%Y-%m-%d %H:%M:%S} UTC, SHA-256 {expected.fingerprint}"
+                )
+            except ProbeError as e:
+                error = str(e)
+            except FanoutError as e:  # pragma: no cover - fetch_leaf raises ProbeError only
+                error = f"{ep.label}: {e}"
+            now = self.fx.clock()
+            if now + delay >= deadline:
+                waited = now - start
+                if waited >= 1.0:
+                    error += f" (still after {waited:.1f} s, {attempts} attempts)"
+                return EndpointResult(ep, server_name, False, waited, attempts, served, error)
+            self.fx.sleep(delay)
+            delay = min(delay * 2, _MAX_RETRY_DELAY)

@@ -1,0 +1,65 @@
+"""One error hierarchy; library errors are translated into it where they enter."""
+
+from __future__ import annotations
+
+
+class FanoutError(Exception):
+    """Base of every error certbot-fanout expects and reports without a traceback."""
+
+
+class ConfigError(FanoutError):
+    """The consumer map is unreadable or invalid.
+
+    Args:
+        message: what was expected and what was found.
+        source: the config file's path.
+        line: 1-based line, or 0 when unknown.
+        column: 1-based column, or 0 when unknown.
+        key_path: where in the document, e.g. ``consumers.synapse.files[1].mode``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        source: str = "",
+        line: int = 0,
+        column: int = 0,
+        key_path: str = "",
+    ) -> None:
+        self.message = message
+        self.source = source
+        self.line = line
+        self.column = column
+        self.key_path = key_path
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.source
+        if self.line:
+            where = f"{where}:{self.line}:{self.column}"
+        parts = [p for p in (where, self.key_path) if p]
+        return ": ".join([*parts, self.message])
+
+
+class LineageError(FanoutError):
+    """The Certbot lineage is missing, unreadable or inconsistent."""
+
+
+class PlacementError(FanoutError):
+    """A file could not be placed (or restored) as configured."""
+
+
+class CommandError(FanoutError):
+    """A test or reload command could not run, failed or timed out."""
+
+
+class ProbeError(FanoutError):
+    """An endpoint could not be reached or did not complete a TLS handshake."""
+
+
+class CertMismatch(FanoutError):
+    """An endpoint serves a certificate other than the lineage's."""
+
+
+class LockError(FanoutError):
+    """Another certbot-fanout run holds the lock for too long."""

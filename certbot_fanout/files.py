@@ -1,0 +1,309 @@
+"""Placing files atomically and symlink-safely, with owner and mode set before any byte lands.
+
+Every operation works relative to a file descriptor of the destination directory, and never
+follows a symlink at the final path component: a destination directory may be writable by the
+(less trusted) service user, who could otherwise plant a symlink to redirect a key write. The
+directory path itself is the administrator's and is resolved normally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import grp
+import os
+import pwd
+import secrets
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from certbot_fanout.errors import PlacementError
+
+MAX_EXISTING_BYTES = 1 << 20
+
+
+class Kind(enum.Enum):
+    MISSING = "missing"
+    FILE = "file"
+    SYMLINK = "symlink"
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What a path should be: a regular file with ``data``, or a symlink to ``target``."""
+
+    path: str
+    uid: int
+    gid: int
+    mode: int = 0o600
+    data: bytes | None = None
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a path was, kept in memory so that it can be put back exactly."""
+
+    path: str
+    kind: Kind
+    data: bytes = b""
+    target: str = ""
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+
+
+@contextlib.contextmanager
+def _directory(path: str) -> Iterator[tuple[int, str]]:
+    parent, name = os.path.split(path)
+    if not name:
+        raise PlacementError(f"{path}: not a file path")
+    try:
+        dfd = os.open(parent or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise PlacementError(
+            f"{path}: directory {parent} does not exist; create it with the owner and mode "
+            "the service needs"
+        ) from None
+    except NotADirectoryError:
+        raise PlacementError(f"{path}: {parent} is not a directory") from None
+    except OSError as e:
+        raise PlacementError(f"{path}: cannot open directory {parent}: {e.strerror}") from None
+    try:
+        yield dfd, name
+    finally:
+        os.close(dfd)
+
+
+def snapshot(path: str) -> Snapshot:
+    """Record what is at ``path`` now, without following a symlink there.
+
+    Raises:
+        PlacementError: the path holds something that is neither a file nor a symlink, or a file
+            too large to be a certificate, or it cannot be read.
+    """
+    with _directory(path) as (dfd, name):
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return Snapshot(path, Kind.MISSING)
+        except OSError as e:
+            raise PlacementError(f"{path}: cannot inspect: {e.strerror}") from None
+        if stat.S_ISLNK(st.st_mode):
+            return _snapshot(path, Kind.SYMLINK, st, target=os.readlink(name, dir_fd=dfd))
+        if not stat.S_ISREG(st.st_mode):
+            raise PlacementError(f"{path}: exists and is not a regular file or symlink; refusing")
+        if st.st_size > MAX_EXISTING_BYTES:
+            raise PlacementError(
+                f"{path}: existing file is {st.st_size} bytes, too large to be a certificate; "
+                "refusing to replace it"
+            )
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, dir_fd=dfd)
+        except OSError as e:
+            raise PlacementError(f"{path}: cannot read: {e.strerror}") from None
+        try:
+            data = _read_all(fd, MAX_EXISTING_BYTES + 1)
+        finally:
+            os.close(fd)
+        return _snapshot(path, Kind.FILE, st, data=data)
+
+
+def _snapshot(
+    path: str, kind: Kind, st: os.stat_result, data: bytes = b"", target: str = ""
+) -> Snapshot:
+    return Snapshot(
+        path,
+        kind,
+        data=data,
+        target=target,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mode=stat.S_IMODE(st.st_mode),
+        atime_ns=st.st_atime_ns,
+        mtime_ns=st.st_mtime_ns,
+    )
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    chunks = []
+    total = 0
+    while total < limit:
+        chunk = os.read(fd, min(65536, limit - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def differences(desired: Desired, current: Snapshot) -> list[str]:
+    """Why ``current`` is not ``desired``, in words; empty when nothing needs doing."""
+    if current.kind is Kind.MISSING:
+        return ["missing"]
+    if desired.target is not None:
+        if current.kind is not Kind.SYMLINK:
+            return ["a regular file where a symlink belongs"]
+        if current.target != desired.target:
+            return [f"symlink points to {current.target}"]
+        return []
+    if current.kind is Kind.SYMLINK:
+        return [f"a symlink (to {current.target}) where a copy belongs"]
+    found = []
+    if current.data != desired.data:
+        found.append("content differs")
+    if current.uid != desired.uid:
+        found.append(f"owner {_user(current.uid)}, expected {_user(desired.uid)}")
+    if current.gid != desired.gid:
+        found.append(f"group {_group(current.gid)}, expected {_group(desired.gid)}")
+    if current.mode != desired.mode:
+        found.append(f"mode {current.mode:04o}, expected {desired.mode:04o}")
+    return found
+
+
+def place(desired: Desired) -> None:
+    """Atomically make ``desired.path`` what ``desired`` says.
+
+    A temporary file is created beside the destination with O_EXCL|O_NOFOLLOW and mode 0600,
+    given its owner and mode, then filled, fsynced, and renamed over the destination; the
+    directory is fsynced last. No one but the final owner can read it at any instant.
+
+    Raises:
+        PlacementError: any step failed; the destination is then unchanged.
+    """
+    with _directory(desired.path) as (dfd, name):
+        tmp = f".{name}.fanout-{secrets.token_hex(6)}"
+        step = "create a temporary file"
+        created = False
+        try:
+            if desired.target is not None:
+                os.symlink(desired.target, tmp, dir_fd=dfd)
+                created = True
+                step = "set the symlink's owner"
+                os.chown(tmp, desired.uid, desired.gid, dir_fd=dfd, follow_symlinks=False)
+            else:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
+                created = True
+                try:
+                    step = f"set owner {_user(desired.uid)}:{_group(desired.gid)}"
+                    os.fchown(fd, desired.uid, desired.gid)
+                    step = f"set mode {desired.mode:04o}"
+                    os.fchmod(fd, desired.mode)
+                    step = "write"
+                    view = memoryview(desired.data or b"")
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    step = "fsync"
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            step = "rename into place"
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            created = False
+            step = "fsync the directory"
+            os.fsync(dfd)
+        except OSError as e:
+            if created:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+            raise PlacementError(f"{desired.path}: cannot {step}: {e.strerror}") from None
+
+
+def restore(previous: Snapshot) -> None:
+    """Put ``previous`` back: same bytes, owner, mode and times, or remove what was not there.
+
+    Raises:
+        PlacementError: the path could not be restored.
+    """
+    if previous.kind is Kind.MISSING:
+        with _directory(previous.path) as (dfd, name):
+            try:
+                os.unlink(name, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise PlacementError(f"{previous.path}: cannot remove: {e.strerror}") from None
+        return
+    place(
+        Desired(
+            path=previous.path,
+            uid=previous.uid,
+            gid=previous.gid,
+            mode=previous.mode,
+            data=previous.data if previous.kind is Kind.FILE else None,
+            target=previous.target if previous.kind is Kind.SYMLINK else None,
+        )
+    )
+    with _directory(previous.path) as (dfd, name), contextlib.suppress(OSError):
+        os.utime(
+            name,
+            ns=(previous.atime_ns, previous.mtime_ns),
+            dir_fd=dfd,
+            follow_symlinks=False,
+        )
+
+
+def reader_problem(path: str, uid: int, gid: int) -> str | None:
+    """Why user ``uid`` (with group ``gid`` and its supplementary groups) cannot read ``path``.
+
+    Checks search permission on every directory along the path and along the symlink's
+    resolved target, and read permission on the file itself. Returns None when it can.
+    """
+    if uid == 0:
+        return None
+    gids = _groups_of(uid) | {gid}
+    real = os.path.realpath(path)
+    for candidate in dict.fromkeys((path, real)):
+        parts = candidate.split("/")[1:]
+        prefix = ""
+        for part in parts[:-1]:
+            prefix += "/" + part
+            try:
+                st = os.stat(prefix)
+            except OSError as e:
+                return f"cannot inspect {prefix}: {e.strerror}"
+            if not _allowed(st, uid, gids, 0o1):
+                return f"{_user(uid)} cannot enter {prefix} (mode {stat.S_IMODE(st.st_mode):04o})"
+    try:
+        st = os.stat(real)
+    except OSError as e:
+        return f"{real}: {e.strerror}"
+    if not _allowed(st, uid, gids, 0o4):
+        return f"{_user(uid)} cannot read {real} (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _allowed(st: os.stat_result, uid: int, gids: set[int], bit: int) -> bool:
+    mode = st.st_mode
+    if st.st_uid == uid:
+        return bool(mode & (bit << 6))
+    if st.st_gid in gids:
+        return bool(mode & (bit << 3))
+    return bool(mode & bit)
+
+
+def _groups_of(uid: int) -> set[int]:
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return set()
+    return set(os.getgrouplist(entry.pw_name, entry.pw_gid))
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

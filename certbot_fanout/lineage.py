@@ -1,0 +1,170 @@
+"""A Certbot lineage (``live/NAME``): its files, checked for consistency, and what they hold."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtensionOID, NameOID
+
+from certbot_fanout.config import Part
+from certbot_fanout.errors import LineageError
+
+DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
+MAX_PEM_BYTES = 1 << 20
+
+_PEM_FILES = {
+    Part.CERT: "cert.pem",
+    Part.CHAIN: "chain.pem",
+    Part.FULLCHAIN: "fullchain.pem",
+    Part.PRIVKEY: "privkey.pem",
+}
+_PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """What a sysadmin needs to tell two certificates apart."""
+
+    subject: str
+    serial: str
+    not_after: datetime.datetime
+    fingerprint: str
+    names: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return (
+            f"subject {self.subject}, serial {self.serial}, "
+            f"not after {self.not_after:%Y-%m-%d %H:%M:%S} UTC, SHA-256 {self.fingerprint}"
+        )
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """The current files of one lineage, read once through ``live/NAME``."""
+
+    name: str
+    live_dir: str
+    pems: dict[Part, bytes]
+    cert: CertInfo
+
+    def content(self, parts: tuple[Part, ...]) -> bytes:
+        """The bytes of a placed file: the parts in order, each ending with a newline."""
+        chunks = []
+        for part in parts:
+            data = self.pems[part]
+            chunks.append(data if data.endswith(b"\n") else data + b"\n")
+        return b"".join(chunks)
+
+    def live_path(self, part: Part) -> str:
+        return os.path.join(self.live_dir, _PEM_FILES[part])
+
+    @property
+    def default_server_name(self) -> str | None:
+        return self.cert.names[0] if self.cert.names else None
+
+
+def lineage_dir(config_dir: str, cert_name: str) -> str:
+    return os.path.join(config_dir, "live", cert_name)
+
+
+def fingerprint(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+def cert_info(cert: x509.Certificate) -> CertInfo:
+    """Summarise a certificate; the first name is the common name if it is also a SAN."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    try:
+        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        sans = list(san.value.get_values_for_type(x509.DNSName))  # type: ignore[attr-defined]
+    except x509.ExtensionNotFound:
+        sans = []
+    cns = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    names = [cns[0]] if cns and cns[0] in sans else []
+    names += [n for n in sans if n not in names]
+    try:
+        not_after = cert.not_valid_after_utc
+    except AttributeError:  # cryptography < 42 (Debian 12 ships 38)
+        not_after = cert.not_valid_after.replace(tzinfo=datetime.UTC)
+    return CertInfo(
+        subject=cert.subject.rfc4514_string() or "(empty subject)",
+        serial=format(cert.serial_number, "X"),
+        not_after=not_after,
+        fingerprint=fingerprint(der),
+        names=tuple(names),
+    )
+
+
+def cert_info_from_der(der: bytes) -> CertInfo:
+    try:
+        return cert_info(x509.load_der_x509_certificate(der))
+    except ValueError:
+        return CertInfo("(unparseable certificate)", "?", datetime.datetime.min, fingerprint(der))
+
+
+def split_pem_certs(data: bytes) -> list[x509.Certificate]:
+    """Every certificate in a PEM bundle, in order."""
+    certs = []
+    for block in data.split(_PEM_BEGIN)[1:]:
+        certs.append(x509.load_pem_x509_certificate(_PEM_BEGIN + block))
+    return certs
+
+
+def read_lineage(live_dir: str) -> Lineage:
+    """Read and check ``live/NAME``.
+
+    Raises:
+        LineageError: a file is missing or unreadable, the key does not match the certificate,
+            or fullchain is not cert followed by chain.
+    """
+    live_dir = os.path.normpath(live_dir)
+    name = os.path.basename(live_dir)
+    if not os.path.isdir(live_dir):
+        raise LineageError(f"{live_dir}: no such lineage directory")
+    pems: dict[Part, bytes] = {}
+    for part, filename in _PEM_FILES.items():
+        path = os.path.join(live_dir, filename)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_PEM_BYTES + 1)
+        except OSError as e:
+            raise LineageError(f"{path}: cannot read: {e.strerror}") from None
+        if len(data) > MAX_PEM_BYTES:
+            raise LineageError(f"{path}: larger than {MAX_PEM_BYTES} bytes, not a PEM file")
+        if not data.strip():
+            raise LineageError(f"{path}: empty file")
+        pems[part] = data
+
+    try:
+        cert = x509.load_pem_x509_certificate(pems[Part.CERT])
+    except ValueError as e:
+        raise LineageError(f"{live_dir}/cert.pem: not a PEM certificate ({e})") from None
+    try:
+        chain = split_pem_certs(pems[Part.CHAIN])
+        fullchain = split_pem_certs(pems[Part.FULLCHAIN])
+    except ValueError as e:
+        raise LineageError(f"{live_dir}: chain.pem or fullchain.pem is not PEM ({e})") from None
+    try:
+        key = serialization.load_pem_private_key(pems[Part.PRIVKEY], password=None)
+    except (ValueError, TypeError) as e:
+        raise LineageError(
+            f"{live_dir}/privkey.pem: not an unencrypted PEM private key ({e})"
+        ) from None
+
+    der = serialization.Encoding.DER
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
+        raise LineageError(
+            f"{live_dir}: privkey.pem does not match cert.pem; refusing to deploy a pair that "
+            "no service can load (was the lineage edited by hand?)"
+        )
+    if not fullchain or fullchain[0].public_bytes(der) != cert.public_bytes(der):
+        raise LineageError(f"{live_dir}: fullchain.pem does not start with cert.pem")
+    if [c.public_bytes(der) for c in fullchain[1:]] != [c.public_bytes(der) for c in chain]:
+        raise LineageError(f"{live_dir}: fullchain.pem is not cert.pem followed by chain.pem")
+    return Lineage(name=name, live_dir=live_dir, pems=pems, cert=cert_info(cert))

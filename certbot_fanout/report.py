@@ -1,0 +1,195 @@
+"""Pure renderers of a deploy's results: a human summary and a stable JSON document."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from certbot_fanout.deploy import (
+    ConsumerResult,
+    DeployResult,
+    EndpointResult,
+    FileResult,
+    Outcome,
+    Stage,
+)
+from certbot_fanout.lineage import CertInfo
+
+JSON_VERSION = 1
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def render_text(result: DeployResult, verbose: bool = False) -> str:
+    """One header line, one line per consumer (plus its notes when it failed), one summary."""
+    lines = []
+    expected = result.expected
+    head = f"certbot-fanout: {result.certificate}"
+    if expected:
+        head += (
+            f": serial {expected.serial}, not after {expected.not_after:%Y-%m-%d}, "
+            f"SHA-256 {expected.fingerprint[:16]}..."
+        )
+    if result.dry_run:
+        head += "\ndry run: nothing below was changed, run or probed"
+    lines.append(head)
+    width = max((len(c.name) for c in result.consumers), default=0)
+    for consumer in result.consumers:
+        lines.extend(_consumer_lines(consumer, width, verbose or result.dry_run, expected))
+    lines.append(_summary(result))
+    return "\n".join(lines) + "\n"
+
+
+def _waited(ep: EndpointResult) -> str:
+    return f"still so after {ep.seconds:.1f} s and {_plural(ep.attempts, 'attempt')}"
+
+
+def _consumer_lines(
+    c: ConsumerResult, width: int, verbose: bool, expected: CertInfo | None
+) -> list[str]:
+    indent = " " * (width + 12)
+    status = {Outcome.OK: "ok", Outcome.FAILED: "FAILED", Outcome.PLANNED: "plan"}[c.outcome]
+    lines = [f"  {c.name:<{width}}  {status:<7} {_story(c)}"]
+    detail = verbose or c.outcome is Outcome.FAILED
+    for f in c.files:
+        if detail and f.changed:
+            verb = "would place" if c.outcome is Outcome.PLANNED else "placed"
+            reasons = ", ".join(f.reasons) or "forced"
+            lines.append(f"{indent}{verb} {f.path} ({reasons})")
+        if f.warning:
+            lines.append(f"{indent}warning: {f.path}: {f.warning}")
+    for ep in c.endpoints:
+        if ep.ok or c.outcome is not Outcome.FAILED:
+            continue
+        if ep.served is not None:
+            lines.append(f"{indent}{ep.label} (SNI {ep.server_name}) serves another certificate")
+            lines.append(f"{indent}  served:   {ep.served.describe()}")
+            if expected is not None:
+                lines.append(f"{indent}  expected: {expected.describe()}")
+            lines.append(f"{indent}  {_waited(ep)}")
+        else:
+            lines.append(f"{indent}{ep.error}")
+    if c.outcome is Outcome.FAILED and c.notes:
+        for i, note in enumerate(c.notes.splitlines()):
+            lines.append(f"{indent}{'notes: ' if i == 0 else '       '}{note}")
+    return lines
+
+
+def _story(c: ConsumerResult) -> str:
+    changed = len(c.changed_files)
+    if c.outcome is Outcome.PLANNED:
+        steps = [
+            f"would place {changed} of {_plural(len(c.files), 'file')}"
+            if changed
+            else ("files are current" if c.files else "no files")
+        ]
+        if c.tested and c.consumer.test:
+            steps.append(f"run `{' '.join(c.consumer.test)}`")
+        if c.reloaded and c.consumer.reload:
+            steps.append(f"reload with `{' '.join(c.consumer.reload)}`")
+        if c.consumer.verify:
+            labels = ", ".join(e.label for e in c.consumer.verify)
+            steps.append(f"verify {labels}")
+        return ", ".join(steps)
+    steps = []
+    if changed:
+        steps.append(f"placed {changed} of {_plural(len(c.files), 'file')}")
+        if c.rolled_back:
+            steps.append("rolled back")
+    elif c.files:
+        steps.append("files current")
+    if c.tested and c.failed_stage is not Stage.TEST:
+        steps.append("tested")
+    if c.reloaded:
+        steps.append("reloaded" + (f" ({c.reload_reason})" if c.reload_reason else ""))
+    for ep in c.endpoints:
+        if ep.ok:
+            steps.append(f"verified {ep.label} in {_ms(ep.seconds)}")
+    if c.failed_stage is Stage.VERIFY:
+        steps.append("verify failed:")
+    elif c.outcome is Outcome.FAILED:
+        stage = c.failed_stage.value if c.failed_stage else "?"
+        steps.append(f"failed at {stage}: {c.error}")
+    return ", ".join(steps) if steps else "nothing to do"
+
+
+def _summary(result: DeployResult) -> str:
+    n = len(result.consumers)
+    if result.dry_run:
+        return f"{_plural(n, 'consumer')} planned; run without --dry-run to deploy."
+    failed = len(result.failed)
+    if failed:
+        names = ", ".join(c.name for c in result.failed)
+        return (
+            f"{failed} of {_plural(n, 'consumer')} FAILED ({names}); "
+            f"{n - failed} ok ({result.seconds:.2f} s)"
+        )
+    return f"all {_plural(n, 'consumer')} ok ({result.seconds:.2f} s)"
+
+
+def _cert_json(info: CertInfo | None) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    return {
+        "subject": info.subject,
+        "serial": info.serial,
+        "not_after": info.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "sha256": info.fingerprint,
+        "names": list(info.names),
+    }
+
+
+def _file_json(f: FileResult) -> dict[str, Any]:
+    return {"path": f.path, "changed": f.changed, "reasons": list(f.reasons), "warning": f.warning}
+
+
+def _endpoint_json(e: EndpointResult) -> dict[str, Any]:
+    return {
+        "host": e.endpoint.host,
+        "port": e.endpoint.port,
+        "server_name": e.server_name,
+        "ok": e.ok,
+        "seconds": round(e.seconds, 3),
+        "attempts": e.attempts,
+        "served": _cert_json(e.served),
+        "error": e.error,
+    }
+
+
+def to_json(result: DeployResult) -> dict[str, Any]:
+    """The documented JSON shape (``version`` 1); fields are only ever added."""
+    return {
+        "version": JSON_VERSION,
+        "certificate": result.certificate,
+        "dry_run": result.dry_run,
+        "ok": not result.failed,
+        "expected": _cert_json(result.expected),
+        "seconds": round(result.seconds, 3),
+        "consumers": [
+            {
+                "name": c.name,
+                "outcome": c.outcome.value,
+                "failed_stage": c.failed_stage.value if c.failed_stage else None,
+                "error": c.error,
+                "notes": c.notes,
+                "files": [_file_json(f) for f in c.files],
+                "tested": c.tested,
+                "reloaded": c.reloaded,
+                "reload_reason": c.reload_reason,
+                "rolled_back": c.rolled_back,
+                "endpoints": [_endpoint_json(e) for e in c.endpoints],
+                "seconds": round(c.seconds, 3),
+            }
+            for c in result.consumers
+        ],
+    }
+
+
+def render_json(result: DeployResult) -> str:
+    return json.dumps(to_json(result), indent=2) + "\n"

@@ -86,11 +86,12 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _tail(out: IO[bytes]) -> str:
+    """The last lines of the output, joined with " | ", at most OUTPUT_TAIL_BYTES long."""
     out.seek(0, os.SEEK_END)
     size = out.tell()
     out.seek(max(0, size - OUTPUT_TAIL_BYTES))
-    data: bytes = out.read()
-    text = data.decode("utf-8", "replace").strip()
-    if size > OUTPUT_TAIL_BYTES:
-        text = "..." + text
-    return " | ".join(line.strip() for line in text.splitlines() if line.strip())
+    text = out.read().decode("utf-8", "replace")
+    joined = " | ".join(line.strip() for line in text.splitlines() if line.strip())
+    if size > OUTPUT_TAIL_BYTES or len(joined) > OUTPUT_TAIL_BYTES:
+        joined = "..." + joined[-OUTPUT_TAIL_BYTES:]
+    return joined

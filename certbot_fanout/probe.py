@@ -19,9 +19,9 @@ def _client_context() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    with contextlib.suppress(ssl.SSLError, ValueError):
-        # Old services on old protocols still deserve an answer about what they serve.
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
+    with contextlib.suppress(ssl.SSLError):
+        # A service with a weak key or a SHA-1 signature still deserves an answer about what
+        # it serves.
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
     return ctx
 

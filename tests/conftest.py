@@ -1,0 +1,101 @@
+"""Shared fixtures, the integration marker, and the rule that CI runs every integration test.
+
+Tests under tests/integration/ are marked ``integration`` automatically. With
+CERTBOT_FANOUT_REQUIRE_INTEGRATION=1 (set by ./dev test and CI), a skipped integration test,
+or a run in which no integration test passed, fails the session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from _lineages import LineageFactory
+
+from certbot_fanout._pki import ThrowawayCA
+
+REQUIRE_ENV = "CERTBOT_FANOUT_REQUIRE_INTEGRATION"
+INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+_skipped: list[str] = []
+_passed: list[str] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(INTEGRATION_DIR):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "integration" not in report.keywords:
+        return
+    if report.skipped:
+        _skipped.append(report.nodeid)
+    elif report.when == "call" and report.passed:
+        _passed.append(report.nodeid)
+
+
+def _strict() -> bool:
+    return os.environ.get(REQUIRE_ENV) == "1"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _strict() and exitstatus == 0 and (_skipped or not _passed):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _strict():
+        return
+    if _skipped:
+        terminalreporter.write_line(
+            f"{REQUIRE_ENV}=1: {len(_skipped)} integration test(s) were skipped; "
+            "every integration test must run here:",
+            red=True,
+        )
+        for nodeid in _skipped:
+            terminalreporter.write_line(f"  {nodeid}", red=True)
+    elif not _passed:
+        terminalreporter.write_line(
+            f"{REQUIRE_ENV}=1: no integration test passed in this run", red=True
+        )
+
+
+@pytest.fixture(scope="session")
+def ca() -> ThrowawayCA:
+    return ThrowawayCA("certbot-fanout tests")
+
+
+@pytest.fixture
+def lineages(ca: ThrowawayCA, tmp_path: Path) -> LineageFactory:
+    config_dir = tmp_path / "letsencrypt"
+    config_dir.mkdir()
+    return LineageFactory(ca, config_dir)
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[str], Path]:
+    """Write a consumer map (text) to a file and return its path."""
+
+    def write(text: str) -> Path:
+        path = tmp_path / "consumers.yaml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def public_tmp() -> Iterator[Path]:
+    """A temp dir that every user can traverse (pytest's own tmp_path base is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="certbot-fanout-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,95 @@
+"""Loopback peers for probe and deploy tests: a real TLS server and some hostile ones."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+
+class Peer:
+    """A loopback server on a free port, one thread, stopped by close().
+
+    ``behaviour``: ``tls`` (serve ``cert``/``key``; ``reload()`` re-reads them), ``silent``
+    (accept, say nothing), ``garbage`` (answer in plaintext), ``drip`` (one byte of a TLS
+    record every 0.2 s), ``close`` (accept and hang up), ``alert`` (answer the
+    ClientHello with a handshake-failure alert).
+    """
+
+    def __init__(
+        self,
+        behaviour: str = "tls",
+        cert: Path | None = None,
+        key: Path | None = None,
+    ) -> None:
+        self.behaviour = behaviour
+        self.cert, self.key = cert, key
+        self.server_names: list[str | None] = []
+        self.ctx = self._context() if behaviour in ("tls", "alert") else None
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port: int = self.listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _context(self) -> ssl.SSLContext:
+        assert self.cert and self.key
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert, self.key)
+        alert = self.behaviour == "alert"
+
+        def record(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, c: object) -> int | None:
+            self.server_names.append(name)
+            return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE if alert else None
+
+        ctx.sni_callback = record
+        return ctx
+
+    def reload(self) -> None:
+        self.ctx = self._context()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(10)
+            if self.behaviour in ("tls", "alert"):
+                assert self.ctx is not None
+                with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.sendall(b"ok\n")
+            elif self.behaviour == "silent":
+                self._stop.wait(10)
+            elif self.behaviour == "garbage":
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                self._stop.wait(10)
+            elif self.behaviour == "drip":
+                conn.recv(4096)
+                for byte in b"\x16\x03\x03\x10\x00" + b"\x00" * 100:
+                    if self._stop.is_set():
+                        return
+                    conn.sendall(bytes([byte]))
+                    time.sleep(0.2)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        self._thread.join(5)
+
+    def __enter__(self) -> Peer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

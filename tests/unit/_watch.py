@@ -1,0 +1,71 @@
+"""Watch a directory with inotify and lstat every entry the moment an event names it.
+
+Run as a separate process (so the GIL of the process under test cannot delay it):
+``python _watch.py DIR OUT``. It creates ``OUT.ready`` once watching, and on SIGTERM writes one
+JSON line per observation to OUT: ``[name, mode, uid, gid, size]``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import select
+import signal
+import struct
+import sys
+
+IN_MODIFY = 0x002
+IN_ATTRIB = 0x004
+IN_CLOSE_WRITE = 0x008
+IN_MOVED_TO = 0x080
+IN_CREATE = 0x100
+_HEADER = struct.Struct("iIII")
+
+
+def main() -> int:
+    directory, out = sys.argv[1], sys.argv[2]
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1")
+    mask = IN_CREATE | IN_ATTRIB | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO
+    if libc.inotify_add_watch(fd, directory.encode(), mask) < 0:
+        raise OSError(ctypes.get_errno(), "inotify_add_watch")
+    seen: list[tuple[str, int, int, int, int]] = []
+    stop = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    with open(out + ".ready", "w"):
+        pass
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while not stop:
+        if not poller.poll(50):
+            continue
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            continue
+        offset = 0
+        while offset < len(data):
+            _, _, _, length = _HEADER.unpack_from(data, offset)
+            name = data[offset + _HEADER.size : offset + _HEADER.size + length].rstrip(b"\0")
+            offset += _HEADER.size + length
+            try:
+                st = os.lstat(os.path.join(directory, name.decode()))
+            except FileNotFoundError:
+                continue
+            seen.append((name.decode(), st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_size))
+    with open(out, "w") as f:
+        for row in seen:
+            f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""The command line, in-process through main(argv) and once as real processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from _lineages import LineageFactory
+from _servers import Peer
+
+import certbot_fanout
+from certbot_fanout.cli import main
+from certbot_fanout.lineage import read_lineage
+
+NAME = "cli.test"
+
+
+def run(argv: list[str], environ: dict[str, str] | None = None) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(argv, environ=environ or {}, stdout=out)
+    return code, out.getvalue()
+
+
+def simple_config(write_config: Callable[[str], Path], tmp_path: Path, port: int) -> Path:
+    (tmp_path / "svc").mkdir(exist_ok=True)
+    return write_config(
+        f"""\
+version: 1
+consumers:
+  web:
+    certificate: {NAME}
+    files:
+      - {{path: {tmp_path}/svc/fullchain.pem, content: fullchain}}
+      - {{path: {tmp_path}/svc/privkey.pem, content: privkey}}
+    verify:
+      - {{host: 127.0.0.1, port: {port}, server_name: {NAME}}}
+    verify_timeout: 2
+"""
+    )
+
+
+def test_bare_without_hook_environment_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run([])
+    assert code == 2
+    assert "run bare only as a certbot deploy hook, with $RENEWED_LINEAGE set" in (
+        capsys.readouterr().err
+    )
+
+
+def test_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["deploy", "--frobnicate"])[0] == 2
+    assert "unrecognized arguments: --frobnicate" in capsys.readouterr().err
+
+
+def test_hook_mode_deploys_renewed_lineage(
+    lineages: LineageFactory, write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    live, _ = lineages.issue(NAME)
+    with Peer("tls", live / "fullchain.pem", live / "privkey.pem") as peer:
+        config = simple_config(write_config, tmp_path, peer.port)
+        env = {"RENEWED_LINEAGE": str(live), "CERTBOT_FANOUT_CONFIG": str(config)}
+        code, out = run(["--lock-file", str(tmp_path / "lock")], env)
+    assert code == 0, out
+    assert "web  ok      placed 2 of 2 files, verified 127.0.0.1:" in out
+    assert (tmp_path / "svc" / "privkey.pem").read_bytes() == (live / "privkey.pem").read_bytes()
+
+
+def test_cert_name_resolves_under_config_dir_and_json_is_stable(
+    lineages: LineageFactory, write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    live, _ = lineages.issue(NAME)
+    with Peer("tls", live / "fullchain.pem", live / "privkey.pem") as peer:
+        config = simple_config(write_config, tmp_path, peer.port)
+        code, out = run(
+            [
+                "deploy",
+                "--config",
+                str(config),
+                "--config-dir",
+                str(lineages.config_dir),
+                "--cert-name",
+                NAME,
+                "--json",
+                "--lock-file",
+                str(tmp_path / "lock"),
+            ]
+        )
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["version"] == 1 and doc["ok"] is True and doc["certificate"] == NAME
+    assert doc["expected"]["sha256"] == read_lineage(str(live)).cert.fingerprint
+    (web,) = doc["consumers"]
+    assert web["outcome"] == "ok" and web["failed_stage"] is None
+    assert [f["changed"] for f in web["files"]] == [True, True]
+    assert web["endpoints"][0]["ok"] is True
+    assert set(web) == {
+        "name",
+        "outcome",
+        "failed_stage",
+        "error",
+        "notes",
+        "files",
+        "tested",
+        "reloaded",
+        "reload_reason",
+        "rolled_back",
+        "endpoints",
+        "seconds",
+    }
+
+
+def test_failing_consumer_exits_1_and_is_named(
+    lineages: LineageFactory, write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    live, _ = lineages.issue(NAME)
+    with Peer("silent") as peer:
+        config = simple_config(write_config, tmp_path, peer.port)
+        code, out = run(
+            [
+                "deploy",
+                "--config",
+                str(config),
+                "--lineage",
+                str(live),
+                "--lock-file",
+                str(tmp_path / "lock"),
+            ]
+        )
+    assert code == 1
+    assert "1 of 1 consumer FAILED (web)" in out
+    assert "TLS handshake not finished" in out
+
+
+def test_no_consumer_for_the_certificate_exits_0_without_reading_it(
+    write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    config = write_config("version: 1\nconsumers: {}\n")
+    env = {
+        "RENEWED_LINEAGE": str(tmp_path / "does-not-exist" / "other.test"),
+        "CERTBOT_FANOUT_CONFIG": str(config),
+    }
+    code, out = run([], env)
+    assert code == 0
+    assert "no consumer in" in out and "uses certificate other.test; nothing to do" in out
+
+
+def test_config_and_lineage_errors_exit_2_without_traceback(
+    lineages: LineageFactory,
+    write_config: Callable[[str], Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    live, _ = lineages.issue(NAME)
+    missing = tmp_path / "nope.yaml"
+    assert run(["deploy", "--config", str(missing), "--lineage", str(live)])[0] == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: config file not found" in err and "Traceback" not in err
+
+    config = simple_config(write_config, tmp_path, 1)
+    (live / "privkey.pem").unlink()
+    (live / "privkey.pem").write_bytes(lineages.ca.issue([NAME]).key_pem)
+    code, _ = run(["deploy", "--config", str(config), "--lineage", str(live)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "privkey.pem does not match cert.pem" in err and "Traceback" not in err
+    assert not (tmp_path / "svc" / "fullchain.pem").exists()
+
+
+def test_deploy_without_a_certificate_is_a_usage_error(
+    write_config: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config("version: 1\n")
+    assert run(["deploy", "--config", str(config)])[0] == 2
+    assert "deploy needs a certificate: --cert-name NAME" in capsys.readouterr().err
+
+
+def test_options_before_and_after_the_sub_command(
+    write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    config = write_config("version: 1\n")
+    lineage = str(tmp_path / "x.test")
+    assert run(["--config", str(config), "deploy", "--lineage", lineage])[0] == 0
+    assert run(["deploy", "--config", str(config), "--lineage", lineage])[0] == 0
+
+
+def _leftovers() -> set[str]:
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("certbot-fanout-demo-")}
+
+
+def _demo_processes() -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"certbot_fanout._demo_server" in cmdline:
+                found.append(pid)
+    return found
+
+
+def test_demo_in_process_passes_and_leaves_nothing() -> None:
+    before = _leftovers()
+    code, out = run(["demo"])
+    assert code == 0, out
+    assert "Demo passed" in out
+    assert "federation-stale  FAILED" in out and "serves another certificate" in out
+    assert _leftovers() == before
+    assert _demo_processes() == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to nobody needs root")
+@pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs Debian's python3")
+def test_demo_passes_as_an_unprivileged_user(tmp_path: Path) -> None:
+    """The demo as nobody, on Debian's own python3 and its python3-cryptography/yaml."""
+    public = Path(tempfile.mkdtemp(prefix="certbot-fanout-pkg-"))
+    try:
+        public.chmod(0o755)
+        package = Path(certbot_fanout.__file__).parent
+        shutil.copytree(
+            package, public / "certbot_fanout", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        for path in public.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        proc = subprocess.run(
+            [
+                shutil.which("runuser") or "/usr/sbin/runuser",
+                "-u",
+                "nobody",
+                "--",
+                "/usr/bin/python3",
+                "-m",
+                "certbot_fanout",
+                "demo",
+            ],
+            cwd=public,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(public)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Demo passed" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_console_script_help_runs_as_a_process() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "certbot_fanout", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0
+    assert "usage: certbot-fanout" in proc.stdout
+    assert "deploy" in proc.stdout and "demo" in proc.stdout

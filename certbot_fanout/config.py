@@ -38,7 +38,6 @@ MAX_DEPTH = 40
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _MODE_RE = re.compile(r"^0?[0-7]{3}$")
-_SHELL_WORDS = frozenset({"&&", "||", "|", ";", "&", ">", ">>", "<", "2>", "2>&1", "|&"})
 
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
@@ -164,6 +163,8 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     """Validate a consumer map given as text; ``source`` names it in messages."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise ConfigError(f"nested too deeply (over {MAX_DEPTH} levels)", source) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = e.problem or "invalid YAML"
@@ -223,6 +224,9 @@ class _Reader:
         self.visit(node, path, depth)
         if not isinstance(node, MappingNode):
             raise self.error(node, path, f"expected {what}, got {self.describe(node)}")
+        # Merged mappings are walked once per merge: their keys count against the bound too.
+        self.nodes += len(node.value)
+        self.visit(node, path, depth)
         result: dict[str, tuple[Node, Node]] = {}
         merged: dict[str, tuple[Node, Node]] = {}
         for key_node, value_node in node.value:
@@ -272,7 +276,12 @@ class _Reader:
         self.visit(node, path, depth)
         if not isinstance(node, ScalarNode):
             return _NOT_SCALAR
-        return self._scalars.construct_object(node)
+        if node.tag not in _TAG_NAMES:
+            raise self.error(node, path, f"unsupported YAML tag {node.tag}")
+        try:
+            return self._scalars.construct_object(node)
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError):
+            raise self.error(node, path, f"{node.value!r} is not {_TAG_NAMES[node.tag]}") from None
 
     def string(self, node: Node, path: str, depth: int, what: str = "a string") -> str:
         value = self.scalar(node, path, depth)
@@ -311,6 +320,13 @@ class _Reader:
         self.check_keys(top, ("version", "defaults", "consumers"), "", ("version",), root)
         version_node = top["version"][1]
         version = self.scalar(version_node, "version", 1)
+        if version_node.tag == _STR_TAG and version == str(SUPPORTED_VERSION):
+            raise self.error(
+                version_node,
+                "version",
+                f"expected the number {SUPPORTED_VERSION}, got the string {version!r}; "
+                f"write `version: {SUPPORTED_VERSION}` without quotes",
+            )
         if version_node.tag != _INT_TAG or version != SUPPORTED_VERSION:
             raise self.error(
                 version_node,
@@ -424,7 +440,8 @@ class _Reader:
             raise self.error(
                 path_node, f"{path}.path", f"expected an absolute path, got {file_path!r}"
             )
-        if file_path.endswith("/") or ".." in file_path.split("/") or "//" in file_path:
+        components = file_path.split("/")
+        if file_path.endswith("/") or "." in components or ".." in components or "//" in file_path:
             raise self.error(
                 path_node, f"{path}.path", f"expected a plain path to a file, got {file_path!r}"
             )
@@ -547,9 +564,12 @@ class _Reader:
             text = self.string(node, path, 3, "a command: a string or a list of words")
             try:
                 words = tuple(shlex.split(text))
+                # Split again, only to find shell operators, also those stuck to a word.
+                lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+                lexer.whitespace_split = True
+                shell = [t for t in lexer if t and set(t) <= set("();<>|&")]
             except ValueError as e:
                 raise self.error(node, path, f"cannot split the command into words: {e}") from None
-            shell = [w for w in words if w in _SHELL_WORDS]
             if shell:
                 raise self.error(
                     node,

@@ -149,6 +149,8 @@ def read_lineage(live_dir: str) -> Lineage:
         fullchain = split_pem_certs(pems[Part.FULLCHAIN])
     except ValueError as e:
         raise LineageError(f"{live_dir}: chain.pem or fullchain.pem is not PEM ({e})") from None
+    if not chain:
+        raise LineageError(f"{live_dir}/chain.pem: no PEM certificate in it")
     try:
         key = serialization.load_pem_private_key(pems[Part.PRIVKEY], password=None)
     except (ValueError, TypeError) as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import tempfile
@@ -57,7 +58,7 @@ def run_command(argv: Sequence[str], timeout: float, what: str = "command") -> C
         except OSError as e:
             raise CommandError(f"{what} `{shown}`: cannot start: {e.strerror}") from None
         try:
-            returncode = proc.wait(timeout)
+            returncode = _wait(proc, timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             tail = _tail(out)
@@ -71,6 +72,23 @@ def run_command(argv: Sequence[str], timeout: float, what: str = "command") -> C
         status = f"was killed by signal {-returncode}" if returncode < 0 else f"exited {returncode}"
         raise CommandError(f"{what} `{shown}` {status}" + (f"; output: {output}" if output else ""))
     return CommandResult(argv, returncode, output, seconds)
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Wait for exit; a pidfd wakes us the moment it happens (Popen.wait polls with sleeps
+    of up to 50 ms, which a reload of a hundred consumers feels)."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return proc.wait(timeout)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(max(0.0, timeout) * 1000):
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(pidfd)
+    return proc.wait()
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -36,6 +36,10 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_NODES = 20_000
 MAX_DEPTH = 40
 
+# libyaml builds the node graph ~15x faster (and caps nesting at 1000 levels); the node
+# graph and its marks are the same.
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _MODE_RE = re.compile(r"^0?[0-7]{3}$")
 
@@ -162,7 +166,10 @@ def load_config(path: str) -> Config:
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Validate a consumer map given as text; ``source`` names it in messages."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        try:
+            root = yaml.compose(text, Loader=_FAST_LOADER)
+        except yaml.YAMLError:  # the pure-Python parser words its errors more helpfully
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
     except RecursionError:
         raise ConfigError(f"nested too deeply (over {MAX_DEPTH} levels)", source) from None
     except yaml.MarkedYAMLError as e:

@@ -207,10 +207,9 @@ def _setup_logging(verbose: bool, debug: bool) -> None:
 
 def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from certbot_fanout.config import default_config_path, load_config
-    from certbot_fanout.deploy import DeployOptions, deploy
+    from certbot_fanout.deploy import DeployOptions, deploy_lineage
     from certbot_fanout.errors import FanoutError
-    from certbot_fanout.lineage import lineage_dir, read_lineage
-    from certbot_fanout.lock import default_lock_path, run_lock
+    from certbot_fanout.lineage import lineage_dir
     from certbot_fanout.report import render_json, render_text
 
     if args.lineage:
@@ -225,24 +224,16 @@ def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
             f"or ${HOOK_ENV} (set by certbot for deploy hooks)"
         )
     live = os.path.abspath(live)
-    name = os.path.basename(live)
-
     config = load_config(args.config or default_config_path(env))
-    if not config.consumers_for(name):
+    options = DeployOptions(force=args.force, dry_run=args.dry_run, jobs=args.jobs)
+    result = deploy_lineage(config, live, options, lock_path=args.lock_file)
+    if result is None:
         print(
-            f"certbot-fanout: no consumer in {config.source} uses certificate {name}; "
-            "nothing to do",
+            f"certbot-fanout: no consumer in {config.source} uses certificate "
+            f"{os.path.basename(live)}; nothing to do",
             file=out,
         )
         return EXIT_OK
-
-    lineage = read_lineage(live)
-    options = DeployOptions(force=args.force, dry_run=args.dry_run, jobs=args.jobs)
-    if args.dry_run:
-        result = deploy(config, lineage, options)
-    else:
-        with run_lock(args.lock_file or default_lock_path()):
-            result = deploy(config, lineage, options)
     out.write(render_json(result) if args.json else render_text(result, verbose=args.verbose))
     out.flush()
     return EXIT_FAILED if result.failed else EXIT_OK

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,14 @@ from dataclasses import dataclass, field
 from certbot_fanout import commands, files, probe
 from certbot_fanout.config import Config, Consumer, Endpoint, FileSpec
 from certbot_fanout.errors import CommandError, FanoutError, PlacementError, ProbeError
-from certbot_fanout.lineage import CertInfo, Lineage, cert_info_from_der, fingerprint
+from certbot_fanout.lineage import (
+    CertInfo,
+    Lineage,
+    cert_info_from_der,
+    fingerprint,
+    read_lineage,
+)
+from certbot_fanout.lock import default_lock_path, run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +170,30 @@ def deploy(
         dry_run=options.dry_run,
         seconds=effects.clock() - start,
     )
+
+
+def deploy_lineage(
+    config: Config,
+    live_dir: str,
+    options: DeployOptions = DeployOptions(),
+    effects: Effects = Effects(),
+    lock_path: str | None = None,
+) -> DeployResult | None:
+    """Read ``live_dir`` and deploy it to its consumers, one run at a time (the lock is not
+    taken for a dry run). None when no consumer uses it: then the lineage is not even read.
+
+    Raises:
+        LineageError: the lineage is missing or inconsistent; nothing was touched.
+        LockError: another run held the lock too long; nothing was touched.
+    """
+    live_dir = os.path.abspath(live_dir)
+    if not config.consumers_for(os.path.basename(live_dir)):
+        return None
+    lineage = read_lineage(live_dir)
+    if options.dry_run:
+        return deploy(config, lineage, options, effects)
+    with run_lock(lock_path or default_lock_path()):
+        return deploy(config, lineage, options, effects)
 
 
 def _guarded(

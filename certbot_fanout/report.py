@@ -133,6 +133,32 @@ def _summary(result: DeployResult) -> str:
     return f"all {_plural(n, 'consumer')} ok ({result.seconds:.2f} s)"
 
 
+def failure_summary(result: DeployResult) -> str:
+    """One line naming each failed consumer and why, e.g. for a Certbot PluginError."""
+    parts = []
+    for c in result.failed:
+        stage = c.failed_stage.value if c.failed_stage else "?"
+        if c.failed_stage is Stage.VERIFY:
+            reasons = []
+            for ep in c.endpoints:
+                if ep.ok:
+                    continue
+                if ep.served is not None:
+                    reasons.append(
+                        f"{ep.label} still serves serial {ep.served.serial} "
+                        f"(not after {ep.served.not_after:%Y-%m-%d}), not the new certificate"
+                    )
+                else:
+                    reasons.append(ep.error or ep.label)
+            why = "; ".join(reasons)
+        else:
+            why = c.error or "failed"
+        parts.append(f"{c.name} failed at {stage}: {why}")
+    return f"{len(parts)} of {_plural(len(result.consumers), 'consumer')} failed: " + " | ".join(
+        parts
+    )
+
+
 def _cert_json(info: CertInfo | None) -> dict[str, Any] | None:
     if info is None:
         return None

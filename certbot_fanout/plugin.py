@@ -1,0 +1,190 @@
+"""The Certbot installer ``fanout``: a thin adapter over the same deploy path as the hook.
+
+This is the only module that imports ``certbot``. Facts it rests on (certbot 2.1 to 5.x):
+
+- ``install``/``run`` call ``deploy_cert`` once per *name*, then ``save()``, then
+  ``save("Deployed ACME Certificate")``, then ``restart()``: the lineage is remembered and
+  deployed once.
+- ``renew`` never calls ``deploy_cert``; it calls ``renew_deploy(lineage)`` (a RenewDeployer)
+  and then ``restart()``, both skipped on ``--dry-run``. An exception there makes certbot exit 1,
+  which a deploy hook cannot do.
+- ``prepare()`` must not raise for a runtime problem: during ``renew`` certbot would renew
+  without the installer and drop ``installer = fanout`` from the renewal configuration for good.
+  Problems surface in ``renew_deploy``, ``restart`` and ``config_test`` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from certbot import errors, interfaces
+from certbot.plugins import common
+
+from certbot_fanout import commands, files
+from certbot_fanout.config import Config, default_config_path, load_config
+from certbot_fanout.deploy import DeployOptions, DeployResult, Effects, deploy_lineage
+from certbot_fanout.errors import FanoutError
+from certbot_fanout.report import failure_summary, render_text
+
+logger = logging.getLogger(__name__)
+
+DEPLOYED_TITLE = "Deployed ACME Certificate"
+
+
+class Installer(common.Plugin, interfaces.Installer, interfaces.RenewDeployer):
+    """Deploy to every consumer in certbot-fanout's map and prove each serves the certificate."""
+
+    description = "Deploy to each service in certbot-fanout's map, then verify it"
+
+    @classmethod
+    def add_parser_arguments(cls, add: Callable[..., None]) -> None:
+        add(
+            "config",
+            default=None,
+            metavar="FILE",
+            help="certbot-fanout's consumer map (default: $CERTBOT_FANOUT_CONFIG, else "
+            "/etc/certbot-fanout/consumers.yaml)",
+        )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: dict[str, str] = {}  # lineage name -> live dir, from deploy_cert
+        self._originals: dict[str, files.Snapshot] = {}  # each path as this process found it
+
+    # -- Plugin ----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Nothing can fail here on purpose (see the module docstring)."""
+        if not os.path.exists(self._config_path()):
+            logger.warning("certbot-fanout: %s does not exist yet", self._config_path())
+
+    def more_info(self) -> str:
+        return (
+            "Places the renewed files for every consumer listed in certbot-fanout's map "
+            f"({self._config_path()}) with their owner and mode, runs each one's test and "
+            "reload, and connects to each like a client to prove it serves the new certificate."
+        )
+
+    # -- Installer -------------------------------------------------------------------------
+
+    def get_all_names(self) -> Iterable[str]:
+        config = self._load()
+        names = set(config.certificates)
+        for consumer in config.consumers:
+            names.update(ep.server_name for ep in consumer.verify if ep.server_name)
+        return names
+
+    def deploy_cert(
+        self,
+        domain: str,
+        cert_path: str,
+        key_path: str,
+        chain_path: str,
+        fullchain_path: str,
+    ) -> None:
+        live_dir = os.path.dirname(os.path.abspath(cert_path))
+        self._pending.setdefault(os.path.basename(live_dir), live_dir)
+
+    def enhance(self, domain: str, enhancement: str, options: Any = None) -> None:
+        raise errors.PluginError(
+            f"the fanout installer supports no enhancements (asked for {enhancement!r}); "
+            "configure redirects, HSTS and OCSP stapling in each service itself"
+        )
+
+    def supported_enhancements(self) -> list[str]:
+        return []
+
+    def save(self, title: str | None = None, temporary: bool = False) -> None:
+        if title == DEPLOYED_TITLE and not temporary:
+            self._deploy_pending()
+
+    def rollback_checkpoints(self, rollback: int = 1) -> None:
+        """Put back every file this process placed. Failures are logged, not raised."""
+        self._restore_originals()
+
+    def recovery_routine(self) -> None:
+        """Put back every file this process placed. Failures are logged, not raised."""
+        self._restore_originals()
+
+    def config_test(self) -> None:
+        config = self._load()
+        failures = []
+        for consumer in config.consumers:
+            if consumer.test:
+                try:
+                    commands.run_command(consumer.test, consumer.reload_timeout, "test")
+                except FanoutError as e:
+                    failures.append(f"{consumer.name}: {e}")
+        if failures:
+            raise errors.MisconfigurationError(
+                "certbot-fanout: config test failed for " + "; ".join(failures)
+            )
+
+    def restart(self) -> None:
+        self._deploy_pending()
+
+    # -- RenewDeployer ---------------------------------------------------------------------
+
+    def renew_deploy(self, lineage: interfaces.RenewableCert, *args: Any, **kwargs: Any) -> None:
+        self._deploy(os.path.dirname(os.path.abspath(lineage.cert_path)))
+
+    # -- the work ----------------------------------------------------------------------------
+
+    def _config_path(self) -> str:
+        configured: str | None = self.conf("config")
+        return configured or default_config_path()
+
+    def _load(self) -> Config:
+        try:
+            return load_config(self._config_path())
+        except FanoutError as e:
+            raise errors.PluginError(f"certbot-fanout: {e}") from None
+
+    def _deploy_pending(self) -> None:
+        while self._pending:
+            _, live_dir = self._pending.popitem()
+            self._deploy(live_dir)
+
+    def _deploy(self, live_dir: str) -> None:
+        config = self._load()
+        effects = Effects(place=self._place_recording_original)
+        try:
+            result = deploy_lineage(config, live_dir, DeployOptions(), effects)
+        except FanoutError as e:
+            raise errors.PluginError(f"certbot-fanout: {e}") from None
+        if result is None:
+            logger.info("certbot-fanout: no consumer in %s uses %s", config.source, live_dir)
+            return
+        self._report(result)
+
+    def _report(self, result: DeployResult) -> None:
+        text = render_text(result)
+        for line in text.splitlines():
+            logger.info("%s", line)
+        if result.failed:
+            raise errors.PluginError(
+                f"certbot-fanout: {result.certificate}: {failure_summary(result)}"
+            )
+        n = len(result.consumers)
+        from certbot.display import util as display_util
+
+        display_util.notify(
+            f"certbot-fanout: {result.certificate} deployed to {n} consumer"
+            f"{'' if n == 1 else 's'}, each proven to serve it"
+        )
+
+    def _place_recording_original(self, desired: files.Desired) -> None:
+        if desired.path not in self._originals:
+            self._originals[desired.path] = files.snapshot(desired.path)
+        files.place(desired)
+
+    def _restore_originals(self) -> None:
+        for path, original in self._originals.items():
+            try:
+                files.restore(original)
+            except FanoutError as e:
+                logger.error("certbot-fanout: cannot restore %s: %s", path, e)
+        self._originals.clear()

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from certbot import errors, interfaces
+from certbot.display import util as display_util
 from certbot.plugins import common
 
 from certbot_fanout import commands, files
@@ -169,12 +170,14 @@ class Installer(common.Plugin, interfaces.Installer, interfaces.RenewDeployer):
                 f"certbot-fanout: {result.certificate}: {failure_summary(result)}"
             )
         n = len(result.consumers)
-        from certbot.display import util as display_util
-
-        display_util.notify(
+        message = (
             f"certbot-fanout: {result.certificate} deployed to {n} consumer"
             f"{'' if n == 1 else 's'}, each proven to serve it"
         )
+        try:
+            display_util.notify(message)
+        except ValueError:  # no display: certbot's API used outside its command line
+            logger.info("%s", message)
 
     def _place_recording_original(self, desired: files.Desired) -> None:
         if desired.path not in self._originals:

@@ -140,7 +140,7 @@ def timed_deploy(bench: Bench, n: int, *, detail: bool = False) -> Sample:
         snapshot=tl.wrap("snapshot", files.snapshot),
         place=tl.wrap("place", files.place),
         run=tl.wrap("run", commands.run_command),
-        fetch_leaf=tl.wrap("probe", probe.fetch_leaf),
+        fetch=tl.wrap("probe", probe.fetch_served),
         sleep=tl.wrap("sleep", time.sleep),
     )
     SUBMITTED.clear()

@@ -22,6 +22,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from certbot_fanout.errors import ConfigError
+from certbot_fanout.probe import Dialect
 
 DEFAULT_CONFIG_PATH = "/etc/certbot-fanout/consumers.yaml"
 CONFIG_ENV = "CERTBOT_FANOUT_CONFIG"
@@ -89,11 +90,13 @@ class FileSpec:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A place where the consumer must serve the lineage's certificate."""
+    """A place where the consumer must serve the lineage's certificate (and its chain)."""
 
     host: str
     port: int
     server_name: str | None = None
+    starttls: Dialect | None = None
+    check_chain: bool = True
 
     @property
     def label(self) -> str:
@@ -597,15 +600,30 @@ class _Reader:
     def endpoint(self, node: Node, path: str) -> Endpoint:
         items = self.mapping(node, path, 4, "a mapping with 'host' and 'port'")
         self.check_keys(
-            items, ("host", "port", "server_name", "starttls"), path, ("host", "port"), node
+            items,
+            ("host", "port", "server_name", "starttls", "check_chain"),
+            path,
+            ("host", "port"),
+            node,
         )
+        starttls = None
         if "starttls" in items:
-            raise self.error(
-                items["starttls"][0],
-                f"{path}.starttls",
-                "STARTTLS probing is not available in this version of certbot-fanout; "
-                "verify a direct-TLS port instead",
-            )
+            starttls_node = items["starttls"][1]
+            word = self.string(starttls_node, f"{path}.starttls", 5, "a STARTTLS protocol")
+            try:
+                starttls = Dialect(word)
+            except ValueError:
+                known = ", ".join(d.value for d in Dialect)
+                hint = difflib.get_close_matches(word, [d.value for d in Dialect], n=1)
+                extra = f"; did you mean '{hint[0]}'?" if hint else ""
+                raise self.error(
+                    starttls_node,
+                    f"{path}.starttls",
+                    f"unknown STARTTLS protocol '{word}': expected one of {known}{extra}",
+                ) from None
+        check_chain = True
+        if "check_chain" in items:
+            check_chain = self.boolean(items["check_chain"][1], f"{path}.check_chain", 5)
         host = self.string(items["host"][1], f"{path}.host", 5, "a host name or address")
         if not host or any(c.isspace() for c in host):
             raise self.error(items["host"][1], f"{path}.host", f"expected a host, got {host!r}")
@@ -624,7 +642,13 @@ class _Reader:
                 raise self.error(
                     items["server_name"][1], f"{path}.server_name", "expected a DNS name"
                 )
-        return Endpoint(host=host, port=port, server_name=server_name)
+        return Endpoint(
+            host=host,
+            port=port,
+            server_name=server_name,
+            starttls=starttls,
+            check_chain=check_chain,
+        )
 
 
 _NOT_SCALAR = object()

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 
 from certbot_fanout import commands, files, probe
 from certbot_fanout.config import Config, Consumer, Endpoint, FileSpec
-from certbot_fanout.errors import CommandError, FanoutError, PlacementError, ProbeError
+from certbot_fanout.errors import CommandError, PlacementError, ProbeError
 from certbot_fanout.lineage import (
     CertInfo,
     Lineage,
     cert_info_from_der,
+    chain_problem,
     fingerprint,
     read_lineage,
 )
@@ -43,7 +44,9 @@ class Effects:
     place: Callable[[files.Desired], None] = files.place
     restore: Callable[[files.Snapshot], None] = files.restore
     run: Callable[[Sequence[str], float, str], commands.CommandResult] = commands.run_command
-    fetch_leaf: Callable[[str, int, str | None, float], bytes] = probe.fetch_leaf
+    fetch: Callable[[str, int, str | None, float, probe.Dialect | None], probe.Served] = (
+        probe.fetch_served
+    )
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 
@@ -349,21 +352,24 @@ class _ConsumerRun:
             remaining = deadline - self.fx.clock()
             attempt_timeout = min(max(remaining, 1.0), PROBE_ATTEMPT_TIMEOUT)
             try:
-                der = self.fx.fetch_leaf(ep.host, ep.port, server_name, attempt_timeout)
-                if fingerprint(der) == expected.fingerprint:
+                got = self.fx.fetch(ep.host, ep.port, server_name, attempt_timeout, ep.starttls)
+                problem = None
+                if fingerprint(got.leaf) != expected.fingerprint:
+                    served = cert_info_from_der(got.leaf)
+                    error = (
+                        f"{ep.label} (SNI {server_name}) serves {served.describe()}; "
+                        f"expected serial {expected.serial}, not after "
+                        f"{expected.not_after:%Y-%m-%d %H:%M:%S} UTC, "
+                        f"SHA-256 {expected.fingerprint}"
+                    )
+                elif ep.check_chain and (problem := chain_problem(got.chain, self.lineage)):
+                    error = f"{ep.label} (SNI {server_name}) {problem}"
+                else:
                     return EndpointResult(
                         ep, server_name, True, self.fx.clock() - start, attempts, expected
                     )
-                served = cert_info_from_der(der)
-                error = (
-                    f"{ep.label} (SNI {server_name}) serves {served.describe()}; "
-                    f"expected serial {expected.serial}, not after "
-                    f"{expected.not_after:%Y-%m-%d %H:%M:%S} UTC, SHA-256 {expected.fingerprint}"
-                )
             except ProbeError as e:
                 error = str(e)
-            except FanoutError as e:  # pragma: no cover - fetch_leaf raises ProbeError only
-                error = f"{ep.label}: {e}"
             now = self.fx.clock()
             if now + delay >= deadline:
                 waited = now - start

@@ -51,6 +51,7 @@ class Lineage:
     live_dir: str
     pems: dict[Part, bytes]
     cert: CertInfo
+    chain_der: tuple[bytes, ...] = ()
 
     def content(self, parts: tuple[Part, ...]) -> bytes:
         """The bytes of a placed file: the parts in order, each ending with a newline."""
@@ -169,4 +170,44 @@ def read_lineage(live_dir: str) -> Lineage:
         raise LineageError(f"{live_dir}: fullchain.pem does not start with cert.pem")
     if [c.public_bytes(der) for c in fullchain[1:]] != [c.public_bytes(der) for c in chain]:
         raise LineageError(f"{live_dir}: fullchain.pem is not cert.pem followed by chain.pem")
-    return Lineage(name=name, live_dir=live_dir, pems=pems, cert=cert_info(cert))
+    return Lineage(
+        name=name,
+        live_dir=live_dir,
+        pems=pems,
+        cert=cert_info(cert),
+        chain_der=tuple(c.public_bytes(der) for c in chain),
+    )
+
+
+def chain_problem(sent: tuple[bytes, ...], lineage: Lineage) -> str | None:
+    """What is wrong with the chain a server sent (DER, leaf first), compared with the
+    lineage's chain.pem; None when it sends that chain (a trailing extra, such as a root, is
+    harmless) or when the chain it sent is unknown (empty)."""
+    if not sent:
+        return None
+    intermediates = list(sent[1:])
+    expected = list(lineage.chain_der)
+    if intermediates[: len(expected)] == expected:
+        return None
+    if not intermediates:
+        return (
+            "serves cert.pem without the chain: no intermediate certificate was sent "
+            "(point the service at fullchain.pem)"
+        )
+    for i, want in enumerate(expected):
+        got = intermediates[i] if i < len(intermediates) else None
+        if got == want:
+            continue
+        wanted = cert_info_from_der(want)
+        if got is None:
+            return (
+                f"sends {len(intermediates)} of the {len(expected)} certificates of chain.pem; "
+                f"missing {wanted.subject}"
+            )
+        sent_info = cert_info_from_der(got)
+        return (
+            f"sends intermediate {sent_info.subject} (SHA-256 {sent_info.fingerprint[:16]}...) "
+            f"where chain.pem has {wanted.subject} (SHA-256 {wanted.fingerprint[:16]}...): "
+            "an old or different chain"
+        )
+    return None  # pragma: no cover - the prefix comparison above returns first

@@ -1,15 +1,52 @@
-"""Fetch the certificate an endpoint serves, like a client would, within a hard deadline."""
+"""Fetch what an endpoint serves, like a client would, within a hard deadline.
+
+Direct TLS, or a STARTTLS negotiation in the service's own protocol first (SMTP, LMTP, IMAP,
+POP3, FTP, NNTP, ManageSieve, XMPP, PostgreSQL, LDAP, MySQL). Every read is bounded in bytes and
+by one deadline for the whole exchange, so a silent, slow or garbage-speaking peer costs at most
+the timeout. Plaintext the server sends after its go-ahead is refused (a STARTTLS injection).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import select
 import socket
 import ssl
+import struct
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from certbot_fanout.errors import ProbeError
+
+MAX_PLAINTEXT_BYTES = 64 * 1024
+_EHLO_NAME = b"localhost"
+
+
+class Dialect(enum.Enum):
+    SMTP = "smtp"
+    LMTP = "lmtp"
+    IMAP = "imap"
+    POP3 = "pop3"
+    FTP = "ftp"
+    NNTP = "nntp"
+    SIEVE = "sieve"
+    XMPP = "xmpp"
+    XMPP_SERVER = "xmpp-server"
+    POSTGRES = "postgres"
+    LDAP = "ldap"
+    MYSQL = "mysql"
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a server presented: its leaf, and every certificate it sent (DER, leaf first;
+    empty when this Python cannot tell)."""
+
+    leaf: bytes
+    chain: tuple[bytes, ...]
 
 
 @functools.cache
@@ -26,17 +63,21 @@ def _client_context() -> ssl.SSLContext:
     return ctx
 
 
-def fetch_leaf(host: str, port: int, server_name: str | None, timeout: float) -> bytes:
-    """Connect to ``host:port``, complete a TLS handshake with SNI ``server_name``, and return
-    the DER of the leaf certificate the server presented.
-
-    The whole exchange (resolution aside) ends within ``timeout`` seconds, however slowly the
-    peer drips its bytes.
+def fetch_served(
+    host: str,
+    port: int,
+    server_name: str | None,
+    timeout: float,
+    starttls: Dialect | None = None,
+) -> Served:
+    """Connect to ``host:port``, negotiate STARTTLS if asked, complete a TLS handshake with SNI
+    ``server_name``, and return what the server presented.
 
     Raises:
-        ProbeError: connection refused or timed out, or the handshake failed or was too slow.
+        ProbeError: naming the endpoint and the stage that failed (connect, greeting, the
+            STARTTLS exchange, the TLS handshake), all within ``timeout`` seconds.
     """
-    where = f"{host}:{port}"
+    where = f"{host}:{port}" + (f" ({starttls.value})" if starttls else "")
     deadline = time.monotonic() + timeout
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -50,6 +91,10 @@ def fetch_leaf(host: str, port: int, server_name: str | None, timeout: float) ->
         raise ProbeError(f"{where}: cannot connect: {e.strerror or e}") from None
     with sock:
         sock.setblocking(False)
+        if starttls is not None:
+            talk = _Plaintext(sock, deadline, where, timeout)
+            _NEGOTIATE[starttls](talk, server_name or host)
+            talk.ensure_nothing_pending()
         try:
             tls = _client_context().wrap_socket(
                 sock, server_hostname=server_name or None, do_handshake_on_connect=False
@@ -58,10 +103,27 @@ def fetch_leaf(host: str, port: int, server_name: str | None, timeout: float) ->
             raise ProbeError(f"{where}: cannot start TLS: {e}") from None
         with tls:
             _handshake(tls, deadline, where, timeout)
-            der = tls.getpeercert(binary_form=True)
-    if not der:
+            leaf = tls.getpeercert(binary_form=True)
+            chain = _peer_chain(tls)
+    if not leaf:
         raise ProbeError(f"{where}: the server presented no certificate")
-    return der
+    return Served(leaf=leaf, chain=chain)
+
+
+def fetch_leaf(host: str, port: int, server_name: str | None, timeout: float) -> bytes:
+    """The DER of the leaf certificate a direct-TLS endpoint presents."""
+    return fetch_served(host, port, server_name, timeout).leaf
+
+
+def _peer_chain(tls: ssl.SSLSocket) -> tuple[bytes, ...]:
+    public = getattr(tls, "get_unverified_chain", None)  # Python >= 3.13
+    if public is not None:
+        return tuple(public() or ())
+    sslobj = getattr(tls, "_sslobj", None)  # 3.10-3.12: the same call, not yet public
+    private = getattr(sslobj, "get_unverified_chain", None)
+    if private is None:
+        return ()
+    return tuple(c.public_bytes(ssl._ssl.ENCODING_DER) for c in private() or ())  # type: ignore[attr-defined]
 
 
 def _handshake(tls: ssl.SSLSocket, deadline: float, where: str, timeout: float) -> None:
@@ -70,9 +132,9 @@ def _handshake(tls: ssl.SSLSocket, deadline: float, where: str, timeout: float) 
             tls.do_handshake()
             return
         except ssl.SSLWantReadError:
-            wait_read = True
+            events = select.POLLIN
         except ssl.SSLWantWriteError:
-            wait_read = False
+            events = select.POLLOUT
         except ssl.SSLError as e:
             reason = e.reason or str(e)
             raise ProbeError(f"{where}: TLS handshake failed: {reason}") from None
@@ -80,10 +142,354 @@ def _handshake(tls: ssl.SSLSocket, deadline: float, where: str, timeout: float) 
             raise ProbeError(f"{where}: connection reset during the TLS handshake") from None
         except OSError as e:
             raise ProbeError(f"{where}: TLS handshake failed: {e.strerror or e}") from None
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if not _wait(tls.fileno(), events, deadline):
             raise ProbeError(f"{where}: TLS handshake not finished within {timeout:g} s")
-        poller = select.poll()
-        poller.register(tls.fileno(), select.POLLIN if wait_read else select.POLLOUT)
-        if not poller.poll(remaining * 1000):
-            raise ProbeError(f"{where}: TLS handshake not finished within {timeout:g} s")
+
+
+def _wait(fd: int, events: int, deadline: float) -> bool:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return False
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(remaining * 1000))
+
+
+class _Plaintext:
+    """The plaintext part of a STARTTLS exchange: bounded reads, one deadline, named stages."""
+
+    def __init__(self, sock: socket.socket, deadline: float, where: str, timeout: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.where = where
+        self.timeout = timeout
+        self.buffer = bytearray()
+        self.received = 0
+        self.stage = "greeting"
+
+    def fail(self, problem: str) -> ProbeError:
+        return ProbeError(f"{self.where}: {self.stage}: {problem}")
+
+    def _fill(self) -> None:
+        if not _wait(self.sock.fileno(), select.POLLIN, self.deadline):
+            raise self.fail(f"no answer within {self.timeout:g} s")
+        try:
+            data = self.sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            raise self.fail(f"connection error: {e.strerror or e}") from None
+        if not data:
+            raise self.fail("the server closed the connection")
+        self.received += len(data)
+        if self.received > MAX_PLAINTEXT_BYTES:
+            raise self.fail(f"more than {MAX_PLAINTEXT_BYTES} bytes without the expected answer")
+        self.buffer += data
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if not _wait(self.sock.fileno(), select.POLLOUT, self.deadline):
+                raise self.fail(f"cannot send within {self.timeout:g} s")
+            try:
+                view = view[self.sock.send(view) :]
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                raise self.fail(f"connection error: {e.strerror or e}") from None
+
+    def line(self) -> bytes:
+        """One line without its CR LF."""
+        while b"\n" not in self.buffer:
+            self._fill()
+        end = self.buffer.index(b"\n")
+        text = bytes(self.buffer[:end]).rstrip(b"\r")
+        del self.buffer[: end + 1]
+        return text
+
+    def exactly(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            self._fill()
+        data = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return data
+
+    def until(self, *markers: bytes) -> tuple[bytes, bytes]:
+        """Read until one of ``markers`` appears; return (text up to and including it, marker)."""
+        while True:
+            for marker in markers:
+                at = self.buffer.find(marker)
+                if at >= 0:
+                    end = at + len(marker)
+                    text = bytes(self.buffer[:end])
+                    del self.buffer[:end]
+                    return text, marker
+            self._fill()
+
+    def ensure_nothing_pending(self) -> None:
+        """After the go-ahead the server must wait for our ClientHello: anything it already
+        sent would be read as if it came through TLS (STARTTLS command injection)."""
+        self.stage = "after the STARTTLS go-ahead"
+        pending = bytes(self.buffer)
+        if not pending:
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                pending = self.sock.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        if pending:
+            raise self.fail(
+                f"the server sent {pending[:40]!r} in plaintext before the TLS handshake; "
+                "refusing (possible STARTTLS injection)"
+            )
+
+
+Negotiate = Callable[["_Plaintext", str], None]
+
+
+def _show(data: bytes) -> str:
+    text = data.decode("utf-8", "replace")
+    return repr(text[:120] + ("..." if len(text) > 120 else ""))
+
+
+def _reply(talk: _Plaintext) -> tuple[int, list[bytes]]:
+    """An SMTP/LMTP/FTP style reply: ``250-...`` lines, then ``250 ...``."""
+    lines = []
+    while True:
+        line = talk.line()
+        lines.append(line)
+        if len(line) < 3 or not line[:3].isdigit():
+            raise talk.fail(f"expected a numeric reply, got {_show(line)}")
+        if len(line) == 3 or line[3:4] == b" ":
+            return int(line[:3]), lines
+        if line[3:4] != b"-":
+            raise talk.fail(f"expected a numeric reply, got {_show(line)}")
+
+
+def _expect_code(talk: _Plaintext, *codes: int) -> list[bytes]:
+    code, lines = _reply(talk)
+    if code not in codes:
+        want = " or ".join(str(c) for c in codes)
+        raise talk.fail(f"expected {want}, got {_show(lines[-1])}")
+    return lines
+
+
+def _smtp(hello: bytes) -> Negotiate:
+    def negotiate(talk: _Plaintext, name: str) -> None:
+        _expect_code(talk, 220)
+        talk.stage = hello.decode()
+        talk.send(hello + b" " + _EHLO_NAME + b"\r\n")
+        lines = _expect_code(talk, 250)
+        if not any(line[4:].strip().upper().startswith(b"STARTTLS") for line in lines[1:]):
+            raise talk.fail("the server does not offer STARTTLS")
+        talk.stage = "STARTTLS"
+        talk.send(b"STARTTLS\r\n")
+        _expect_code(talk, 220)
+
+    return negotiate
+
+
+def _imap(talk: _Plaintext, name: str) -> None:
+    greeting = talk.line()
+    if not greeting.upper().startswith((b"* OK", b"* PREAUTH")):
+        raise talk.fail(f"expected '* OK', got {_show(greeting)}")
+    talk.stage = "STARTTLS"
+    talk.send(b"F1 STARTTLS\r\n")
+    while True:
+        line = talk.line()
+        if line.startswith(b"* "):
+            continue
+        if line.upper().startswith(b"F1 OK"):
+            return
+        raise talk.fail(f"the server refused STARTTLS: {_show(line)}")
+
+
+def _pop3(talk: _Plaintext, name: str) -> None:
+    greeting = talk.line()
+    if not greeting.startswith(b"+OK"):
+        raise talk.fail(f"expected '+OK', got {_show(greeting)}")
+    talk.stage = "STLS"
+    talk.send(b"STLS\r\n")
+    answer = talk.line()
+    if not answer.startswith(b"+OK"):
+        raise talk.fail(f"the server refused STLS: {_show(answer)}")
+
+
+def _ftp(talk: _Plaintext, name: str) -> None:
+    _expect_code(talk, 220)
+    talk.stage = "AUTH TLS"
+    talk.send(b"AUTH TLS\r\n")
+    _expect_code(talk, 234)
+
+
+def _nntp(talk: _Plaintext, name: str) -> None:
+    greeting = talk.line()
+    if not greeting.startswith((b"200", b"201")):
+        raise talk.fail(f"expected 200 or 201, got {_show(greeting)}")
+    talk.stage = "STARTTLS"
+    talk.send(b"STARTTLS\r\n")
+    answer = talk.line()
+    if not answer.startswith(b"382"):
+        raise talk.fail(f"the server refused STARTTLS: {_show(answer)}")
+
+
+def _sieve(talk: _Plaintext, name: str) -> None:
+    offered = False
+    while True:
+        line = talk.line()
+        upper = line.upper()
+        if upper.startswith(b"OK"):
+            break
+        if upper.startswith((b"NO", b"BYE")):
+            raise talk.fail(f"the server refused the connection: {_show(line)}")
+        if not upper.startswith(b'"'):
+            raise talk.fail(f"expected a capability line, got {_show(line)}")
+        offered = offered or upper.startswith(b'"STARTTLS"')
+    if not offered:
+        raise talk.fail("the server does not offer STARTTLS")
+    talk.stage = "STARTTLS"
+    talk.send(b"STARTTLS\r\n")
+    answer = talk.line()
+    if not answer.upper().startswith(b"OK"):
+        raise talk.fail(f"the server refused STARTTLS: {_show(answer)}")
+
+
+def _xmpp(namespace: bytes) -> Negotiate:
+    def negotiate(talk: _Plaintext, name: str) -> None:
+        talk.send(
+            b"<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams'"
+            b" xmlns='" + namespace + b"' to='" + name.encode("idna") + b"' version='1.0'>"
+        )
+        talk.stage = "stream features"
+        features, marker = talk.until(b"</stream:features>", b"</stream:stream>", b"<stream:error")
+        if marker != b"</stream:features>":
+            raise talk.fail(f"the server ended the stream: {_show(features[-200:])}")
+        if b"urn:ietf:params:xml:ns:xmpp-tls" not in features:
+            raise talk.fail("the server does not offer STARTTLS")
+        talk.stage = "STARTTLS"
+        talk.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        _, marker = talk.until(b"<proceed", b"<failure")
+        if marker == b"<failure":
+            raise talk.fail("the server refused STARTTLS")
+        rest, _ = talk.until(b">")
+        if not rest.endswith(b"/>"):
+            talk.until(b"</proceed>")
+
+    return negotiate
+
+
+def _postgres(talk: _Plaintext, name: str) -> None:
+    talk.stage = "SSLRequest"
+    talk.send(struct.pack("!II", 8, 80877103))
+    answer = talk.exactly(1)  # one byte only: anything after it must come through TLS
+    if answer == b"N":
+        raise talk.fail("the server refuses TLS (ssl = off?)")
+    if answer != b"S":
+        raise talk.fail(f"expected 'S', got {answer!r}")
+
+
+# ExtendedRequest for StartTLS (RFC 4511 4.14.1), message ID 1.
+_LDAP_STARTTLS_OID = b"1.3.6.1.4.1.1466.20037"
+_LDAP_REQUEST = (
+    b"\x30" + bytes([len(_LDAP_STARTTLS_OID) + 7]) + b"\x02\x01\x01"
+    b"\x77" + bytes([len(_LDAP_STARTTLS_OID) + 2]) + b"\x80" + bytes([len(_LDAP_STARTTLS_OID)])
+) + _LDAP_STARTTLS_OID
+
+
+def _ber(data: bytes, at: int) -> tuple[int, bytes, int]:
+    """(tag, value, next offset) of the BER element at ``at``."""
+    if at + 2 > len(data):
+        raise ValueError("truncated")
+    tag, length = data[at], data[at + 1]
+    at += 2
+    if length & 0x80:
+        size = length & 0x7F
+        if not 0 < size <= 4 or at + size > len(data):
+            raise ValueError("bad length")
+        length = int.from_bytes(data[at : at + size], "big")
+        at += size
+    if at + length > len(data):
+        raise ValueError("truncated")
+    return tag, data[at : at + length], at + length
+
+
+def _ldap(talk: _Plaintext, name: str) -> None:
+    talk.stage = "StartTLS request"
+    talk.send(_LDAP_REQUEST)
+    head = talk.exactly(2)
+    if head[0] != 0x30:
+        raise talk.fail(f"expected an LDAP message, got {head!r}")
+    size = head[1]
+    extra = b""
+    if size & 0x80:
+        extra = talk.exactly(size & 0x7F) if 0 < size & 0x7F <= 4 else b""
+        if not extra:
+            raise talk.fail("malformed LDAP message length")
+        size = int.from_bytes(extra, "big")
+    if size > MAX_PLAINTEXT_BYTES:
+        raise talk.fail(f"LDAP answer of {size} bytes is too large")
+    message = head + extra + talk.exactly(size)
+    try:
+        _, body, _ = _ber(message, 0)
+        _, _, at = _ber(body, 0)  # messageID
+        tag, response, _ = _ber(body, at)
+        if tag != 0x78:
+            raise talk.fail(f"expected an ExtendedResponse, got tag {tag:#x}")
+        code_tag, code, at = _ber(response, 0)
+        _, _, at = _ber(response, at)  # matchedDN
+        _, diagnostic, _ = _ber(response, at)
+    except ValueError as e:
+        raise talk.fail(f"malformed LDAP answer ({e})") from None
+    if code_tag != 0x0A or int.from_bytes(code, "big") != 0:
+        detail = diagnostic.decode("utf-8", "replace") or "no message"
+        raise talk.fail(
+            f"the server refused StartTLS (resultCode {int.from_bytes(code, 'big')}: {detail})"
+        )
+
+
+_MYSQL_CLIENT_SSL = 0x0800
+_MYSQL_CLIENT_PROTOCOL_41 = 0x0200
+_MYSQL_CLIENT_SECURE_CONNECTION = 0x8000
+_MYSQL_CLIENT_LONG_PASSWORD = 0x0001
+
+
+def _mysql(talk: _Plaintext, name: str) -> None:
+    header = talk.exactly(4)
+    size = int.from_bytes(header[:3], "little")
+    if size > MAX_PLAINTEXT_BYTES:
+        raise talk.fail(f"a handshake packet of {size} bytes is too large")
+    payload = talk.exactly(size)
+    if payload[:1] == b"\xff":
+        message = payload[9:] if payload[3:4] == b"#" else payload[3:]
+        raise talk.fail(f"the server refused the connection: {_show(message)}")
+    if payload[:1] != b"\x0a":
+        raise talk.fail(f"expected a protocol 10 handshake, got {_show(payload[:20])}")
+    end = payload.find(b"\0", 1)
+    offset = end + 1 + 4 + 8 + 1  # server version, connection id, auth data, filler
+    if end < 0 or len(payload) < offset + 2:
+        raise talk.fail("truncated handshake packet")
+    capabilities = int.from_bytes(payload[offset : offset + 2], "little")
+    if not capabilities & _MYSQL_CLIENT_SSL:
+        raise talk.fail("the server does not offer TLS (no CLIENT_SSL; have_ssl off?)")
+    talk.stage = "SSLRequest"
+    flags = (
+        _MYSQL_CLIENT_SSL
+        | _MYSQL_CLIENT_PROTOCOL_41
+        | _MYSQL_CLIENT_SECURE_CONNECTION
+        | _MYSQL_CLIENT_LONG_PASSWORD
+    )
+    request = struct.pack("<IIB", flags, 1 << 24, 33) + b"\0" * 23
+    talk.send(len(request).to_bytes(3, "little") + bytes([header[3] + 1]) + request)
+
+
+_NEGOTIATE: dict[Dialect, Negotiate] = {
+    Dialect.SMTP: _smtp(b"EHLO"),
+    Dialect.LMTP: _smtp(b"LHLO"),
+    Dialect.IMAP: _imap,
+    Dialect.POP3: _pop3,
+    Dialect.FTP: _ftp,
+    Dialect.NNTP: _nntp,
+    Dialect.SIEVE: _sieve,
+    Dialect.XMPP: _xmpp(b"jabber:client"),
+    Dialect.XMPP_SERVER: _xmpp(b"jabber:server"),
+    Dialect.POSTGRES: _postgres,
+    Dialect.LDAP: _ldap,
+    Dialect.MYSQL: _mysql,
+}

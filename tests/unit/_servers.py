@@ -93,3 +93,76 @@ class Peer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+Step = tuple[str, bytes | float]
+
+
+class ScriptedPeer:
+    """A loopback server that plays a plaintext script, then (on a ``tls`` step) serves
+    ``cert``/``key`` over TLS on the same connection. Steps: ``("send", bytes)``,
+    ``("line", b"")`` (read one line), ``("read", n)``, ``("drip", bytes)`` (one byte per
+    0.2 s), ``("sleep", seconds)``, ``("tls", b"")``."""
+
+    def __init__(self, steps: list[Step], cert: Path | None = None, key: Path | None = None):
+        self.steps = steps
+        self.ctx: ssl.SSLContext | None = None
+        if cert and key:
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ctx.load_cert_chain(cert, key)
+        self.received: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port: int = self.listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._play, args=(conn,), daemon=True).start()
+
+    def _play(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(10)
+            reader = conn.makefile("rb")
+            for action, arg in self.steps:
+                if action == "send":
+                    assert isinstance(arg, bytes)
+                    conn.sendall(arg)
+                elif action == "line":
+                    self.received.append(reader.readline(4096))
+                elif action == "read":
+                    assert isinstance(arg, int)
+                    self.received.append(reader.read(arg))
+                elif action == "drip":
+                    assert isinstance(arg, bytes)
+                    for byte in arg:
+                        if self._stop.wait(0.2):
+                            return
+                        conn.sendall(bytes([byte]))
+                elif action == "sleep":
+                    assert isinstance(arg, float)
+                    self._stop.wait(arg)
+                elif action == "tls":
+                    assert self.ctx is not None
+                    with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                        tls.sendall(b"ok\n")
+                    return
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        self._thread.join(5)
+
+    def __enter__(self) -> ScriptedPeer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

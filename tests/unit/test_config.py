@@ -27,6 +27,7 @@ from certbot_fanout.config import (
     parse_config,
 )
 from certbot_fanout.errors import ConfigError
+from certbot_fanout.probe import Dialect
 
 WriteConfig = Callable[[str], Path]
 SOURCE = "consumers.yaml"
@@ -1292,7 +1293,7 @@ def test_verify_must_be_a_list_of_mappings() -> None:
     _assert_error(_reject(text), _pos(text, "127"), "consumers.web.verify[0]", "'host' and 'port'")
 
 
-def test_starttls_is_rejected_for_now() -> None:
+def test_starttls_and_check_chain_are_read() -> None:
     text = _y(
         """
         version: 1
@@ -1303,14 +1304,55 @@ def test_starttls_is_rejected_for_now() -> None:
               - host: 127.0.0.1
                 port: 25
                 starttls: smtp
+              - {host: 127.0.0.1, port: 5269, starttls: xmpp-server, check_chain: false}
+              - {host: 127.0.0.1, port: 465}
+        """
+    )
+    verify = parse_config(text, SOURCE).consumers[0].verify
+    assert [(e.starttls, e.check_chain) for e in verify] == [
+        (Dialect.SMTP, True),
+        (Dialect.XMPP_SERVER, False),
+        (None, True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("smpt", ("unknown STARTTLS protocol 'smpt'", "did you mean 'smtp'?")),
+        ("http", ("unknown STARTTLS protocol 'http'", "expected one of smtp, lmtp, imap")),
+        ("587", ("expected a STARTTLS protocol", "a number")),
+    ],
+)
+def test_unknown_starttls_protocol_is_rejected(value: str, words: tuple[str, ...]) -> None:
+    text = _y(
+        f"""
+        version: 1
+        consumers:
+          postfix:
+            certificate: mail.example.org
+            verify:
+              - host: 127.0.0.1
+                port: 25
+                starttls: {value}
+        """
+    )
+    _assert_error(_reject(text), _pos(text, value), "consumers.postfix.verify[0].starttls", *words)
+
+
+def test_check_chain_must_be_a_boolean() -> None:
+    text = _y(
+        """
+        version: 1
+        consumers:
+          web:
+            certificate: example.org
+            verify:
+              - {host: 127.0.0.1, port: 443, check_chain: maybe}
         """
     )
     _assert_error(
-        _reject(text),
-        _pos(text, "starttls"),
-        "consumers.postfix.verify[0].starttls",
-        "STARTTLS probing is not available",
-        "verify a direct-TLS port instead",
+        _reject(text), _pos(text, "maybe"), "consumers.web.verify[0].check_chain", "true or false"
     )
 
 

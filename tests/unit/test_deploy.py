@@ -19,12 +19,14 @@ from typing import NoReturn
 
 import pytest
 from _lineages import LineageFactory
+from _servers import Peer
 
 from certbot_fanout.config import Config, Part, parse_config
 from certbot_fanout.deploy import DeployOptions, Effects, Outcome, Stage, deploy
 from certbot_fanout.errors import LockError
 from certbot_fanout.lineage import Lineage, read_lineage
 from certbot_fanout.lock import run_lock
+from certbot_fanout.probe import Dialect, Served
 from certbot_fanout.report import render_json, render_text
 
 NAME = "svc.test"
@@ -317,7 +319,7 @@ def test_dry_run_changes_runs_and_probes_nothing(
         calls.append(args)
         raise AssertionError(f"a dry run called {args}")
 
-    effects = Effects(place=forbidden, restore=forbidden, run=forbidden, fetch_leaf=forbidden)
+    effects = Effects(place=forbidden, restore=forbidden, run=forbidden, fetch=forbidden)
     result = deploy(
         config_of(consumer_yaml("a", svc, test=["true"])), new, DeployOptions(dry_run=True), effects
     )
@@ -361,15 +363,17 @@ def test_a_crashing_consumer_is_contained(
     new = renew(lineages)
     real = Effects()
 
-    def fetch(host: str, port: int, sni: str | None, timeout: float) -> bytes:
+    def fetch(
+        host: str, port: int, sni: str | None, timeout: float, starttls: Dialect | None
+    ) -> Served:
         if port == a.port:
             raise RuntimeError("bug in a probe")
-        return real.fetch_leaf(host, port, sni, timeout)
+        return real.fetch(host, port, sni, timeout, starttls)
 
     result = deploy(
         config_of(consumer_yaml("a", a), consumer_yaml("b", b)),
         new,
-        effects=Effects(fetch_leaf=fetch),
+        effects=Effects(fetch=fetch),
     )
     by_name = {c.name: c for c in result.consumers}
     assert by_name["a"].failed_stage is Stage.INTERNAL
@@ -414,3 +418,21 @@ def test_run_lock_keeps_runs_one_at_a_time(tmp_path: Path) -> None:
     t.join()
     with run_lock(lock, 1):
         pass
+
+
+def test_leaf_only_endpoint_fails_unless_chain_checking_is_off(lineages: LineageFactory) -> None:
+    live, _ = lineages.issue(NAME)
+    lineage = read_lineage(str(live))
+    with Peer("tls", live / "cert.pem", live / "privkey.pem") as peer:
+        text = (
+            f"  a:\n    certificate: {NAME}\n    verify_timeout: 0.5\n"
+            f"    verify: [{{host: 127.0.0.1, port: {peer.port}}}]\n"
+        )
+        strict = deploy(config_of(text), lineage).consumers[0]
+        relaxed_text = text.replace(
+            f"port: {peer.port}}}", f"port: {peer.port}, check_chain: false}}"
+        )
+        relaxed = deploy(config_of(relaxed_text), lineage).consumers[0]
+    assert strict.failed_stage is Stage.VERIFY
+    assert "serves cert.pem without the chain" in (strict.endpoints[0].error or "")
+    assert relaxed.outcome is Outcome.OK

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 from _lineages import LineageFactory
-from _servers import Peer
+from _servers import Peer, ScriptedPeer, Step
 
+from certbot_fanout._pki import ThrowawayCA
+from certbot_fanout.config import Part
 from certbot_fanout.errors import ProbeError
-from certbot_fanout.lineage import fingerprint, read_lineage
-from certbot_fanout.probe import fetch_leaf
+from certbot_fanout.lineage import chain_problem, fingerprint, read_lineage
+from certbot_fanout.probe import Dialect, fetch_leaf, fetch_served
 
 
 @pytest.fixture
@@ -69,3 +71,147 @@ def test_tls_alert_is_reported(live: Path) -> None:
         pytest.raises(ProbeError, match="TLS handshake failed: SSLV3_ALERT_HANDSHAKE_FAILURE"),
     ):
         fetch_leaf("127.0.0.1", peer.port, "probe.test", 2)
+
+
+# -- STARTTLS: the exchange, and peers that misbehave at each stage ---------------------------
+
+SMTP_OK: list[Step] = [
+    ("send", b"220-mx.test ESMTP\r\n220 ready\r\n"),
+    ("line", b""),
+    ("send", b"250-mx.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n"),
+    ("line", b""),
+    ("send", b"220 2.0.0 go ahead\r\n"),
+    ("tls", b""),
+]
+
+
+def test_smtp_starttls_reaches_the_certificate(live: Path) -> None:
+    with ScriptedPeer(SMTP_OK, live / "fullchain.pem", live / "privkey.pem") as peer:
+        served = fetch_served("127.0.0.1", peer.port, "probe.test", 5, Dialect.SMTP)
+    lineage = read_lineage(str(live))
+    assert fingerprint(served.leaf) == lineage.cert.fingerprint
+    assert served.chain == (served.leaf, *lineage.chain_der)
+    assert peer.received == [b"EHLO localhost\r\n", b"STARTTLS\r\n"]
+
+
+def test_every_dialect_has_a_negotiation() -> None:
+    from certbot_fanout import probe
+
+    assert set(probe._NEGOTIATE) == set(Dialect)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "steps", "message"),
+    [
+        (
+            Dialect.SMTP,
+            [("send", b"220 mx\r\n"), ("line", b""), ("send", b"250-mx\r\n250 SIZE 10\r\n")],
+            r"\(smtp\): EHLO: the server does not offer STARTTLS",
+        ),
+        (
+            Dialect.SMTP,
+            [*SMTP_OK[:4], ("send", b"454 4.7.0 TLS not available\r\n")],
+            r"STARTTLS: expected 220, got '454 4.7.0 TLS not available'",
+        ),
+        (
+            Dialect.IMAP,
+            [("send", b"* OK ready\r\n"), ("line", b""), ("send", b"F1 NO not now\r\n")],
+            r"\(imap\): STARTTLS: the server refused STARTTLS: 'F1 NO not now'",
+        ),
+        (
+            Dialect.POP3,
+            [("send", b"SSH-2.0-OpenSSH_9.2\r\n")],
+            r"\(pop3\): greeting: expected '\+OK', got 'SSH-2.0-OpenSSH_9.2'",
+        ),
+        (Dialect.SMTP, [("sleep", 5.0)], r"\(smtp\): greeting: no answer within 1 s"),
+        (Dialect.IMAP, [("drip", b"* OK a very slow greeting\r\n")], "no answer within 1 s"),
+        (
+            Dialect.SMTP,
+            [("send", b"220 mx\r\n"), ("line", b"")],
+            "EHLO: the server closed the connection",
+        ),
+        (Dialect.SMTP, [("send", b"x" * 70000)], "more than 65536 bytes"),
+        (
+            Dialect.POSTGRES,
+            [("read", 8), ("send", b"N")],
+            r"\(postgres\): SSLRequest: the server refuses TLS",
+        ),
+        (
+            Dialect.SMTP,
+            [*SMTP_OK[:4], ("send", b"220 2.0.0 go ahead\r\n250 injected\r\n"), ("tls", b"")],
+            "after the STARTTLS go-ahead: the server sent b'250 injected",
+        ),
+        (
+            Dialect.POSTGRES,
+            [("read", 8), ("send", b"SE"), ("tls", b"")],
+            "possible STARTTLS injection",
+        ),
+    ],
+    ids=[
+        "no-starttls-offered",
+        "starttls-refused",
+        "imap-no",
+        "garbage",
+        "silent",
+        "drip",
+        "hang-up",
+        "flood",
+        "postgres-ssl-off",
+        "smtp-injection",
+        "postgres-injection",
+    ],
+)
+def test_hostile_starttls_peers_fail_at_their_stage_in_time(
+    live: Path, dialect: Dialect, steps: list[Step], message: str
+) -> None:
+    with ScriptedPeer(steps, live / "fullchain.pem", live / "privkey.pem") as peer:
+        start = time.monotonic()
+        with pytest.raises(ProbeError, match=message):
+            fetch_served("127.0.0.1", peer.port, "probe.test", 1.0, dialect)
+        assert time.monotonic() - start < 1.5
+
+
+def test_tls_alert_after_the_go_ahead(live: Path) -> None:
+    # The server waits for the ClientHello, then answers with a handshake_failure alert.
+    steps: list[Step] = [*SMTP_OK[:5], ("read", 5), ("send", b"\x15\x03\x03\x00\x02\x02\x28")]
+    with (
+        ScriptedPeer(steps) as peer,
+        pytest.raises(ProbeError, match=r"\(smtp\): TLS handshake failed"),
+    ):
+        fetch_served("127.0.0.1", peer.port, "probe.test", 2, Dialect.SMTP)
+
+
+# -- the served chain ------------------------------------------------------------------------
+
+
+def test_leaf_only_endpoint_is_named_as_such(live: Path) -> None:
+    lineage = read_lineage(str(live))
+    with Peer("tls", live / "cert.pem", live / "privkey.pem") as peer:
+        served = fetch_served("127.0.0.1", peer.port, "probe.test", 5)
+    assert served.chain == (served.leaf,)
+    assert chain_problem(served.chain, lineage) == (
+        "serves cert.pem without the chain: no intermediate certificate was sent "
+        "(point the service at fullchain.pem)"
+    )
+
+
+def test_a_different_intermediate_is_named(live: Path, lineages: LineageFactory) -> None:
+    lineage = read_lineage(str(live))
+    other = ThrowawayCA("another CA").issue(["probe.test"])
+    mixed = live.parent.parent / "mixed.pem"
+    mixed.write_bytes(lineage.pems[Part.CERT] + other.chain_pem)
+    with Peer("tls", mixed, live / "privkey.pem") as peer:
+        served = fetch_served("127.0.0.1", peer.port, "probe.test", 5)
+    problem = chain_problem(served.chain, lineage) or ""
+    assert problem.startswith("sends intermediate CN=another CA intermediate")
+    assert "where chain.pem has CN=certbot-fanout tests intermediate" in problem
+
+
+def test_the_right_chain_with_an_extra_root_is_fine(live: Path, ca: ThrowawayCA) -> None:
+    lineage = read_lineage(str(live))
+    with_root = live.parent.parent / "with-root.pem"
+    with_root.write_bytes(lineage.pems[Part.FULLCHAIN] + ca.root_pem)
+    with Peer("tls", with_root, live / "privkey.pem") as peer:
+        served = fetch_served("127.0.0.1", peer.port, "probe.test", 5)
+    assert len(served.chain) == 3
+    assert chain_problem(served.chain, lineage) is None

@@ -7,6 +7,7 @@ hook path never imports ``certbot`` or ``acme``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -121,6 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="consumers handled at once (default: 128)",
     )
 
+    presets = sub.add_parser(
+        "presets",
+        help="list the presets and print what each expands to",
+        description="List the built-in presets (preset: NAME on a consumer) and print the "
+        "fields each fills in; any field set on the consumer replaces the preset's.",
+    )
+    _common_options(presets, top=False)
+    presets.add_argument("name", nargs="?", help="show only this preset")
+    presets.add_argument(
+        "--certificate",
+        default="example.org",
+        metavar="NAME",
+        help="lineage name to show in the paths (default: example.org)",
+    )
+
     demo = sub.add_parser(
         "demo",
         help="a self-contained demonstration (no root, no network, leaves nothing)",
@@ -174,6 +190,8 @@ def main(
     try:
         if args.command == "deploy":
             return _deploy(args, env, out)
+        if args.command == "presets":
+            return _presets(args, out)
         if args.command == "demo":
             from certbot_fanout.demo import run_demo
 
@@ -185,6 +203,10 @@ def main(
     except KeyboardInterrupt:
         print("certbot-fanout: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `certbot-fanout presets | head`
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except Exception as e:
         if args.debug:
             raise
@@ -203,6 +225,26 @@ def _setup_logging(verbose: bool, debug: bool) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
+
+
+def _presets(args: argparse.Namespace, out: TextIO) -> int:
+    from certbot_fanout.presets import PRESETS
+
+    if args.name and args.name not in PRESETS:
+        print(
+            f"certbot-fanout: error: unknown preset {args.name!r}; known: {', '.join(PRESETS)}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    chosen = [PRESETS[args.name]] if args.name else list(PRESETS.values())
+    width = max(len(p.name) for p in chosen)
+    for preset in chosen:
+        out.write(f"{preset.name:<{width}}  {preset.summary}\n")
+    for preset in chosen:
+        out.write(f"\n# preset: {preset.name}  (for certificate: {args.certificate})\n")
+        for line in preset.expand(args.certificate).splitlines():
+            out.write(f"  {line}\n")
+    return EXIT_OK
 
 
 def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:

@@ -22,6 +22,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from certbot_fanout.errors import ConfigError
+from certbot_fanout.presets import PRESETS
 from certbot_fanout.probe import Dialect
 
 DEFAULT_CONFIG_PATH = "/etc/certbot-fanout/consumers.yaml"
@@ -202,10 +203,20 @@ class _Reader:
         self.nodes = 0
         self.paths: dict[str, str] = {}
         self._scalars = yaml.SafeLoader("")
+        self._presets: dict[str, Node] = {}  # "<preset NAME>" -> the user's `preset:` value
 
     # -- plumbing -------------------------------------------------------------------------
 
     def error(self, node: Node | None, path: str, message: str) -> ConfigError:
+        if node is not None and node.start_mark.name in self._presets:
+            # A preset's value is wrong here (say, its service user does not exist): point at
+            # the `preset:` line, and say where the value came from.
+            field = path.split(".")[2].split("[")[0] if path.count(".") >= 2 else "it"
+            message += (
+                f" (from preset {node.start_mark.name[8:-1]}: install that service first, "
+                f"or set '{field}' yourself)"
+            )
+            node = self._presets[node.start_mark.name]
         line, col = (node.start_mark.line + 1, node.start_mark.column + 1) if node else (0, 0)
         return ConfigError(message, self.source, line, col, path)
 
@@ -392,6 +403,7 @@ class _Reader:
                 "reload_timeout",
                 "verify_timeout",
                 "notes",
+                "preset",
             ),
             path,
             ("certificate",),
@@ -405,6 +417,9 @@ class _Reader:
                 f"{path}.certificate",
                 f"expected a lineage name (a directory under live/), got {certificate!r}",
             )
+        if "preset" in items:
+            for key, pair in self.preset(items["preset"][1], f"{path}.preset", certificate):
+                items.setdefault(key, pair)
 
         def opt(key: str, read: Callable[[Node, str], K], default: K) -> K:
             return read(items[key][1], f"{path}.{key}") if key in items else default
@@ -428,6 +443,32 @@ class _Reader:
             ),
             notes=opt("notes", lambda n, p: self.string(n, p, 3), "").strip(),
         )
+
+    def preset(
+        self, node: Node, path: str, certificate: str
+    ) -> Iterable[tuple[str, tuple[Node, Node]]]:
+        """The fields of a preset, as YAML nodes, for the consumer to take where it has none."""
+        name = self.string(node, path, 3, "a preset name")
+        preset = PRESETS.get(name)
+        if preset is None:
+            hint = difflib.get_close_matches(name, list(PRESETS), n=1)
+            extra = f"did you mean '{hint[0]}'? " if hint else ""
+            raise self.error(
+                node,
+                path,
+                f"unknown preset '{name}'; {extra}known presets: {', '.join(PRESETS)} "
+                "(certbot-fanout presets shows what each sets)",
+            )
+        label = f"<preset {name}>"
+        self._presets[label] = node
+        loader = yaml.SafeLoader(preset.expand(certificate))
+        loader.name = label
+        try:
+            root = loader.get_single_node()
+        finally:
+            loader.dispose()
+        assert root is not None, f"preset {name} is empty"
+        return self.mapping(root, path, 3, "a preset").items()
 
     def files(self, node: Node, path: str) -> tuple[FileSpec, ...]:
         return tuple(

@@ -66,6 +66,13 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         help="lock that keeps runs one at a time (default: /run/certbot-fanout.lock for root)",
     )
     parser.add_argument(
+        "--state-file",
+        metavar="FILE",
+        default=default(None),
+        help="when each consumer was last deployed and verified (default: "
+        "$CERTBOT_FANOUT_STATE, else /var/lib/certbot-fanout/state.json)",
+    )
+    parser.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -122,6 +129,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="consumers handled at once (default: 128)",
     )
 
+    status = sub.add_parser(
+        "status",
+        help="prove every consumer is current now; a monitoring check (exit 0-3)",
+        description="For every consumer of every certificate in the map: are its files the "
+        "lineage's current content, owner and mode, and does each endpoint serve the current "
+        "certificate (and when does it expire)? Changes nothing unless --repair.",
+        epilog="exit codes (monitoring-plugins convention): 0 OK; 1 WARNING (expiry within "
+        "--warn-days, a file's owner or mode drifted); 2 CRITICAL (a stale certificate "
+        "served or on disk, a failed probe, expiry within --crit-days); 3 UNKNOWN (the "
+        "map or a lineage cannot be read).",
+    )
+    _common_options(status, top=False)
+    status.add_argument("--json", action="store_true", help="print the result as JSON")
+    status.add_argument(
+        "--prometheus",
+        metavar="FILE",
+        help="also write node_exporter textfile-collector metrics to FILE (atomically)",
+    )
+    status.add_argument(
+        "--repair",
+        action="store_true",
+        help="redeploy every consumer that drifted, then report the state after the repair",
+    )
+    status.add_argument(
+        "--warn-days",
+        type=_positive_float,
+        default=21.0,
+        metavar="N",
+        help="WARNING when what is served expires within N days (default: 21)",
+    )
+    status.add_argument(
+        "--crit-days",
+        type=_positive_float,
+        default=7.0,
+        metavar="N",
+        help="CRITICAL when what is served expires within N days (default: 7)",
+    )
+    status.add_argument(
+        "--no-probe", action="store_true", help="check files and expiry only; connect to nothing"
+    )
+
     presets = sub.add_parser(
         "presets",
         help="list the presets and print what each expands to",
@@ -147,6 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 100000:
+        raise argparse.ArgumentTypeError("expected a number of days, 0 or more")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -170,7 +228,10 @@ def main(
     try:
         args = parser.parse_args(args_list)
     except SystemExit as e:  # argparse exits 2 on usage errors, 0 for --help/--version
-        return int(e.code or 0) if isinstance(e.code, int) else EXIT_USAGE
+        code = int(e.code or 0) if isinstance(e.code, int) else EXIT_USAGE
+        if code == EXIT_USAGE and "status" in args_list:
+            return 3  # a monitoring check's usage error is UNKNOWN, not CRITICAL
+        return code
 
     _setup_logging(args.verbose, args.debug)
     if args.command is None:
@@ -190,6 +251,8 @@ def main(
     try:
         if args.command == "deploy":
             return _deploy(args, env, out)
+        if args.command == "status":
+            return _status(args, env, out)
         if args.command == "presets":
             return _presets(args, out)
         if args.command == "demo":
@@ -247,6 +310,61 @@ def _presets(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _state_path(args: argparse.Namespace) -> str:
+    from certbot_fanout.state import default_state_path
+
+    return str(args.state_file or default_state_path())
+
+
+def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    """Exit codes of the monitoring-plugins convention; anything unreadable is UNKNOWN."""
+    import time
+
+    from certbot_fanout import files
+    from certbot_fanout.config import default_config_path, load_config
+    from certbot_fanout.errors import FanoutError
+    from certbot_fanout.report import (
+        render_prometheus,
+        render_status_json,
+        render_status_text,
+    )
+    from certbot_fanout.status import Level, StatusOptions, check_and_repair, check_status
+
+    options = StatusOptions(
+        config_dir=args.config_dir,
+        warn_days=args.warn_days,
+        crit_days=args.crit_days,
+        probe=not args.no_probe,
+    )
+    try:
+        config = load_config(args.config or default_config_path(env))
+        state_path = _state_path(args)
+        if args.repair:
+            report = check_and_repair(config, state_path, options, args.lock_file)
+        else:
+            report = check_status(config, state_path, options)
+    except FanoutError as e:
+        print(f"UNKNOWN: {e}", file=out)
+        return int(Level.UNKNOWN)
+    if args.prometheus:
+        data = render_prometheus(report, time.time()).encode()
+        try:
+            files.place(
+                files.Desired(
+                    path=os.path.abspath(args.prometheus),
+                    uid=os.geteuid(),
+                    gid=os.getegid(),
+                    mode=0o644,
+                    data=data,
+                )
+            )
+        except FanoutError as e:
+            print(f"certbot-fanout: cannot write metrics: {e}", file=sys.stderr)
+    out.write(render_status_json(report) if args.json else render_status_text(report))
+    out.flush()
+    return int(report.level)
+
+
 def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from certbot_fanout.config import default_config_path, load_config
     from certbot_fanout.deploy import DeployOptions, deploy_lineage
@@ -268,7 +386,9 @@ def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
     live = os.path.abspath(live)
     config = load_config(args.config or default_config_path(env))
     options = DeployOptions(force=args.force, dry_run=args.dry_run, jobs=args.jobs)
-    result = deploy_lineage(config, live, options, lock_path=args.lock_file)
+    result = deploy_lineage(
+        config, live, options, lock_path=args.lock_file, state_path=_state_path(args)
+    )
     if result is None:
         print(
             f"certbot-fanout: no consumer in {config.source} uses certificate "

@@ -200,7 +200,9 @@ def run_demo(out: TextIO) -> int:
             config = _config(workdir, [web, fed], None)
             say(f"   certbot-fanout deploy --config {config} --lineage {live}\n")
             lock = os.path.join(workdir, "fanout.lock")
-            argv = ["deploy", "--config", config, "--lineage", live, "--lock-file", lock]
+            state = os.path.join(workdir, "state.json")
+            argv = ["deploy", "--config", config, "--lineage", live, "--lock-file", lock,
+                    "--state-file", state]  # fmt: skip
             code = main(argv, environ={}, stdout=out)
             say(f"   exit code {code}\n")
             good = code == 0 and web.serves() == new_fp and fed.serves() == new_fp

@@ -13,9 +13,9 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from certbot_fanout import commands, files, probe
+from certbot_fanout import commands, files, probe, state
 from certbot_fanout.config import Config, Consumer, Endpoint, FileSpec
 from certbot_fanout.errors import CommandError, PlacementError, ProbeError
 from certbot_fanout.lineage import (
@@ -181,9 +181,11 @@ def deploy_lineage(
     options: DeployOptions = DeployOptions(),
     effects: Effects = Effects(),
     lock_path: str | None = None,
+    state_path: str | None = None,
 ) -> DeployResult | None:
     """Read ``live_dir`` and deploy it to its consumers, one run at a time (the lock is not
     taken for a dry run). None when no consumer uses it: then the lineage is not even read.
+    With ``state_path``, record when each consumer was deployed and verified.
 
     Raises:
         LineageError: the lineage is missing or inconsistent; nothing was touched.
@@ -196,7 +198,23 @@ def deploy_lineage(
     if options.dry_run:
         return deploy(config, lineage, options, effects)
     with run_lock(lock_path or default_lock_path()):
-        return deploy(config, lineage, options, effects)
+        result = deploy(config, lineage, options, effects)
+        if state_path:
+            record_result(state_path, result)
+        return result
+
+
+def record_result(state_path: str, result: DeployResult) -> None:
+    """Note in the state file which consumers were deployed and which were proven current."""
+    ok = [c for c in result.consumers if c.outcome is Outcome.OK]
+    expected = result.expected.fingerprint if result.expected else ""
+    state.update_state(
+        state_path,
+        result.certificate,
+        deployed={c.name: expected for c in ok if c.changed_files or c.reloaded},
+        verified=[c.name for c in ok if c.endpoints],
+        now=time.time(),
+    )
 
 
 def _guarded(
@@ -341,40 +359,49 @@ class _ConsumerRun:
         return tuple(self.verify_endpoint(ep, deadline) for ep in self.consumer.verify)
 
     def verify_endpoint(self, ep: Endpoint, deadline: float) -> EndpointResult:
-        expected = self.lineage.cert
-        server_name = ep.server_name or self.lineage.default_server_name
         start = self.fx.clock()
         delay = _FIRST_RETRY_DELAY
         attempts = 0
         while True:
             attempts += 1
-            served: CertInfo | None = None
             remaining = deadline - self.fx.clock()
-            attempt_timeout = min(max(remaining, 1.0), PROBE_ATTEMPT_TIMEOUT)
-            try:
-                got = self.fx.fetch(ep.host, ep.port, server_name, attempt_timeout, ep.starttls)
-                problem = None
-                if fingerprint(got.leaf) != expected.fingerprint:
-                    served = cert_info_from_der(got.leaf)
-                    error = (
-                        f"{ep.label} (SNI {server_name}) serves {served.describe()}; "
-                        f"expected serial {expected.serial}, not after "
-                        f"{expected.not_after:%Y-%m-%d %H:%M:%S} UTC, "
-                        f"SHA-256 {expected.fingerprint}"
-                    )
-                elif ep.check_chain and (problem := chain_problem(got.chain, self.lineage)):
-                    error = f"{ep.label} (SNI {server_name}) {problem}"
-                else:
-                    return EndpointResult(
-                        ep, server_name, True, self.fx.clock() - start, attempts, expected
-                    )
-            except ProbeError as e:
-                error = str(e)
+            timeout = min(max(remaining, 1.0), PROBE_ATTEMPT_TIMEOUT)
+            result = probe_endpoint(ep, self.lineage, self.fx.fetch, timeout)
             now = self.fx.clock()
-            if now + delay >= deadline:
-                waited = now - start
-                if waited >= 1.0:
-                    error += f" (still after {waited:.1f} s, {attempts} attempts)"
-                return EndpointResult(ep, server_name, False, waited, attempts, served, error)
+            if result.ok or now + delay >= deadline:
+                error = result.error
+                if error and now - start >= 1.0:
+                    error += f" (still after {now - start:.1f} s, {attempts} attempts)"
+                return replace(result, seconds=now - start, attempts=attempts, error=error)
             self.fx.sleep(delay)
             delay = min(delay * 2, _MAX_RETRY_DELAY)
+
+
+def probe_endpoint(
+    ep: Endpoint,
+    lineage: Lineage,
+    fetch: Callable[[str, int, str | None, float, probe.Dialect | None], probe.Served],
+    timeout: float,
+) -> EndpointResult:
+    """One look at what ``ep`` serves: ok when it is the lineage's certificate (and, unless
+    turned off, its chain). ``served`` holds what it served when that was readable."""
+    expected = lineage.cert
+    server_name = ep.server_name or lineage.default_server_name
+    try:
+        got = fetch(ep.host, ep.port, server_name, timeout, ep.starttls)
+    except ProbeError as e:
+        return EndpointResult(ep, server_name, False, attempts=1, error=str(e))
+    if fingerprint(got.leaf) != expected.fingerprint:
+        served = cert_info_from_der(got.leaf)
+        error = (
+            f"{ep.label} (SNI {server_name}) serves {served.describe()}; "
+            f"expected serial {expected.serial}, not after "
+            f"{expected.not_after:%Y-%m-%d %H:%M:%S} UTC, SHA-256 {expected.fingerprint}"
+        )
+        return EndpointResult(ep, server_name, False, attempts=1, served=served, error=error)
+    problem = chain_problem(got.chain, lineage) if ep.check_chain else None
+    if problem:
+        return EndpointResult(
+            ep, server_name, False, attempts=1, error=f"{ep.label} (SNI {server_name}) {problem}"
+        )
+    return EndpointResult(ep, server_name, True, attempts=1, served=expected)

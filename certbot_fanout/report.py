@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
@@ -14,6 +15,7 @@ from certbot_fanout.deploy import (
     Stage,
 )
 from certbot_fanout.lineage import CertInfo
+from certbot_fanout.status import Level, StatusReport
 
 JSON_VERSION = 1
 
@@ -219,3 +221,188 @@ def to_json(result: DeployResult) -> dict[str, Any]:
 
 def render_json(result: DeployResult) -> str:
     return json.dumps(to_json(result), indent=2) + "\n"
+
+
+# -- status ----------------------------------------------------------------------------------
+
+STATUS_JSON_VERSION = 1
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_summary(report: StatusReport) -> str:
+    """The monitoring-plugin status line: LEVEL, then what is wrong, worst first."""
+    n = len(report.consumers)
+    if not report.consumers:
+        return "OK: no consumer in the map"
+    counts = {lvl: [c.name for c in report.consumers if c.level == lvl] for lvl in Level}
+    parts = []
+    for lvl in (Level.UNKNOWN, Level.CRITICAL, Level.WARNING):
+        if counts[lvl]:
+            parts.append(f"{len(counts[lvl])} {lvl.name} ({', '.join(counts[lvl])})")
+    parts.append(f"{len(counts[Level.OK])} of {_plural(n, 'consumer')} OK")
+    text = f"{report.level.name}: " + "; ".join(parts)
+    if report.repaired:
+        text += f"; repaired: {', '.join(report.repaired)}"
+    return text
+
+
+def render_status_text(report: StatusReport) -> str:
+    lines = [status_summary(report)]
+    header = ("CONSUMER", "CERTIFICATE", "FILES", "ENDPOINTS", "EXPIRES", "LAST DEPLOYED", "STATE")
+    rows = [header]
+    for c in report.consumers:
+        drifted = sum(1 for f in c.files if f.changed)
+        files_cell = "-" if not c.files else (f"{drifted} DRIFTED" if drifted else "current")
+        bad = sum(1 for e in c.endpoints if not e.ok)
+        if not c.consumer.verify:
+            ends = "-"
+        elif not c.endpoints:
+            ends = "not probed"
+        else:
+            ends = f"{bad} of {len(c.endpoints)} WRONG" if bad else f"{len(c.endpoints)} current"
+        expires = (
+            f"{c.expires:%Y-%m-%d} ({c.days_left:.0f} d)"
+            if c.expires and c.days_left is not None
+            else "?"
+        )
+        deployed = _when(c.record.last_deployed if c.record else None)
+        rows.append((c.name, c.certificate, files_cell, ends, expires, deployed, c.level.name))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for c in report.consumers:
+        for problem in c.problems:
+            lines.append(f"{c.name}: {problem}")
+        if c.problems and c.consumer.notes and c.level >= Level.CRITICAL:
+            lines.append(f"{c.name}: notes: {' '.join(c.consumer.notes.split())}")
+    for error in report.repair_errors:
+        lines.append(f"repair: {error}")
+    return "\n".join(lines) + "\n"
+
+
+def status_json(report: StatusReport) -> dict[str, Any]:
+    """The documented JSON shape of ``status --json`` (``version`` 1; fields only added)."""
+    return {
+        "version": STATUS_JSON_VERSION,
+        "status": report.level.name,
+        "exit_code": int(report.level),
+        "summary": status_summary(report),
+        "seconds": round(report.seconds, 3),
+        "certificates": {name: _cert_json(info) for name, info in report.lineages.items()},
+        "repaired": list(report.repaired),
+        "repair_errors": list(report.repair_errors),
+        "consumers": [
+            {
+                "name": c.name,
+                "certificate": c.certificate,
+                "status": c.level.name,
+                "problems": list(c.problems),
+                "files": [_file_json(f) for f in c.files],
+                "endpoints": [_endpoint_json(e) for e in c.endpoints],
+                "expires": c.expires.strftime("%Y-%m-%dT%H:%M:%SZ") if c.expires else None,
+                "days_left": round(c.days_left, 3) if c.days_left is not None else None,
+                "last_deployed": _iso(c.record.last_deployed if c.record else None),
+                "last_verified": _iso(c.record.last_verified if c.record else None),
+                "seconds": round(c.seconds, 3),
+            }
+            for c in report.consumers
+        ],
+    }
+
+
+def render_status_json(report: StatusReport) -> str:
+    return json.dumps(status_json(report), indent=2) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+_METRICS = (
+    (
+        "certbot_fanout_consumer_ok",
+        "1 when the consumer's files are current and it serves the current certificate",
+    ),
+    (
+        "certbot_fanout_consumer_status",
+        "monitoring level of the consumer: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
+    ),
+    (
+        "certbot_fanout_files_current",
+        "1 when every file of the consumer has the lineage's content, owner and mode",
+    ),
+    (
+        "certbot_fanout_served_cert_expiry_timestamp_seconds",
+        "not-after of the earliest-expiring certificate the consumer serves",
+    ),
+    (
+        "certbot_fanout_last_deploy_timestamp_seconds",
+        "when the consumer was last deployed successfully",
+    ),
+    (
+        "certbot_fanout_last_verify_timestamp_seconds",
+        "when the consumer was last proven to serve the current certificate",
+    ),
+    ("certbot_fanout_check_duration_seconds", "time this status run spent checking the consumer"),
+    ("certbot_fanout_check_timestamp_seconds", "when this status run checked the consumer"),
+)
+
+
+def render_prometheus(report: StatusReport, now: float) -> str:
+    """node_exporter textfile-collector metrics; every sample has consumer and certificate."""
+    samples: dict[str, list[str]] = {name: [] for name, _ in _METRICS}
+    for c in report.consumers:
+        labels = f'consumer="{_label(c.name)}",certificate="{_label(c.certificate)}"'
+
+        def add(metric: str, value: float | None, labels: str = labels) -> None:
+            if value is not None:
+                samples[metric].append(
+                    f"{metric}{{{labels}}} {value:g}"
+                    if isinstance(value, int)
+                    else f"{metric}{{{labels}}} {value:.3f}"
+                )
+
+        add(
+            "certbot_fanout_consumer_ok",
+            int(
+                c.level == Level.OK
+                or (
+                    not c.drifted
+                    and c.level == Level.WARNING
+                    and all(not f.changed for f in c.files)
+                )
+            ),
+        )
+        add("certbot_fanout_consumer_status", int(c.level))
+        add("certbot_fanout_files_current", int(not any(f.changed for f in c.files)))
+        add(
+            "certbot_fanout_served_cert_expiry_timestamp_seconds",
+            c.expires.timestamp() if c.expires else None,
+        )
+        add(
+            "certbot_fanout_last_deploy_timestamp_seconds",
+            c.record.last_deployed if c.record else None,
+        )
+        add(
+            "certbot_fanout_last_verify_timestamp_seconds",
+            c.record.last_verified if c.record else None,
+        )
+        add("certbot_fanout_check_duration_seconds", c.seconds)
+        add("certbot_fanout_check_timestamp_seconds", now)
+    lines = []
+    for name, help_text in _METRICS:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        lines.extend(samples[name])
+    return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from _lineages import LineageFactory
+from _services import Service, start_service_fixture
 
 from certbot_fanout._pki import ThrowawayCA
 
@@ -66,6 +67,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Runs under test (and the hooks certbot starts) keep their state out of /var/lib."""
+    previous = os.environ.get("CERTBOT_FANOUT_STATE")
+    os.environ["CERTBOT_FANOUT_STATE"] = str(tmp_path_factory.mktemp("state") / "state.json")
+    yield
+    if previous is None:
+        del os.environ["CERTBOT_FANOUT_STATE"]
+    else:
+        os.environ["CERTBOT_FANOUT_STATE"] = previous
+
+
 @pytest.fixture(scope="session")
 def ca() -> ThrowawayCA:
     return ThrowawayCA("certbot-fanout tests")
@@ -99,3 +112,9 @@ def public_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[Callable[[str, Path], Service]]:
+    """start(label, live_dir): a loopback TLS service serving copies of the lineage's files."""
+    yield from start_service_fixture(tmp_path)

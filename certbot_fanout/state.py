@@ -1,0 +1,119 @@
+"""When each consumer was last deployed and last verified: a small JSON file, written atomically.
+
+``status`` shows these times and exports them as metrics. The file is a record, not a source of
+truth: a missing, unreadable or corrupt state file is an empty record (with a warning), and a
+state file that cannot be written (say, ``status`` run by an unprivileged monitoring user) never
+fails the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from certbot_fanout import files
+from certbot_fanout.errors import PlacementError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STATE_PATH = "/var/lib/certbot-fanout/state.json"
+STATE_ENV = "CERTBOT_FANOUT_STATE"
+_MAX_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class ConsumerRecord:
+    certificate: str
+    last_deployed: float | None = None  # files placed or service reloaded, and all verified
+    last_verified: float | None = None  # every endpoint served the current certificate
+    sha256: str | None = None  # the certificate last deployed
+
+
+def default_state_path() -> str:
+    """``$CERTBOT_FANOUT_STATE`` if set, else /var/lib/certbot-fanout/state.json."""
+    return os.environ.get(STATE_ENV) or DEFAULT_STATE_PATH
+
+
+def load_state(path: str) -> dict[str, ConsumerRecord]:
+    """The records by consumer name; empty when there is no usable state file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_BYTES + 1)
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        logger.warning("cannot read state file %s: %s", path, e.strerror)
+        return {}
+    try:
+        if len(raw) > _MAX_BYTES:
+            raise ValueError("too large")
+        doc = json.loads(raw)
+        records = {
+            name: ConsumerRecord(
+                certificate=str(item["certificate"]),
+                last_deployed=_number(item.get("last_deployed")),
+                last_verified=_number(item.get("last_verified")),
+                sha256=item.get("sha256") if isinstance(item.get("sha256"), str) else None,
+            )
+            for name, item in doc["consumers"].items()
+        }
+    except (ValueError, TypeError, KeyError, AttributeError):
+        logger.warning("state file %s is not a certbot-fanout state file; ignoring it", path)
+        return {}
+    return records
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def save_state(path: str, records: dict[str, ConsumerRecord]) -> None:
+    """Write the records atomically (0644, owned by whoever runs this); log, never raise."""
+    doc = {
+        "version": 1,
+        "consumers": {
+            name: {
+                "certificate": r.certificate,
+                "last_deployed": r.last_deployed,
+                "last_verified": r.last_verified,
+                "sha256": r.sha256,
+            }
+            for name, r in sorted(records.items())
+        },
+    }
+    data = (json.dumps(doc, indent=2) + "\n").encode()
+    directory = os.path.dirname(path)
+    try:
+        if directory and not os.path.isdir(directory) and os.geteuid() == 0:
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+        files.place(
+            files.Desired(path=path, uid=os.geteuid(), gid=os.getegid(), mode=0o644, data=data)
+        )
+    except (OSError, PlacementError) as e:
+        logger.debug("cannot write state file %s: %s", path, e)
+
+
+def update_state(
+    path: str,
+    certificate: str,
+    deployed: dict[str, str],
+    verified: list[str],
+    now: float,
+) -> None:
+    """Record that the consumers in ``deployed`` (name -> certificate SHA-256) were deployed and
+    those in ``verified`` were proven current, at ``now``."""
+    if not deployed and not verified:
+        return
+    records = load_state(path)
+    for name in {*deployed, *verified}:
+        old = records.get(name, ConsumerRecord(certificate))
+        records[name] = ConsumerRecord(
+            certificate=certificate,
+            last_deployed=now if name in deployed else old.last_deployed,
+            last_verified=now if name in verified else old.last_verified,
+            sha256=deployed.get(name, old.sha256),
+        )
+    save_state(path, records)

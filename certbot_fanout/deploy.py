@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_JOBS = 128
 PROBE_ATTEMPT_TIMEOUT = 10.0
+SETTLE_SECONDS = 1.0
 _FIRST_RETRY_DELAY = 0.02
 _MAX_RETRY_DELAY = 0.5
 
@@ -296,7 +297,9 @@ class _ConsumerRun:
 
         if not self.reload_reason and c.verify and c.reload:
             # Files are current; if the service still serves something else, reload to repair.
-            current = self.verify(patience=False)
+            # A reload moments ago (a deploy hook before the installer, nginx's old workers
+            # draining) can still show the old certificate briefly: give it a moment first.
+            current = self.verify(within=SETTLE_SECONDS)
             stale = [r for r in current if not r.ok]
             if not stale:
                 return self.result(Outcome.OK, current)
@@ -317,7 +320,7 @@ class _ConsumerRun:
                 except CommandError as e:
                     return self.result(Outcome.FAILED, stage=Stage.RELOAD, error=str(e))
 
-        endpoints = self.verify(patience=True)
+        endpoints = self.verify()
         bad = [r for r in endpoints if not r.ok]
         if bad:
             error = "; ".join(r.error or r.label for r in bad)
@@ -352,29 +355,37 @@ class _ConsumerRun:
         rolled_back = bool(self.placed) and not problems
         return self.result(Outcome.FAILED, stage=stage, error=error, rolled_back=rolled_back)
 
-    def verify(self, *, patience: bool) -> tuple[EndpointResult, ...]:
-        """Probe every endpoint; with patience, poll until it serves the lineage's cert or the
-        consumer's verify_timeout ends (a reload is rarely instant)."""
-        deadline = self.fx.clock() + (self.consumer.verify_timeout if patience else 0.0)
+    def verify(self, within: float | None = None) -> tuple[EndpointResult, ...]:
+        """Poll every endpoint until it serves the lineage's cert or the consumer's
+        verify_timeout ends (a reload is rarely instant), or ``within`` seconds if shorter."""
+        wait = self.consumer.verify_timeout
+        if within is not None:
+            wait = min(wait, within)
+        deadline = self.fx.clock() + wait
         return tuple(self.verify_endpoint(ep, deadline) for ep in self.consumer.verify)
 
     def verify_endpoint(self, ep: Endpoint, deadline: float) -> EndpointResult:
-        start = self.fx.clock()
-        delay = _FIRST_RETRY_DELAY
-        attempts = 0
-        while True:
-            attempts += 1
-            remaining = deadline - self.fx.clock()
-            timeout = min(max(remaining, 1.0), PROBE_ATTEMPT_TIMEOUT)
-            result = probe_endpoint(ep, self.lineage, self.fx.fetch, timeout)
-            now = self.fx.clock()
-            if result.ok or now + delay >= deadline:
-                error = result.error
-                if error and now - start >= 1.0:
-                    error += f" (still after {now - start:.1f} s, {attempts} attempts)"
-                return replace(result, seconds=now - start, attempts=attempts, error=error)
-            self.fx.sleep(delay)
-            delay = min(delay * 2, _MAX_RETRY_DELAY)
+        return poll_endpoint(ep, self.lineage, self.fx, deadline)
+
+
+def poll_endpoint(ep: Endpoint, lineage: Lineage, fx: Effects, deadline: float) -> EndpointResult:
+    """Probe ``ep`` until it serves the lineage's certificate or ``deadline`` (on ``fx.clock``)
+    passes; at least once, backing off from 20 ms to 0.5 s between attempts."""
+    start = fx.clock()
+    delay = _FIRST_RETRY_DELAY
+    attempts = 0
+    while True:
+        attempts += 1
+        timeout = min(max(deadline - fx.clock(), 1.0), PROBE_ATTEMPT_TIMEOUT)
+        result = probe_endpoint(ep, lineage, fx.fetch, timeout)
+        now = fx.clock()
+        if result.ok or now + delay >= deadline:
+            error = result.error
+            if error and now - start >= 1.0:
+                error += f" (still after {now - start:.1f} s, {attempts} attempts)"
+            return replace(result, seconds=now - start, attempts=attempts, error=error)
+        fx.sleep(delay)
+        delay = min(delay * 2, _MAX_RETRY_DELAY)
 
 
 def probe_endpoint(

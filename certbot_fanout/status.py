@@ -19,12 +19,14 @@ from certbot_fanout import files, probe
 from certbot_fanout.config import Config, Consumer
 from certbot_fanout.deploy import (
     DEFAULT_JOBS,
+    SETTLE_SECONDS,
     DeployOptions,
+    Effects,
     EndpointResult,
     FileResult,
     deploy_lineage,
     desired_file,
-    probe_endpoint,
+    poll_endpoint,
 )
 from certbot_fanout.errors import FanoutError, PlacementError
 from certbot_fanout.lineage import CertInfo, Lineage, lineage_dir, read_lineage
@@ -32,7 +34,6 @@ from certbot_fanout.state import ConsumerRecord, load_state
 
 DEFAULT_WARN_DAYS = 21.0
 DEFAULT_CRIT_DAYS = 7.0
-PROBE_TIMEOUT = 10.0
 
 Fetch = Callable[[str, int, str | None, float, probe.Dialect | None], probe.Served]
 
@@ -86,7 +87,6 @@ class StatusOptions:
     warn_days: float = DEFAULT_WARN_DAYS
     crit_days: float = DEFAULT_CRIT_DAYS
     probe: bool = True
-    probe_timeout: float = PROBE_TIMEOUT
     jobs: int = DEFAULT_JOBS
 
 
@@ -155,10 +155,12 @@ def _check_consumer(
             )
     endpoints: list[EndpointResult] = []
     if options.probe:
+        fx = Effects(fetch=fetch)
         for ep in consumer.verify:
-            t0 = time.monotonic()
-            result = probe_endpoint(ep, lineage, fetch, options.probe_timeout)
-            endpoints.append(replace(result, seconds=time.monotonic() - t0))
+            # A service reloaded a moment ago may still answer from an old worker: a stale
+            # answer is only believed after SETTLE_SECONDS of asking again.
+            result = poll_endpoint(ep, lineage, fx, fx.clock() + SETTLE_SECONDS)
+            endpoints.append(result)
             if not result.ok:
                 problems.append((Level.CRITICAL, result.error or ep.label))
 

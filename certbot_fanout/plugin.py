@@ -28,14 +28,18 @@ from certbot_fanout import commands, files
 from certbot_fanout.config import Config, default_config_path, load_config
 from certbot_fanout.deploy import DeployOptions, DeployResult, Effects, deploy_lineage
 from certbot_fanout.errors import FanoutError
-from certbot_fanout.report import failure_summary, render_text
+from certbot_fanout.report import failure_summary, render_status_text, render_text
+from certbot_fanout.state import default_state_path
+from certbot_fanout.status import Level, StatusOptions, check_and_repair, restrict
 
 logger = logging.getLogger(__name__)
 
 DEPLOYED_TITLE = "Deployed ACME Certificate"
 
 
-class Installer(common.Plugin, interfaces.Installer, interfaces.RenewDeployer):
+class Installer(
+    common.Plugin, interfaces.Installer, interfaces.RenewDeployer, interfaces.GenericUpdater
+):
     """Deploy to every consumer in certbot-fanout's map and prove each serves the certificate."""
 
     description = "Deploy to each service in certbot-fanout's map, then verify it"
@@ -132,6 +136,27 @@ class Installer(common.Plugin, interfaces.Installer, interfaces.RenewDeployer):
     def renew_deploy(self, lineage: interfaces.RenewableCert, *args: Any, **kwargs: Any) -> None:
         self._deploy(os.path.dirname(os.path.abspath(lineage.cert_path)))
 
+    # -- GenericUpdater ----------------------------------------------------------------------
+
+    def generic_updates(self, lineage: interfaces.RenewableCert, *args: Any, **kwargs: Any) -> None:
+        """Every ``certbot renew`` (twice a day, even when nothing is due): check every consumer
+        of this lineage, redeploy what drifted, and fail certbot if one stays broken."""
+        live_dir = os.path.dirname(os.path.abspath(lineage.cert_path))
+        subset = restrict(self._load(), os.path.basename(live_dir))
+        if not subset.consumers:
+            return
+        options = StatusOptions(config_dir=os.path.dirname(os.path.dirname(live_dir)))
+        try:
+            report = check_and_repair(subset, default_state_path(), options)
+        except FanoutError as e:
+            raise errors.PluginError(f"certbot-fanout: {e}") from None
+        for line in render_status_text(report).splitlines():
+            logger.info("%s", line)
+        if report.level >= Level.CRITICAL:
+            broken = [c for c in report.consumers if c.level >= Level.CRITICAL]
+            details = " | ".join(f"{c.name}: {'; '.join(c.problems)}" for c in broken)
+            raise errors.PluginError(f"certbot-fanout: still broken after repair: {details}")
+
     # -- the work ----------------------------------------------------------------------------
 
     def _config_path(self) -> str:
@@ -153,7 +178,9 @@ class Installer(common.Plugin, interfaces.Installer, interfaces.RenewDeployer):
         config = self._load()
         effects = Effects(place=self._place_recording_original)
         try:
-            result = deploy_lineage(config, live_dir, DeployOptions(), effects)
+            result = deploy_lineage(
+                config, live_dir, DeployOptions(), effects, state_path=default_state_path()
+            )
         except FanoutError as e:
             raise errors.PluginError(f"certbot-fanout: {e}") from None
         if result is None:

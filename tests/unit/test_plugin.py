@@ -11,9 +11,12 @@ from types import SimpleNamespace
 
 import pytest
 from _lineages import LineageFactory
+from _services import Service
 from certbot import errors, interfaces
 
+from certbot_fanout.lineage import fingerprint, read_lineage
 from certbot_fanout.plugin import DEPLOYED_TITLE, Installer
+from certbot_fanout.probe import fetch_leaf
 
 NAME = "plugin.test"
 
@@ -53,6 +56,7 @@ def test_is_an_installer_and_a_renew_deployer(tmp_path: Path) -> None:
     p = plugin(tmp_path / "absent.yaml")
     assert isinstance(p, interfaces.Installer)
     assert isinstance(p, interfaces.RenewDeployer)
+    assert isinstance(p, interfaces.GenericUpdater)
     assert p.supported_enhancements() == []
     with pytest.raises(errors.PluginError, match="supports no enhancements"):
         p.enhance("x.test", "redirect")
@@ -159,3 +163,39 @@ def test_plugin_is_the_only_module_that_imports_certbot() -> None:
         or line.startswith(("from acme", "    from certbot.", "    import certbot"))
     )
     assert set(importers) == {"plugin.py"}
+
+
+def test_generic_updates_repair_drift_and_fail_when_it_stays_broken(
+    lineages: LineageFactory,
+    start_service: Callable[[str, Path], Service],
+    tmp_path: Path,
+    write_config: Callable[[str], Path],
+) -> None:
+    live, _ = lineages.issue(NAME)
+    svc = start_service("web", live)
+    block = (
+        f"  web:\n    certificate: {NAME}\n    files:\n"
+        f"      - {{path: {svc.cert}, content: fullchain}}\n"
+        f"      - {{path: {svc.key}, content: privkey}}\n"
+        f"    reload: {svc.reload_argv()!r}\n"
+        f"    verify: [{{host: 127.0.0.1, port: {svc.port}, server_name: {NAME}}}]\n"
+        "    verify_timeout: 5\n"
+    )
+    config = write_config("version: 1\nconsumers:\n" + block)
+    p = plugin(config)
+    renewed = SimpleNamespace(cert_path=f"{live}/cert.pem")
+    p.generic_updates(renewed)  # type: ignore[arg-type]
+    assert svc.reloads() == 0, "nothing drifted, nothing redeployed"
+
+    lineages.renew(NAME)  # a renewal whose deploy never reached this consumer
+    p.generic_updates(renewed)  # type: ignore[arg-type]
+    assert svc.reloads() == 1
+    served = fetch_leaf("127.0.0.1", svc.port, NAME, 5)
+    assert fingerprint(served) == read_lineage(str(live)).cert.fingerprint
+
+    lineages.renew(NAME)
+    config.write_text(config.read_text().replace(repr(svc.reload_argv()), "['true']"))
+    with pytest.raises(errors.PluginError) as err:
+        p.generic_updates(renewed)  # type: ignore[arg-type]
+    assert str(err.value).startswith("certbot-fanout: still broken after repair: web: ")
+    assert "serves subject CN=plugin.test" in str(err.value)

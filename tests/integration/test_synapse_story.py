@@ -1,0 +1,296 @@
+"""The story certbot-fanout was born from, with the real parts.
+
+A Matrix homeserver: nginx terminates the client port, Synapse terminates its federation port
+itself with its *own copy* of the certificate. A real Pebble issues the certificate and a real
+`certbot renew` runs certbot-fanout as its deploy hook.
+
+1. With a correct map, one renewal reaches both: files placed (Synapse's owned by its user,
+   key 0600), nginx tested and reloaded, Synapse sent SIGHUP, and both proven to serve the new
+   certificate.
+2. With the map of the original incident (the files go where the admin *thought* Synapse reads
+   them; Synapse really reads a stale second copy), the very first renewal reports synapse
+   FAILED, "serves another certificate", while nginx is ok: the three-month outage is caught
+   on day one.
+
+One Synapse (in a venv cached across runs) and one nginx for the whole module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .conftest import _require_binary
+from .daemons_xmpp import openssl_fingerprint
+from .stack import NGINX_BIN, Certbot, Nginx, Pebble, file_fingerprint, served_fingerprint
+from .synapse_env import (
+    SYNAPSE_REQUIREMENT,
+    SYNAPSE_VENV,
+    Account,
+    Synapse,
+    SynapseVenvError,
+    ensure_account,
+    ensure_synapse_venv,
+)
+
+MATRIX = "matrix.fanout.test"
+SYNAPSE_NOTES = (
+    "Synapse terminates TLS itself on its federation port; nginx handles the client port."
+)
+
+
+@dataclass
+class Story:
+    certbot: Certbot
+    nginx: Nginx
+    synapse: Synapse
+    account: Account
+    fanout: Path
+    config: Path
+    lock: Path
+    nginx_cert: Path
+    nginx_key: Path
+    synapse_cert: Path  # what homeserver.yaml reads
+    synapse_key: Path
+    elsewhere: Path  # a directory Synapse does not read
+
+    @property
+    def live(self) -> Path:
+        return self.certbot.lineage(MATRIX)
+
+    @property
+    def hook_command(self) -> str:
+        return f"{shlex.quote(str(self.fanout))} --lock-file {shlex.quote(str(self.lock))}"
+
+    def lineage_fingerprint(self) -> str:
+        return file_fingerprint(self.live / "cert.pem")
+
+    def log(self) -> str:
+        return (self.certbot.logs_dir / "letsencrypt.log").read_text(errors="replace")
+
+    def write_config(self, synapse_dir: Path, synapse_verify_timeout: int = 30) -> None:
+        q = json.dumps  # JSON strings and lists are YAML flow syntax
+        u = self.account.name
+        self.config.write_text(f"""\
+version: 1
+defaults:
+  reload_timeout: 30
+  verify_timeout: 30
+consumers:
+  nginx:
+    certificate: {MATRIX}
+    files:
+      - {{path: {q(str(self.nginx_cert))}, content: fullchain}}
+      - {{path: {q(str(self.nginx_key))}, content: privkey}}
+    test: {q(self.nginx.test_argv())}
+    reload: {q(self.nginx.reload_argv())}
+    verify:
+      - {{host: 127.0.0.1, port: {self.nginx.port}}}
+  synapse:
+    certificate: {MATRIX}
+    files:
+      - {{path: {q(str(synapse_dir / "fullchain.pem"))}, content: fullchain, owner: {u}, group: {u}}}
+      - {{path: {q(str(synapse_dir / "privkey.pem"))}, content: privkey, owner: {u}, group: {u}, mode: "0600"}}
+    reload: {q(self.synapse.reload_argv())}
+    verify:
+      - {{host: 127.0.0.1, port: {self.synapse.port}, server_name: {MATRIX}}}
+    verify_timeout: {synapse_verify_timeout}
+    notes: {q(SYNAPSE_NOTES)}
+""")  # noqa: E501
+
+    def renew(self) -> tuple[int, str]:
+        """`certbot renew --force-renewal ... --deploy-hook certbot-fanout`: (exit code, this
+        run's letsencrypt.log; certbot starts a new log file at every run)."""
+        result = self.certbot.renew("--deploy-hook", self.hook_command, check=False)
+        return result.returncode, self.log()
+
+
+def _copy(src: Path, dst: Path, uid: int, gid: int, mode: int) -> None:
+    shutil.copyfile(src, dst)
+    os.chown(dst, uid, gid)
+    dst.chmod(mode)
+
+
+@pytest.fixture(scope="module")
+def synapse_python(root: None) -> Path:
+    try:
+        return ensure_synapse_venv()
+    except SynapseVenvError as e:
+        pytest.skip(f"cannot provide the Synapse venv {SYNAPSE_VENV} ({SYNAPSE_REQUIREMENT}): {e}")
+
+
+@pytest.fixture(scope="module")
+def synapse_account(root: None) -> Iterator[Account]:
+    accounts = ensure_account()
+    try:
+        account = accounts.__enter__()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    try:
+        yield account
+    finally:
+        accounts.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def story_dir() -> Iterator[Path]:
+    """A module temp dir every user can traverse (pytest's tmp base is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="certbot-fanout-synapse-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def story(
+    root: None,
+    fanout_bin: Path,
+    pebble: Pebble,
+    synapse_python: Path,
+    synapse_account: Account,
+    story_dir: Path,
+) -> Iterator[Story]:
+    """The homeserver as the admin set it up by hand at install time: a lineage issued by
+    the real Certbot; nginx and Synapse each serving their own copy of it."""
+    _require_binary(NGINX_BIN, "nginx")
+    config = story_dir / "consumers.yaml"
+    certbot = Certbot(
+        pebble, story_dir / "certbot", extra_env={"CERTBOT_FANOUT_CONFIG": str(config)}
+    )
+    live = certbot.issue(MATRIX)
+    acct = synapse_account
+    nginx_tls, synapse_tls, elsewhere = (
+        story_dir / d for d in ("nginx-tls", "synapse-tls", "synapse-tls-new")
+    )
+    for d in (nginx_tls, synapse_tls, elsewhere):
+        d.mkdir(mode=0o755)
+    nginx_cert, nginx_key = nginx_tls / "fullchain.pem", nginx_tls / "privkey.pem"
+    synapse_cert, synapse_key = synapse_tls / "fullchain.pem", synapse_tls / "privkey.pem"
+    _copy(live / "fullchain.pem", nginx_cert, 0, 0, 0o644)
+    _copy(live / "privkey.pem", nginx_key, 0, 0, 0o600)
+    _copy(live / "fullchain.pem", synapse_cert, acct.uid, acct.gid, 0o644)
+    _copy(live / "privkey.pem", synapse_key, acct.uid, acct.gid, 0o600)
+
+    nginx = Nginx(story_dir / "nginx", nginx_cert, nginx_key, server_name=MATRIX)
+    synapse = Synapse(
+        synapse_python, story_dir / "synapse", acct, MATRIX, synapse_cert, synapse_key
+    )
+    try:
+        nginx.start()
+        synapse.generate_config()
+        synapse.start()
+        yield Story(
+            certbot=certbot,
+            nginx=nginx,
+            synapse=synapse,
+            account=acct,
+            fanout=fanout_bin,
+            config=config,
+            lock=story_dir / "fanout.lock",
+            nginx_cert=nginx_cert,
+            nginx_key=nginx_key,
+            synapse_cert=synapse_cert,
+            synapse_key=synapse_key,
+            elsewhere=elsewhere,
+        )
+    finally:
+        synapse.stop()
+        nginx.stop()
+
+
+def _consumer_line(log: str, name: str, status: str) -> str:
+    match = re.search(rf"^\s+{name}\s+{status}\s+(.*)$", log, re.MULTILINE)
+    assert match, f"no '{name} {status}' line in certbot's log:\n{log[-4000:]}"
+    return match.group(1)
+
+
+def test_renewal_reaches_nginx_and_synapse(story: Story) -> None:
+    """One `certbot renew` with certbot-fanout as deploy hook: nginx and Synapse both get
+    their files, are tested / reloaded (Synapse by SIGHUP, same PID), and both are proven to
+    serve the renewed certificate; certbot's log shows both consumers ok."""
+    story.write_config(story.synapse_cert.parent)
+    old = story.lineage_fingerprint()
+    syn = story.synapse
+    pid, replaced = syn.pid, syn.log_text().count("Replacing TLS context factory")
+
+    rc, log = story.renew()
+
+    assert rc == 0, log[-4000:]
+    new = story.lineage_fingerprint()
+    assert new != old, "certbot did not renew the lineage"
+    assert openssl_fingerprint(story.nginx.port, MATRIX) == new
+    assert openssl_fingerprint(syn.port, MATRIX) == new
+    assert served_fingerprint("127.0.0.1", syn.port, MATRIX) == new
+
+    # Synapse was reloaded by the SIGHUP, not restarted.
+    assert syn.running and syn.pid == pid
+    assert syn.log_text().count("Replacing TLS context factory") > replaced
+    for path, part in ((story.synapse_cert, "fullchain"), (story.synapse_key, "privkey")):
+        st = path.lstat()
+        mode = 0o600 if part == "privkey" else 0o644
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (
+            story.account.uid,
+            story.account.gid,
+            mode,
+        ), path
+        assert path.read_bytes() == (story.live / f"{part}.pem").read_bytes()
+
+    assert f"Running deploy-hook command: {story.hook_command}" in log
+    assert "reported error code" not in log, log[-4000:]
+    nginx_line = _consumer_line(log, "nginx", "ok")
+    assert nginx_line.startswith("placed 2 of 2 files, tested, reloaded"), nginx_line
+    assert f"verified 127.0.0.1:{story.nginx.port}" in nginx_line
+    synapse_line = _consumer_line(log, "synapse", "ok")
+    assert synapse_line.startswith("placed 2 of 2 files, reloaded"), synapse_line
+    assert f"verified 127.0.0.1:{syn.port}" in synapse_line
+    assert "all 2 consumers ok" in log
+
+
+def test_stale_second_copy_is_caught_on_the_first_renewal(story: Story) -> None:
+    """The incident's map: Synapse's files go where the admin thought Synapse reads them,
+    but homeserver.yaml points at a second copy. The SIGHUP "succeeds" and Synapse keeps
+    serving the stale copy: certbot-fanout reports synapse FAILED (serves another
+    certificate, with the notes) while nginx is ok; certbot itself still exits 0."""
+    story.write_config(story.elsewhere, synapse_verify_timeout=3)
+    syn = story.synapse
+    stale = served_fingerprint("127.0.0.1", syn.port, MATRIX)
+    stale_copy = story.synapse_cert.read_bytes()
+    pid = syn.pid
+
+    rc, log = story.renew()
+
+    assert rc == 0, log[-4000:]  # a failing deploy hook does not change certbot's exit code
+    new = story.lineage_fingerprint()
+    assert new != stale
+    assert openssl_fingerprint(story.nginx.port, MATRIX) == new
+    assert openssl_fingerprint(syn.port, MATRIX) == stale
+    assert syn.running and syn.pid == pid
+    assert story.synapse_cert.read_bytes() == stale_copy  # the copy Synapse reads: untouched
+    assert (story.elsewhere / "fullchain.pem").read_bytes() == (
+        story.live / "fullchain.pem"
+    ).read_bytes()
+
+    assert f"Running deploy-hook command: {story.hook_command}" in log
+    assert "Hook 'deploy-hook' reported error code 1" in log, log[-4000:]
+    nginx_line = _consumer_line(log, "nginx", "ok")
+    assert f"verified 127.0.0.1:{story.nginx.port}" in nginx_line
+    synapse_line = _consumer_line(log, "synapse", "FAILED")
+    assert synapse_line.startswith("placed 2 of 2 files, reloaded"), synapse_line
+    assert synapse_line.endswith("verify failed:"), synapse_line
+    assert f"127.0.0.1:{syn.port} (SNI {MATRIX}) serves another certificate" in log, log[-4000:]
+    assert re.search(rf"served:\s+.*SHA-256 {stale}", log), log[-4000:]
+    assert re.search(rf"expected:\s+.*SHA-256 {new}", log), log[-4000:]
+    assert f"notes: {SYNAPSE_NOTES}" in log
+    assert "1 of 2 consumers FAILED (synapse); 1 ok" in log
+    assert "Traceback" not in log

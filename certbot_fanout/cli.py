@@ -129,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="consumers handled at once (default: 128)",
     )
 
+    check = sub.add_parser(
+        "check",
+        help="preflight: find what would make a deploy fail on this host; changes nothing",
+        description="Check the map and this host: the map is valid, each lineage reads, every "
+        "file's owner can reach it, no key is readable by others, test and reload programs "
+        "exist, link targets can be followed, and every endpoint accepts a connection.",
+        epilog="exit codes: 0 nothing found; 1 problems found (each listed, with what to do); "
+        "2 usage error.",
+    )
+    _common_options(check, top=False)
+    check.add_argument(
+        "--no-probe", action="store_true", help="do not connect to the verify endpoints"
+    )
+
     status = sub.add_parser(
         "status",
         help="prove every consumer is current now; a monitoring check (exit 0-3)",
@@ -251,6 +265,8 @@ def main(
     try:
         if args.command == "deploy":
             return _deploy(args, env, out)
+        if args.command == "check":
+            return _check(args, env, out)
         if args.command == "status":
             return _status(args, env, out)
         if args.command == "presets":
@@ -307,6 +323,29 @@ def _presets(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"\n# preset: {preset.name}  (for certificate: {args.certificate})\n")
         for line in preset.expand(args.certificate).splitlines():
             out.write(f"  {line}\n")
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    from certbot_fanout.check import run_checks
+    from certbot_fanout.config import default_config_path, load_config
+    from certbot_fanout.errors import ConfigError
+
+    try:
+        config = load_config(args.config or default_config_path(env))
+    except ConfigError as e:
+        print(f"PROBLEM: the map is not valid: {e}", file=out)
+        return EXIT_FAILED
+    report = run_checks(config, args.config_dir, probe=not args.no_probe)
+    for problem in report.problems:
+        print(f"PROBLEM: {problem}", file=out)
+    scope = f"{report.consumers} consumers, {report.files} files, {report.endpoints} endpoints" + (
+        "" if report.probed else " (not probed)"
+    )
+    if report.problems:
+        print(f"{len(report.problems)} problem(s) in {config.source} ({scope})", file=out)
+        return EXIT_FAILED
+    print(f"OK: {config.source} checks out ({scope})", file=out)
     return EXIT_OK
 
 

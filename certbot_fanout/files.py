@@ -259,22 +259,38 @@ def reader_problem(path: str, uid: int, gid: int) -> str | None:
     gids = _groups_of(uid) | {gid}
     real = os.path.realpath(path)
     for candidate in dict.fromkeys((path, real)):
-        parts = candidate.split("/")[1:]
-        prefix = ""
-        for part in parts[:-1]:
-            prefix += "/" + part
-            try:
-                st = os.stat(prefix)
-            except OSError as e:
-                return f"cannot inspect {prefix}: {e.strerror}"
-            if not _allowed(st, uid, gids, 0o1):
-                return f"{_user(uid)} cannot enter {prefix} (mode {stat.S_IMODE(st.st_mode):04o})"
+        problem = _enter_problem(os.path.dirname(candidate), uid, gids)
+        if problem:
+            return problem
     try:
         st = os.stat(real)
     except OSError as e:
         return f"{real}: {e.strerror}"
     if not _allowed(st, uid, gids, 0o4):
         return f"{_user(uid)} cannot read {real} (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def enter_problem(directory: str, uid: int, gid: int) -> str | None:
+    """Why user ``uid`` cannot reach files in ``directory`` (search permission along it)."""
+    if uid == 0:
+        return None
+    return _enter_problem(directory, uid, _groups_of(uid) | {gid})
+
+
+def _enter_problem(directory: str, uid: int, gids: set[int]) -> str | None:
+    prefix = ""
+    for part in directory.split("/")[1:]:
+        if not part:
+            continue
+        prefix += "/" + part
+        try:
+            st = os.stat(prefix)
+        except OSError as e:
+            return f"cannot inspect {prefix}: {e.strerror}"
+        if not _allowed(st, uid, gids, 0o1):
+            mode = stat.S_IMODE(st.st_mode)
+            return f"{_user(uid)} cannot enter {prefix} (mode {mode:04o}, owner {_user(st.st_uid)})"
     return None
 
 

@@ -201,7 +201,7 @@ def test_reader_problem_follows_the_whole_path(public_tmp: Path) -> None:
     (archive / "cert1.pem").chmod(0o644)
     (live / "cert.pem").symlink_to("../archive/cert1.pem")
     problem = files.reader_problem(str(live / "cert.pem"), uid, gid)
-    assert problem == f"nobody cannot enter {archive} (mode 0700)"
+    assert problem == f"nobody cannot enter {archive} (mode 0700, owner root)"
     assert files.reader_problem(str(live / "cert.pem"), 0, 0) is None
     archive.chmod(0o750)
     os.chown(archive, 0, gid)

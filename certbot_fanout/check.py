@@ -1,0 +1,137 @@
+"""Preflight: will a deploy work on this host? Finds what would break it, changes nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+from dataclasses import dataclass
+
+from certbot_fanout.config import Config, Consumer, FileSpec
+from certbot_fanout.errors import FanoutError
+from certbot_fanout.files import enter_problem, reader_problem
+from certbot_fanout.lineage import Lineage, lineage_dir, read_lineage
+
+CONNECT_TIMEOUT = 5.0
+# certbot runs hooks (and systemd runs units) with the sbin directories on PATH.
+_SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str  # a consumer name, or "certificate NAME"
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.text}"
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    problems: tuple[Problem, ...]
+    consumers: int
+    files: int
+    endpoints: int
+    probed: bool
+
+
+def run_checks(config: Config, config_dir: str, probe: bool = True) -> CheckReport:
+    problems: list[Problem] = []
+    lineages: dict[str, Lineage | None] = {}
+    for name in config.certificates:
+        path = lineage_dir(config_dir, name)
+        try:
+            lineages[name] = read_lineage(path)
+        except FanoutError as e:
+            lineages[name] = None
+            problems.append(Problem(f"certificate {name}", f"{e}; no deploy can succeed"))
+    for consumer in config.consumers:
+        problems.extend(_check_consumer(consumer, lineages.get(consumer.certificate), probe))
+    return CheckReport(
+        problems=tuple(problems),
+        consumers=len(config.consumers),
+        files=sum(len(c.files) for c in config.consumers),
+        endpoints=sum(len(c.verify) for c in config.consumers),
+        probed=probe,
+    )
+
+
+def _check_consumer(consumer: Consumer, lineage: Lineage | None, probe: bool) -> list[Problem]:
+    found: list[str] = []
+    for spec in consumer.files:
+        found.extend(_check_file(spec, lineage))
+    for what, argv in (("test", consumer.test), ("reload", consumer.reload)):
+        if argv:
+            problem = _program_problem(argv[0])
+            if problem:
+                found.append(f"the {what} command `{' '.join(argv)}` cannot run: {problem}")
+    if probe:
+        for ep in consumer.verify:
+            try:
+                with socket.create_connection((ep.host, ep.port), timeout=CONNECT_TIMEOUT):
+                    pass
+            except OSError as e:
+                reason = e.strerror or str(e) or type(e).__name__
+                found.append(
+                    f"nothing accepts connections at {ep.label} ({reason}); is the service "
+                    "running, and is this the address and port it listens on?"
+                )
+    return [Problem(consumer.name, text) for text in found]
+
+
+def _check_file(spec: FileSpec, lineage: Lineage | None) -> list[str]:
+    found = []
+    who = spec.owner_name
+    if spec.link:
+        if lineage is not None:
+            target = lineage.live_path(spec.content[0])
+            problem = reader_problem(target, spec.owner, spec.group)
+            if problem:
+                found.append(
+                    f"{spec.path} is to be a link to {target}, but {problem}: "
+                    f"{who} could not read its certificate through it (certbot keeps live/ "
+                    "and archive/ at mode 0700); place a copy instead (drop 'link')"
+                )
+        return found
+    if spec.holds_key and spec.mode & 0o004:
+        found.append(
+            f"{spec.path} holds the private key, and its configured mode {spec.mode:04o} lets "
+            'every user on this host read it; use mode "0600", or "0640" with a group'
+        )
+    directory = os.path.dirname(spec.path)
+    if not os.path.isdir(directory):
+        found.append(
+            f"the directory {directory} does not exist; create it (with the owner and mode "
+            f"{who} needs to reach it) before the first deploy"
+        )
+        return found
+    if os.path.lexists(spec.path):
+        st = os.lstat(spec.path)
+        if spec.holds_key and stat.S_ISREG(st.st_mode) and st.st_mode & 0o004:
+            found.append(
+                f"{spec.path} holds the private key and is readable by every user on this host "
+                f"right now (mode {stat.S_IMODE(st.st_mode):04o}); the next deploy fixes it"
+            )
+        problem = reader_problem(spec.path, spec.owner, spec.group)
+    else:
+        problem = enter_problem(directory, spec.owner, spec.group)
+    if problem:
+        found.append(
+            f"{who} is to own {spec.path} but could not read it: {problem}; let {who} "
+            "(or its group) enter every directory on the way, or place the file elsewhere"
+        )
+    return found
+
+
+def _program_problem(program: str) -> str | None:
+    if "/" in program:
+        if not os.path.exists(program):
+            return f"{program} does not exist"
+        if not os.path.isfile(program) or not os.access(program, os.X_OK):
+            return f"{program} is not an executable file"
+        return None
+    path = os.environ.get("PATH", "")
+    if shutil.which(program, path=f"{path}:{_SEARCH_PATH}" if path else _SEARCH_PATH):
+        return None
+    return f"no program named {program} on PATH (install it, or give its full path)"

@@ -1,0 +1,145 @@
+"""check: every problem that would break a deploy, in a sentence, before anything happens."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from _lineages import LineageFactory
+from _servers import Peer
+
+from certbot_fanout.cli import main
+
+NAME = "check.test"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
+
+
+def run(config: Path, lineages: LineageFactory, *more: str) -> tuple[int, list[str]]:
+    out = io.StringIO()
+    argv = ["check", "--config", str(config), "--config-dir", str(lineages.config_dir), *more]
+    code = main(argv, environ={}, stdout=out)
+    return code, out.getvalue().splitlines()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_clean_map_passes(
+    lineages: LineageFactory, write_config: Callable[[str], Path], public_tmp: Path
+) -> None:
+    live, _ = lineages.issue(NAME)
+    (public_tmp / "tls").mkdir()
+    with Peer("tls", live / "fullchain.pem", live / "privkey.pem") as peer:
+        config = write_config(
+            f"""\
+version: 1
+consumers:
+  web:
+    certificate: {NAME}
+    files:
+      - {{path: {public_tmp}/tls/fullchain.pem, content: fullchain, owner: nobody}}
+      - {{path: {public_tmp}/tls/privkey.pem, content: privkey, owner: nobody}}
+    test: [sh, -c, "true"]
+    reload: /bin/true
+    verify: [{{host: 127.0.0.1, port: {peer.port}}}]
+"""
+        )
+        code, lines = run(config, lineages)
+    assert code == 0, lines
+    assert lines == [f"OK: {config} checks out (1 consumers, 2 files, 1 endpoints)"]
+
+
+@needs_root
+def test_every_problem_is_listed_in_a_sentence(
+    lineages: LineageFactory, write_config: Callable[[str], Path], public_tmp: Path
+) -> None:
+    live, _ = lineages.issue(NAME)
+    locked = public_tmp / "locked"
+    locked.mkdir(mode=0o700)
+    (public_tmp / "open").mkdir()
+    port = closed_port()
+    config = write_config(
+        f"""\
+version: 1
+consumers:
+  synapse:
+    certificate: {NAME}
+    files:
+      - {{path: {locked}/fullchain.pem, content: fullchain, owner: nobody}}
+      - {{path: {public_tmp}/open/privkey.pem, content: privkey, owner: nobody, mode: "0644"}}
+      - {{path: {public_tmp}/missing/cert.pem, content: cert}}
+      - {{path: {public_tmp}/open/link.pem, content: fullchain, link: true, owner: nobody}}
+    reload: [systemctl-of-a-dream, reload, synapse]
+    test: [{public_tmp}/open/not-executable]
+    verify: [{{host: 127.0.0.1, port: {port}}}]
+  other:
+    certificate: absent.test
+"""
+    )
+    (public_tmp / "open" / "not-executable").write_text("#!/bin/sh\n")
+    code, lines = run(config, lineages)
+    assert code == 1
+    text = "\n".join(lines)
+    assert (
+        f"PROBLEM: synapse: nobody is to own {locked}/fullchain.pem but could not read it: "
+        f"nobody cannot enter {locked} (mode 0700, owner root); let nobody (or its group) enter "
+        "every directory on the way, or place the file elsewhere"
+    ) in lines
+    assert (
+        f"PROBLEM: synapse: {public_tmp}/open/privkey.pem holds the private key, and its "
+        'configured mode 0644 lets every user on this host read it; use mode "0600", or "0640" '
+        "with a group"
+    ) in lines
+    assert f"the directory {public_tmp}/missing does not exist; create it" in text
+    assert (
+        "PROBLEM: synapse: the reload command `systemctl-of-a-dream reload synapse` cannot run: "
+        "no program named systemctl-of-a-dream on PATH (install it, or give its full path)"
+    ) in lines
+    assert f"{public_tmp}/open/not-executable is not an executable file" in text
+    assert f"link to {live}/fullchain.pem, but nobody cannot enter" in text
+    assert "could not read its certificate through it" in text
+    assert f"nothing accepts connections at 127.0.0.1:{port} (Connection refused)" in text
+    assert "PROBLEM: certificate absent.test: " in text and "no such lineage directory" in text
+    assert lines[-1].startswith("8 problem(s) in ")
+    assert not (public_tmp / "open" / "privkey.pem").exists(), "check changes nothing"
+    assert not (public_tmp / "open" / "link.pem").exists()
+
+    code, lines = run(config, lineages, "--no-probe")
+    assert not any("accepts connections" in line for line in lines)
+    assert "(not probed)" in lines[-1]
+
+
+@needs_root
+def test_a_key_already_readable_by_others_on_disk(
+    lineages: LineageFactory, write_config: Callable[[str], Path], public_tmp: Path
+) -> None:
+    lineages.issue(NAME)
+    key = public_tmp / "privkey.pem"
+    key.write_text("old key")
+    key.chmod(0o644)
+    config = write_config(
+        f"version: 1\nconsumers:\n  web:\n    certificate: {NAME}\n"
+        f"    files: [{{path: {key}, content: privkey}}]\n"
+    )
+    code, lines = run(config, lineages)
+    assert code == 1
+    assert any("is readable by every user on this host right now (mode 0644)" in x for x in lines)
+
+
+def test_an_invalid_map_is_a_problem_not_a_crash(
+    lineages: LineageFactory, write_config: Callable[[str], Path]
+) -> None:
+    config = write_config("version: 1\nconsumers:\n  web:\n    certificat: x\n")
+    code, lines = run(config, lineages)
+    assert code == 1
+    assert lines == [
+        f"PROBLEM: the map is not valid: {config}:4:5: consumers.web.certificat: unknown key "
+        "'certificat'; did you mean 'certificate'?"
+    ]

@@ -184,6 +184,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-probe", action="store_true", help="check files and expiry only; connect to nothing"
     )
 
+    discover = sub.add_parser(
+        "discover",
+        help="find services and copies that carry a certificate but are not in the map",
+        description="Look for what carries a lineage's certificate but is missing from the "
+        "map, or is stale: listening TCP sockets (probed with the lineage's name as SNI, "
+        "STARTTLS by well-known port), certificate paths in the configuration of common "
+        "services, and PEM files under /etc, /var/lib, /opt, /srv, /usr/local/etc and each "
+        "--path. Prints a map entry to paste for each find the map does not cover.",
+        epilog="exit codes: 0 nothing unmapped or stale; 1 something to review; 2 usage, "
+        "config or lineage error.",
+    )
+    _common_options(discover, top=False)
+    discover.add_argument(
+        "--cert-name",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="look for this lineage (repeatable; default: every certificate in the map)",
+    )
+    discover.add_argument(
+        "--path",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="also scan this directory for PEM files (repeatable)",
+    )
+
     presets = sub.add_parser(
         "presets",
         help="list the presets and print what each expands to",
@@ -265,6 +292,8 @@ def main(
     try:
         if args.command == "deploy":
             return _deploy(args, env, out)
+        if args.command == "discover":
+            return _discover(args, env, out)
         if args.command == "check":
             return _check(args, env, out)
         if args.command == "status":
@@ -324,6 +353,21 @@ def _presets(args: argparse.Namespace, out: TextIO) -> int:
         for line in preset.expand(args.certificate).splitlines():
             out.write(f"  {line}\n")
     return EXIT_OK
+
+
+def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    from certbot_fanout.config import Config, default_config_path, load_config
+    from certbot_fanout.discover import discover
+    from certbot_fanout.report import render_discover_text
+
+    path = args.config or default_config_path(env)
+    if os.path.exists(path) or args.config or not args.cert_name:
+        config = load_config(path)
+    else:  # looking for a certificate before any map exists is fine
+        config = Config(path, ())
+    report = discover(config, args.config_dir, args.cert_name, args.path)
+    out.write(render_discover_text(report))
+    return EXIT_FAILED if any(not f.mapped or not f.current for f in report.finds) else EXIT_OK
 
 
 def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certbot_fanout.deploy import (
     ConsumerResult,
@@ -16,6 +16,9 @@ from certbot_fanout.deploy import (
 )
 from certbot_fanout.lineage import CertInfo
 from certbot_fanout.status import Level, StatusReport
+
+if TYPE_CHECKING:  # discover's imports stay off the deploy hook's path
+    from certbot_fanout.discover import DiscoverReport, Find
 
 JSON_VERSION = 1
 
@@ -405,4 +408,56 @@ def render_prometheus(report: StatusReport, now: float) -> str:
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} gauge")
         lines.extend(samples[name])
+    return "\n".join(lines) + "\n"
+
+
+# -- discover --------------------------------------------------------------------------------
+
+
+def _find_line(f: Find) -> str:
+    state = "current" if f.current else "STALE"
+    what = (
+        f"{state}: serial {f.served.serial}, expires {f.served.not_after:%Y-%m-%d}"
+        if not f.reads_live
+        else "reads certbot's live/ directly"
+    )
+    line = f"  {f.kind:<8}  {f.where}  {f.certificate} {what}"
+    if f.via and f.kind == "config":
+        line += f"  ({f.via})"
+    if f.mapped_by:
+        line += f"  [consumer {f.mapped_by}]"
+    return line
+
+
+def render_discover_text(report: DiscoverReport) -> str:
+    from certbot_fanout.discover import snippet
+
+    lines = []
+    for name, lineage in report.lineages.items():
+        lines.append(
+            f"certbot-fanout discover: {name} ({', '.join(lineage.cert.names)}), current serial "
+            f"{lineage.cert.serial}, expires {lineage.cert.not_after:%Y-%m-%d}"
+        )
+    lines.append(
+        f"  {report.listeners} listening sockets probed, {report.scanned_files} files read, "
+        f"in {report.seconds:.1f} s"
+    )
+    lines.extend(f"  note: {note}" for note in report.notes)
+    unmapped = [f for f in report.finds if not f.mapped]
+    stale_mapped = [f for f in report.finds if f.mapped and not f.current]
+    covered = [f for f in report.finds if f.mapped and f.current]
+    for title, group in (
+        ("NOT IN THE MAP", unmapped),
+        ("IN THE MAP BUT STALE", stale_mapped),
+        ("IN THE MAP", covered),
+    ):
+        if group:
+            lines.append(f"{title}:")
+            lines.extend(_find_line(f) for f in group)
+    if not report.finds:
+        lines.append("nothing on this host carries these certificates outside certbot's files")
+    if unmapped:
+        lines.append("Paste into the map (under consumers:) and complete the TODOs:")
+        for i, f in enumerate(unmapped, 1):
+            lines.extend(snippet(f, i).rstrip("\n").splitlines())
     return "\n".join(lines) + "\n"

@@ -24,12 +24,13 @@ class Peer:
         behaviour: str = "tls",
         cert: Path | None = None,
         key: Path | None = None,
+        bind: str = "127.0.0.1",
     ) -> None:
         self.behaviour = behaviour
         self.cert, self.key = cert, key
         self.server_names: list[str | None] = []
         self.ctx = self._context() if behaviour in ("tls", "alert") else None
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server((bind, 0))
         self.listener.settimeout(0.1)
         self.port: int = self.listener.getsockname()[1]
         self._stop = threading.Event()

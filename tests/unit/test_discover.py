@@ -1,0 +1,190 @@
+"""discover: the unmapped listener, the forgotten copy, the service config nobody mapped."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from _lineages import LineageFactory
+from _servers import Peer
+
+from certbot_fanout.cli import main
+from certbot_fanout.config import parse_config
+from certbot_fanout.discover import discover, listening_sockets
+
+NAME = "disc.test"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="writes a file under /etc")
+
+
+@pytest.fixture
+def old_and_new(lineages: LineageFactory) -> tuple[Path, Path]:
+    """live/NAME now holds the renewed certificate; a copy of the first one is returned."""
+    live, _ = lineages.issue(NAME, f"www.{NAME}")
+    old = lineages.config_dir.parent / "old"
+    old.mkdir()
+    for name in ("fullchain.pem", "privkey.pem", "cert.pem"):
+        shutil.copyfile(live / name, old / name)
+    lineages.renew(NAME, f"www.{NAME}")
+    return live, old
+
+
+@pytest.fixture
+def etc_dir() -> Iterator[Path]:
+    """A directory under the real /etc, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="certbot-fanout-test-", dir="/etc"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run(lineages: LineageFactory, config: Path, *more: str) -> tuple[int, str]:
+    out = io.StringIO()
+    argv = ["discover", "--config", str(config), "--config-dir", str(lineages.config_dir), *more]
+    return main(argv, environ={}, stdout=out), out.getvalue()
+
+
+def test_listening_sockets_are_read_from_proc(tmp_path: Path) -> None:
+    with Peer("silent") as peer:
+        assert ("127.0.0.1", peer.port) in listening_sockets()
+    (tmp_path / "tcp").write_text(
+        "  sl  local_address rem_address   st\n"
+        "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n"
+        "   1: 00000000:01BB 00000000:0000 0A 00000000:00000000\n"
+        "   2: 0100007F:C350 0100007F:1F90 01 00000000:00000000\n"
+    )
+    (tmp_path / "tcp6").write_text(
+        "  sl  local_address                         remote_address\n"
+        "   0: 00000000000000000000000001000000:20FB 00000000000000000000000000000000:0000 0A\n"
+        "   1: 0000000000000000FFFF00000100007F:0019 00000000000000000000000000000000:0000 0A\n"
+    )
+    assert listening_sockets(str(tmp_path)) == [
+        ("127.0.0.1", 8080), ("0.0.0.0", 443), ("::1", 8443), ("127.0.0.1", 25)
+    ]  # fmt: skip
+
+
+@needs_root
+def test_finds_the_unmapped_stale_listener_and_the_forgotten_copy(
+    lineages: LineageFactory,
+    old_and_new: tuple[Path, Path],
+    write_config: Callable[[str], Path],
+    etc_dir: Path,
+) -> None:
+    live, old = old_and_new
+    forgotten = etc_dir / "synapse" / "fullchain.pem"
+    forgotten.parent.mkdir()
+    shutil.copyfile(old / "fullchain.pem", forgotten)
+    current_copy = etc_dir / "nginx.pem"
+    shutil.copyfile(live / "fullchain.pem", current_copy)
+    with (
+        Peer("tls", live / "fullchain.pem", live / "privkey.pem") as mapped,
+        Peer("tls", old / "fullchain.pem", old / "privkey.pem", bind="0.0.0.0") as stale,
+    ):
+        config = write_config(
+            f"version: 1\nconsumers:\n  nginx:\n    certificate: {NAME}\n"
+            f"    files: [{{path: {current_copy}, content: fullchain}}]\n"
+            f"    verify: [{{host: 127.0.0.1, port: {mapped.port}}}]\n"
+        )
+        code, out = run(lineages, config)
+    assert code == 1, out
+    unmapped = out.split("NOT IN THE MAP:\n")[1].split("\nIN THE MAP")[0]
+    assert re.search(rf"listener  127\.0\.0\.1:{stale.port}  {NAME} STALE: serial ", unmapped)
+    assert re.search(rf"file      {forgotten}  {NAME} STALE: serial ", unmapped)
+    assert f":{mapped.port}" not in unmapped, "a mapped endpoint is never called unmapped"
+    assert str(current_copy) not in unmapped
+    covered = out.split("\nIN THE MAP:\n")[1]
+    assert re.search(
+        rf"listener  127\.0\.0\.1:{mapped.port}  {NAME} current.*\[consumer nginx\]", covered
+    )
+    assert re.search(rf"file      {current_copy}  {NAME} current.*\[consumer nginx\]", covered)
+    snippets = out.split("complete the TODOs:\n")[1]
+    assert f"      - {{host: 127.0.0.1, port: {stale.port}}}" in snippets
+    assert f"      - {{path: {forgotten}, content: fullchain, owner: 0, group: 0, " in snippets
+    assert "PRIVATE KEY" not in out
+    assert str(lineages.config_dir) not in out.split("\n", 1)[1], "certbot's own files are skipped"
+    parse_config(
+        "version: 1\nconsumers:\n" + snippets.replace("TODO", "['true']"), "pasted"
+    )  # the snippets are valid map entries once completed
+
+
+def test_service_config_references_and_live_readers(
+    lineages: LineageFactory,
+    old_and_new: tuple[Path, Path],
+    write_config: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    live, old = old_and_new
+    conf = tmp_path / "nginx" / "sites-enabled" / "matrix"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(
+        "server {\n  listen 443 ssl;\n"
+        f"  ssl_certificate {old}/fullchain.pem;\n  ssl_certificate_key {old}/privkey.pem;\n}}\n"
+        "server {\n"
+        f"  ssl_certificate {live}/fullchain.pem;\n}}\n"
+    )
+    config = write_config(f"version: 1\nconsumers:\n  other:\n    certificate: {NAME}\n")
+    from certbot_fanout.discover import SERVICE_CONFIGS
+
+    services = {"nginx": ((str(tmp_path / "nginx/**/*"),), SERVICE_CONFIGS["nginx"][1])}
+    report = discover(
+        parse_config(config.read_text(), str(config)),
+        str(lineages.config_dir),
+        roots=(),
+        service_configs=services,
+        proc_net=str(tmp_path / "no-proc"),
+    )
+    by_path = {f.where: f for f in report.finds}
+    stale = by_path[f"{old}/fullchain.pem"]
+    assert (stale.kind, stale.current, stale.mapped) == ("config", False, False)
+    assert stale.via == f"nginx: {conf}:3"
+    direct = by_path[f"{live}/fullchain.pem"]
+    assert direct.reads_live and direct.current and not direct.mapped
+    assert f"{old}/privkey.pem" not in by_path, "keys are not reported as certificates"
+
+    config.write_text(
+        f"version: 1\nconsumers:\n  web:\n    certificate: {NAME}\n    reload: nginx -s reload\n"
+    )
+    report = discover(
+        parse_config(config.read_text(), str(config)),
+        str(lineages.config_dir),
+        roots=(),
+        service_configs=services,
+        proc_net=str(tmp_path / "no-proc"),
+    )
+    direct = next(f for f in report.finds if f.reads_live)
+    assert direct.mapped_by == "web", "a consumer that reloads nginx covers it"
+
+
+def test_the_scan_is_bounded_and_safe(
+    lineages: LineageFactory,
+    old_and_new: tuple[Path, Path],
+    write_config: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    _, old = old_and_new
+    scan = tmp_path / "scan"
+    (scan / "a").mkdir(parents=True)
+    (scan / "a" / "loop").symlink_to(scan, target_is_directory=True)
+    os.mkfifo(scan / "a" / "fifo")
+    big = scan / "big.pem"
+    big.write_bytes((old / "fullchain.pem").read_bytes() + b"\0" * (2 << 20))
+    shutil.copyfile(old / "fullchain.pem", scan / "a" / "copy.crt")
+    (scan / "link.pem").symlink_to(old / "fullchain.pem")
+    config = write_config("version: 1\n")
+    report = discover(
+        parse_config(config.read_text(), str(config)),
+        str(lineages.config_dir),
+        cert_names=[NAME],
+        roots=(),
+        extra_paths=[str(scan)],
+        service_configs={},
+        proc_net=str(tmp_path / "no-proc"),
+    )
+    assert [f.where for f in report.finds] == [str(scan / "a" / "copy.crt")]
+    assert report.scanned_files == 2  # big.pem and copy.crt: the fifo and symlinks are not opened

@@ -17,7 +17,7 @@ import socket
 import stat
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -146,7 +146,7 @@ def discover(
     extra_paths: Iterable[str] = (),
     roots: Iterable[str] = SCAN_ROOTS,
     proc_net: str = "/proc/net",
-    service_configs: dict[str, tuple[tuple[str, ...], re.Pattern[str]]] | None = None,
+    service_configs: Mapping[str, tuple[tuple[str, ...], re.Pattern[str]]] | None = None,
     fetch: Callable[
         [str, int, str | None, float, probe.Dialect | None], probe.Served
     ] = probe.fetch_served,
@@ -394,7 +394,7 @@ def _service_configs(
     config: Config,
     report: DiscoverReport,
     skip: set[str],
-    services: dict[str, tuple[tuple[str, ...], re.Pattern[str]]],
+    services: Mapping[str, tuple[tuple[str, ...], re.Pattern[str]]],
 ) -> Iterator[Find]:
     for service, (patterns, regex) in services.items():
         conf_files = sorted({p for pat in patterns for p in glob.glob(pat, recursive=True)})

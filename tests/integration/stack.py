@@ -36,9 +36,11 @@ __all__ = [
     "HAProxy",
     "Nginx",
     "Pebble",
+    "children",
     "file_fingerprint",
     "free_port",
     "served_fingerprint",
+    "settled_workers",
 ]
 
 
@@ -125,6 +127,29 @@ def _family(pid: int) -> set[int]:
         result |= new
         changed = bool(new)
     return {p for p in result if _alive(p)}
+
+
+def children(pid: int) -> set[int]:
+    """Live (not zombie) direct children of ``pid``: an nginx or HAProxy master's workers."""
+    found = set()
+    for entry in _all_pids():
+        stat = _proc_stat(entry)
+        if stat is not None and stat[1] == pid and stat[0] not in ("Z", "X"):
+            found.add(entry)
+    return found
+
+
+def settled_workers(master: int, count: int = 1, timeout: float = 15) -> set[int]:
+    """The master's workers once exactly ``count`` are left. For ~100 ms after a reload nginx
+    keeps the old worker accepting beside the new one, so a probe may meet either."""
+    deadline = time.monotonic() + timeout
+    while True:
+        kids = children(master)
+        if len(kids) == count:
+            return kids
+        if time.monotonic() > deadline:
+            raise AssertionError(f"master {master} has workers {sorted(kids)}, expected {count}")
+        time.sleep(0.02)
 
 
 def _signal(pid: int, sig: int) -> None:

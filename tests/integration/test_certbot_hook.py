@@ -21,7 +21,16 @@ from typing import Any
 import pytest
 
 from .conftest import CERT_NAME
-from .stack import Certbot, HAProxy, Nginx, file_fingerprint, free_port, served_fingerprint
+from .stack import (
+    Certbot,
+    HAProxy,
+    Nginx,
+    children,
+    file_fingerprint,
+    free_port,
+    served_fingerprint,
+    settled_workers,
+)
 
 RUN_TIMEOUT = 120
 # A reload is asynchronous (HAProxy re-executes its master: up to ~200 ms before the new
@@ -30,34 +39,6 @@ RELOAD_GRACE = 0.75
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def children(pid: int) -> set[int]:
-    """Live (non-zombie) child PIDs of ``pid``, from /proc."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rfind(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.add(int(entry))
-    return found
-
-
-def settled_workers(master: int, count: int = 1, timeout: float = 15) -> set[int]:
-    """The master's workers once exactly ``count`` are left (old ones drain after a reload)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        kids = children(master)
-        if len(kids) == count:
-            return kids
-        if time.monotonic() > deadline:
-            raise AssertionError(f"master {master} has workers {sorted(kids)}, expected {count}")
-        time.sleep(0.02)
 
 
 def new_workers(master: int, old: set[int], timeout: float = 15) -> set[int]:

@@ -16,7 +16,6 @@ import shlex
 import shutil
 import ssl
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,14 @@ import pytest
 from certbot_fanout._pki import ThrowawayCA
 
 from .conftest import CERT_NAME, clone_certbot
-from .stack import Certbot, Nginx, Pebble, file_fingerprint, served_fingerprint
+from .stack import (
+    Certbot,
+    Nginx,
+    Pebble,
+    file_fingerprint,
+    served_fingerprint,
+    settled_workers,
+)
 
 PROJECT = Path(__file__).resolve().parents[2]
 DEBIAN_CERTBOT = "/usr/bin/certbot"
@@ -53,34 +59,6 @@ def file_state(path: Path) -> FileState:
     return FileState(
         path.read_bytes(), st.st_ino, st.st_mtime_ns, st.st_uid, st.st_gid, st.st_mode & 0o7777
     )
-
-
-def children(pid: int) -> set[int]:
-    """Live (non-zombie) child PIDs of ``pid``, from /proc."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rfind(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.add(int(entry))
-    return found
-
-
-def settled_workers(master: int, timeout: float = 15) -> set[int]:
-    """The master's workers once exactly one is left (an old one drains after a reload)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        kids = children(master)
-        if len(kids) == 1:
-            return kids
-        if time.monotonic() > deadline:
-            raise AssertionError(f"nginx master {master} has workers {sorted(kids)}")
-        time.sleep(0.02)
 
 
 def renewal_params(certbot: Certbot, name: str = CERT_NAME) -> dict[str, str]:

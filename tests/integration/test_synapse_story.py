@@ -31,7 +31,15 @@ import pytest
 
 from .conftest import _require_binary
 from .daemons_xmpp import openssl_fingerprint
-from .stack import NGINX_BIN, Certbot, Nginx, Pebble, file_fingerprint, served_fingerprint
+from .stack import (
+    NGINX_BIN,
+    Certbot,
+    Nginx,
+    Pebble,
+    file_fingerprint,
+    served_fingerprint,
+    settled_workers,
+)
 from .synapse_env import (
     SYNAPSE_REQUIREMENT,
     SYNAPSE_VENV,
@@ -229,6 +237,7 @@ def test_renewal_reaches_nginx_and_synapse(story: Story) -> None:
     assert rc == 0, log[-4000:]
     new = story.lineage_fingerprint()
     assert new != old, "certbot did not renew the lineage"
+    settled_workers(story.nginx.pid)  # nginx's old worker drains for ~100 ms after a reload
     assert openssl_fingerprint(story.nginx.port, MATRIX) == new
     assert openssl_fingerprint(syn.port, MATRIX) == new
     assert served_fingerprint("127.0.0.1", syn.port, MATRIX) == new
@@ -273,6 +282,7 @@ def test_stale_second_copy_is_caught_on_the_first_renewal(story: Story) -> None:
     assert rc == 0, log[-4000:]  # a failing deploy hook does not change certbot's exit code
     new = story.lineage_fingerprint()
     assert new != stale
+    settled_workers(story.nginx.pid)
     assert openssl_fingerprint(story.nginx.port, MATRIX) == new
     assert openssl_fingerprint(syn.port, MATRIX) == stale
     assert syn.running and syn.pid == pid

@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument("--json", action="store_true", help="print the result as JSON")
     deploy.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print nothing when no consumer uses the certificate (for deploy hooks)",
+    )
+    deploy.add_argument(
         "--jobs",
         type=_positive_int,
         default=128,
@@ -473,6 +479,8 @@ def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
         config, live, options, lock_path=args.lock_file, state_path=_state_path(args)
     )
     if result is None:
+        if args.quiet:
+            return EXIT_OK
         print(
             f"certbot-fanout: no consumer in {config.source} uses certificate "
             f"{os.path.basename(live)}; nothing to do",

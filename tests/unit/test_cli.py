@@ -265,3 +265,15 @@ def test_console_script_help_runs_as_a_process() -> None:
     assert proc.returncode == 0
     assert "usage: certbot-fanout" in proc.stdout
     assert "deploy" in proc.stdout and "demo" in proc.stdout
+
+
+def test_quiet_hook_prints_nothing_for_an_unused_certificate(
+    write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    config = write_config("version: 1\nconsumers: {}\n")
+    env = {
+        "RENEWED_LINEAGE": str(tmp_path / "absent" / "x.test"),
+        "CERTBOT_FANOUT_CONFIG": str(config),
+    }
+    assert run(["deploy", "--quiet"], env) == (0, "")
+    assert run(["deploy"], env)[1].endswith("uses certificate x.test; nothing to do\n")

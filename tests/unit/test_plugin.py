@@ -199,3 +199,17 @@ def test_generic_updates_repair_drift_and_fail_when_it_stays_broken(
         p.generic_updates(renewed)  # type: ignore[arg-type]
     assert str(err.value).startswith("certbot-fanout: still broken after repair: web: ")
     assert "serves subject CN=plugin.test" in str(err.value)
+
+
+def test_generic_updates_do_not_fail_a_current_short_lived_certificate(
+    lineages: LineageFactory,
+    start_service: Callable[[str, Path], Service],
+    write_config: Callable[[str], Path],
+) -> None:
+    live, _ = lineages.issue(NAME, days=6)  # a 6-day certificate: CRITICAL for status, not drift
+    svc = start_service("web", live)
+    config = write_config(
+        f"version: 1\nconsumers:\n  web:\n    certificate: {NAME}\n"
+        f"    verify: [{{host: 127.0.0.1, port: {svc.port}, server_name: {NAME}}}]\n"
+    )
+    plugin(config).generic_updates(SimpleNamespace(cert_path=f"{live}/cert.pem"))  # type: ignore[arg-type]

@@ -15,27 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from .daemons_db import PostgreSQL, openssl_fingerprint
-from .stack import HAProxy, Nginx, file_fingerprint, served_fingerprint
+from .stack import HAProxy, Nginx, children, file_fingerprint, served_fingerprint
 
 CLI_TIMEOUT = 180
 SH = "/bin/sh"
 _q = json.dumps  # a JSON string or list is valid YAML flow syntax
 
 
-def children(pid: int) -> set[int]:
-    """Live (non-zombie) child PIDs of ``pid``, from /proc."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rfind(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.add(int(entry))
-    return found
 
 
 def settled(nginx: Nginx, timeout: float = 15, replacing: frozenset[int] = frozenset()) -> None:

@@ -286,8 +286,9 @@ class _ConsumerRun:
             self.reload_reason = "forced"
         elif changed:
             self.reload_reason = "files changed"
-        elif not c.files:
-            # Nothing to compare: the service reads live/ itself, so the renewal is the change.
+        elif not c.files and not c.verify:
+            # Nothing to compare: the service reads live/ itself and nothing shows what it
+            # serves, so the renewal is the change. (With endpoints, what they serve decides.)
             self.reload_reason = "no files of its own"
 
         if self.options.dry_run:

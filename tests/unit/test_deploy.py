@@ -373,3 +373,27 @@ def test_leaf_only_endpoint_fails_unless_chain_checking_is_off(lineages: Lineage
     assert strict.failed_stage is Stage.VERIFY
     assert "serves cert.pem without the chain" in (strict.endpoints[0].error or "")
     assert relaxed.outcome is Outcome.OK
+
+
+def test_a_consumer_without_files_is_reloaded_only_while_it_serves_the_old_certificate(
+    lineages: LineageFactory, start_service: Callable[[str, Path], Service]
+) -> None:
+    live, _ = lineages.issue(NAME)
+    svc = start_service("a", live)
+    new = renew(lineages)
+    # The service reads certbot's files itself: after the renewal they are new on disk.
+    svc.cert.write_bytes(new.pems[Part.FULLCHAIN])
+    svc.key.write_bytes(new.pems[Part.PRIVKEY])
+    text = (
+        f"  a:\n    certificate: {NAME}\n    reload: {svc.reload_argv()!r}\n"
+        f"    verify: [{{host: 127.0.0.1, port: {svc.port}}}]\n    verify_timeout: 5\n"
+    )
+    first = deploy(config_of(text), new).consumers[0]
+    assert first.outcome is Outcome.OK and first.reloaded
+    assert "not serving the current certificate" in first.reload_reason
+    second = deploy(config_of(text), new).consumers[0]
+    assert second.outcome is Outcome.OK and not second.reloaded
+    assert svc.reloads() == 1
+    blind = text.split("    verify:")[0]  # nothing shows what it serves: every deploy reloads
+    assert deploy(config_of(blind), new).consumers[0].reload_reason == "no files of its own"
+    assert svc.reloads() == 2

@@ -41,7 +41,8 @@ def test_the_timer_fires_twice_a_day_with_a_random_delay() -> None:
 def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     # The units name /usr/bin/certbot-fanout, where the packages install it; verify them with the
     # certbot-fanout under test in its place (verify checks that ExecStart is executable).
-    binary = shutil.which("certbot-fanout") or str(Path(sys.executable).with_name("certbot-fanout"))
+    venv_bin = Path(sys.executable).with_name("certbot-fanout")
+    binary = str(venv_bin) if venv_bin.exists() else (shutil.which("certbot-fanout") or "")
     for unit in (SERVICE, TIMER):
         text = unit.read_text().replace("/usr/bin/certbot-fanout", binary)
         (tmp_path / unit.name).write_text(text)

@@ -3,20 +3,20 @@ and nginx / HAProxy started by the test and stopped by PID when it ends."""
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from ._proc import Account, ensure_account, find_account
+from .helpers import CERT_NAME, renewal_params
 from .stack import HAPROXY_BIN, NGINX_BIN, PEBBLE_BIN, Certbot, HAProxy, Nginx, Pebble
 
-CERT_NAME = "web.fanout.test"
+__all__ = ["CERT_NAME", "clone_certbot", "service_account"]
+
 FANOUT = Path(sys.prefix) / "bin" / "certbot-fanout"
 
 
@@ -43,12 +43,8 @@ def fanout_bin() -> Path:
 def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
     """One real ACME server for the whole module."""
     _require_binary(PEBBLE_BIN, "pebble")
-    server = Pebble(tmp_path_factory.mktemp("pebble"))
-    server.start()
-    try:
+    with Pebble(tmp_path_factory.mktemp("pebble")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +67,22 @@ def clone_certbot(template: Certbot, basedir: Path, extra_env: dict[str, str]) -
         assert old in text, f"{conf} does not name {old}; certbot changed its layout?"
         conf.write_text(text.replace(old, new))
     return clone
+
+
+@pytest.fixture(scope="module")
+def reconfigured(issued: Certbot, tmp_path_factory: pytest.TempPathFactory) -> Certbot:
+    """A copy of the module's lineage on which `certbot reconfigure -i fanout --fanout-config
+    BASEDIR/fanout.yaml` (5.8) ran once; tests clone it (clone_certbot moves the path along)."""
+    template = clone_certbot(issued, tmp_path_factory.mktemp("certbot-reconfigured"), {})
+    config = template.basedir / "fanout.yaml"
+    config.write_text("version: 1\nconsumers: {}\n")
+    template.run(
+        "reconfigure", "--cert-name", CERT_NAME, "-i", "fanout", "--fanout-config", str(config)
+    )
+    params = renewal_params(template)
+    assert params.get("installer") == "fanout", params
+    assert params.get("fanout_config") == str(config), params
+    return template
 
 
 @pytest.fixture
@@ -109,40 +121,25 @@ def start_haproxy(root: None, request: pytest.FixtureRequest) -> Callable[..., H
     return start
 
 
-def _account(name: str) -> tuple[str, int, int] | None:
+def service_account(name: str) -> Iterator[Account]:
+    """Yield the system user and group ``name``, created for the while (and removed after) if
+    missing; skips the test when it is missing and cannot be created. For ``yield from``."""
+    accounts = ensure_account(name)
     try:
-        entry = pwd.getpwnam(name)
-        group = grp.getgrnam(name)
-    except KeyError:
-        return None
-    return name, entry.pw_uid, group.gr_gid
+        account = accounts.__enter__()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    try:
+        yield account
+    finally:
+        accounts.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")
-def web_account(root: None) -> Iterator[tuple[str, int, int]]:
-    """(name, uid, gid) of a non-root service account: www-data, else a temporary system user."""
-    name = "fanout-www"
-    existing = _account("www-data") or _account(name)  # fanout-www: left by a killed run
+def web_account(root: None) -> Iterator[Account]:
+    """A non-root service account: www-data, else a temporary system user fanout-www."""
+    existing = find_account("www-data")
     if existing is not None:
         yield existing
         return
-    if shutil.which("useradd") is None:
-        pytest.skip("no www-data user and no useradd to create one")
-    subprocess.run(
-        [
-            "useradd",
-            "--system",
-            "--user-group",
-            "--no-create-home",
-            "-s",
-            "/usr/sbin/nologin",
-            name,
-        ],
-        check=True,
-    )
-    try:
-        created = _account(name)
-        assert created is not None, f"useradd did not create {name}"
-        yield created
-    finally:
-        subprocess.run(["userdel", name], check=False)
+    yield from service_account("fanout-www")  # also one left by a killed run

@@ -16,7 +16,7 @@
 Every daemon listens on 127.0.0.1 ports chosen at run time, keeps its config, state and logs
 in the directory it is given (which every user must be able to traverse: Dovecot's login
 processes and Postfix's daemons run as their own users), and is stopped by PID with its
-process family. ``openssl_served`` is the reference client: ``openssl s_client -starttls``.
+process family. The reference client is ``stack.openssl_served`` (``openssl s_client``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import pwd
-import re
 import signal
 import socketserver
 import ssl
@@ -33,102 +31,54 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
-from .stack import (
-    _PORT_RETRIES,
+from ._proc import (
     KILL_BIN,
-    START_TIMEOUT,
     STOP_TIMEOUT,
-    _accepts,
-    _alive,
-    _Daemon,
-    _find,
-    _read_pid,
-    _tail,
-    _terminate,
+    ChildDaemon,
+    Daemon,
+    PidFileDaemon,
+    account,
+    alive,
+    find_binary,
     free_port,
+    retry_if_port_taken,
+    spawn,
+    stop_child,
+    tail,
+    wait_ports,
+    wait_until,
 )
 
 __all__ = [
     "DOVEADM_BIN",
     "DOVECOT_BIN",
-    "OPENSSL_BIN",
     "POSTFIX_BIN",
     "VSFTPD_BIN",
     "Dovecot",
     "NntpServer",
-    "OpensslServed",
     "Postfix",
     "Vsftpd",
-    "openssl_served",
 ]
 
-DOVECOT_BIN = _find("dovecot", "/usr/sbin/dovecot")
-DOVEADM_BIN = _find("doveadm", "/usr/bin/doveadm")
-POSTFIX_BIN = _find("postfix", "/usr/sbin/postfix")
-VSFTPD_BIN = _find("vsftpd", "/usr/sbin/vsftpd")
-OPENSSL_BIN = _find("openssl", "/usr/bin/openssl")
+DOVECOT_BIN = find_binary("dovecot", "/usr/sbin/dovecot")
+DOVEADM_BIN = find_binary("doveadm", "/usr/bin/doveadm")
+POSTFIX_BIN = find_binary("postfix", "/usr/sbin/postfix")
+VSFTPD_BIN = find_binary("vsftpd", "/usr/sbin/vsftpd")
 
 _IN_USE = "Address already in use"
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _wait_ready(
-    what: str,
-    ports: Mapping[str, int],
-    alive: Callable[[], bool],
-    logs: Callable[[], str],
-    timeout: float = START_TIMEOUT,
-) -> None:
-    """Wait until every port accepts a connection; RuntimeError (with logs) if the daemon dies
-    or the time runs out."""
-    deadline = time.monotonic() + timeout
-    waiting = dict(ports)
-    while waiting:
-        waiting = {name: port for name, port in waiting.items() if not _accepts(port)}
-        if not waiting:
-            return
-        if not alive() or time.monotonic() > deadline:
-            state = "exited" if not alive() else f"not ready within {timeout:g} s"
-            raise RuntimeError(f"{what} {state}; not accepting on {waiting}\n{logs()}")
-        time.sleep(0.02)
-
-
-def _spawn(
-    argv: list[str], log: Path, env: Mapping[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """Start a foreground daemon in its own session; output to a file, never a pipe."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-        )
-
-
-def _stop_child(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None:
-        return
-    if proc.poll() is None:
-        _terminate(proc.pid)
-    proc.wait(timeout=STOP_TIMEOUT)
 
 
 # --------------------------------------------------------------------------- Dovecot
 
 
-class Dovecot(_Daemon):
+class Dovecot(ChildDaemon):
     """One Dovecot master serving imap, pop3, sieve (ManageSieve) and lmtp with STARTTLS."""
 
     PROTOCOLS = ("imap", "pop3", "sieve", "lmtp")
+    label = "dovecot"
 
     def __init__(self, workdir: Path, cert_file: Path, key_file: Path) -> None:
         self.workdir = Path(workdir).resolve()
@@ -139,16 +89,6 @@ class Dovecot(_Daemon):
         self.launch_log = self.workdir / "launch.log"
         self.ports = {proto: 0 for proto in self.PROTOCOLS}
         self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("dovecot not running")
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and _alive(self._proc.pid)
 
     def reload_argv(self) -> list[str]:
         return [DOVEADM_BIN, "-c", str(self.conf_path), "reload"]
@@ -210,33 +150,19 @@ service lmtp {{
         )
 
     def _logs(self) -> str:
-        return f"--- launch:\n{_tail(self.launch_log)}\n--- dovecot.log:\n{_tail(self.log_path)}"
+        return f"--- launch:\n{tail(self.launch_log)}\n--- dovecot.log:\n{tail(self.log_path)}"
 
     def start(self) -> None:
         if self.running:
             raise RuntimeError("dovecot already running")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for attempt in range(_PORT_RETRIES):
-            self.ports = {proto: free_port() for proto in self.PROTOCOLS}
-            self.write_config()
-            self._proc = _spawn([DOVECOT_BIN, "-F", "-c", str(self.conf_path)], self.launch_log)
-            try:
-                _wait_ready("dovecot", self.ports, lambda: self.running, self._logs)
-                return
-            except RuntimeError:
-                in_use = _IN_USE in self._logs()
-                self.stop()
-                if in_use and attempt + 1 < _PORT_RETRIES:
-                    continue
-                raise
+        retry_if_port_taken(self._start_once, self.stop, lambda: _IN_USE in self._logs())
 
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        _stop_child(proc)
-
-    def __enter__(self) -> Dovecot:
-        super().__enter__()
-        return self
+    def _start_once(self) -> None:
+        self.ports = {proto: free_port() for proto in self.PROTOCOLS}
+        self.write_config()
+        self._proc = spawn([DOVECOT_BIN, "-F", "-c", str(self.conf_path)], self.launch_log)
+        wait_ports("dovecot", self.ports, lambda: self.running, self._logs)
 
 
 # --------------------------------------------------------------------------- Postfix
@@ -268,11 +194,14 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
-class Postfix(_Daemon):
+class Postfix(PidFileDaemon):
     """A private Postfix instance: ``postfix -c ETC start``; smtpd on 127.0.0.1:port.
 
     ``chain_file`` holds the key, then the certificate, then the chain (``smtpd_tls_chain_files``,
     the order Postfix recommends)."""
+
+    label = "postfix"
+    comm = "master"
 
     def __init__(self, workdir: Path, chain_file: Path, hostname: str = "localhost") -> None:
         self.workdir = Path(workdir).resolve()
@@ -285,18 +214,6 @@ class Postfix(_Daemon):
         self.launch_log = self.workdir / "launch.log"
         self.pid_file = self.spool / "pid" / "master.pid"
         self.port = 0
-        self._pid: int | None = None
-
-    @property
-    def pid(self) -> int:
-        pid = _read_pid(self.pid_file, "master") or self._pid
-        if pid is None:
-            raise RuntimeError("postfix not running")
-        return pid
-
-    @property
-    def running(self) -> bool:
-        return self._pid is not None and _alive(self._pid)
 
     def _cmd(self, *args: str) -> list[str]:
         return [POSTFIX_BIN, "-c", str(self.etc), *args]
@@ -311,7 +228,7 @@ class Postfix(_Daemon):
         self.etc.mkdir(parents=True, exist_ok=True)
         self.spool.mkdir(exist_ok=True)  # root 0755; postfix creates the rest
         self.data.mkdir(exist_ok=True)
-        os.chown(self.data, pwd.getpwnam("postfix").pw_uid, -1)
+        os.chown(self.data, account("postfix").uid, -1)
         (self.etc / "main.cf").write_text(
             f"""\
 compatibility_level = 3.6
@@ -335,57 +252,26 @@ smtpd_tls_chain_files = {self.chain_file}
             f"127.0.0.1:{self.port} inet n - n - - smtpd\n{_POSTFIX_SERVICES}"
         )
 
-    def _logs(self) -> str:
-        return f"--- launch:\n{_tail(self.launch_log)}\n--- maillog:\n{_tail(self.maillog)}"
+    def logs(self) -> str:
+        return f"--- launch:\n{tail(self.launch_log)}\n--- maillog:\n{tail(self.maillog)}"
 
     def start(self) -> None:
         if self.running:
             raise RuntimeError("postfix already running")
-        for attempt in range(_PORT_RETRIES):
-            self.port = free_port()
-            self.write_config()
-            try:
-                self._start_once()
-                return
-            except RuntimeError:
-                in_use = _IN_USE in self._logs()
-                self.stop()
-                if in_use and attempt + 1 < _PORT_RETRIES:
-                    continue
-                raise
+        retry_if_port_taken(self._start_once, self.stop, lambda: _IN_USE in self.logs())
 
     def _start_once(self) -> None:
-        self.pid_file.unlink(missing_ok=True)
-        with open(self.launch_log, "ab") as log:  # postfix logs to maillog_file, not stderr
-            rc = subprocess.call(
-                self._cmd("start"),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=START_TIMEOUT,
-            )
-        # `postfix start` returns once master has started; it wrote its PID before that.
-        self._pid = _read_pid(self.pid_file, "master")
-        if rc != 0 or self._pid is None:
-            raise RuntimeError(f"postfix start failed (exit {rc})\n{self._logs()}")
-        _wait_ready("postfix", {"smtp": self.port}, lambda: self.running, self._logs)
-
-    def stop(self) -> None:
-        """SIGTERM to master (it stops its children), by PID; wait for the whole family."""
-        pids = {p for p in (_read_pid(self.pid_file, "master"), self._pid) if p is not None}
-        for pid in pids:
-            _terminate(pid)
-        self._pid = None
-
-    def __enter__(self) -> Postfix:
-        super().__enter__()
-        return self
+        self.port = free_port()
+        self.write_config()
+        # postfix logs to maillog_file, not stderr; `postfix start` returns once master has
+        # started, and master wrote its PID before that.
+        self.launch(self._cmd("start"), self.launch_log)
 
 
 # --------------------------------------------------------------------------- vsftpd
 
 
-class Vsftpd(_Daemon):
+class Vsftpd(Daemon):
     """vsftpd standalone with explicit FTPS, restarted by a supervisor whenever it exits."""
 
     def __init__(self, workdir: Path, cert_file: Path, key_file: Path) -> None:
@@ -413,7 +299,7 @@ class Vsftpd(_Daemon):
     @property
     def running(self) -> bool:
         proc = self._proc
-        return proc is not None and _alive(proc.pid)
+        return proc is not None and alive(proc.pid)
 
     def restart_argv(self) -> list[str]:
         """Stop the running vsftpd (the supervisor starts a new one, which reads the files)."""
@@ -450,34 +336,27 @@ rsa_private_key_file={self.key_file}
         )
 
     def _logs(self) -> str:
-        return f"--- vsftpd output:\n{_tail(self.launch_log)}"
+        return f"--- vsftpd output:\n{tail(self.launch_log)}"
 
     def _launch(self) -> subprocess.Popen[bytes]:
         self.starts += 1
-        return _spawn([VSFTPD_BIN, str(self.conf_path)], self.launch_log)
+        return spawn([VSFTPD_BIN, str(self.conf_path)], self.launch_log)
 
     def start(self) -> None:
         if self.running:
             raise RuntimeError("vsftpd already running")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for attempt in range(_PORT_RETRIES):
-            self.port = free_port()
-            self.write_config()
-            self._proc = self._launch()
-            try:
-                _wait_ready("vsftpd", {"ftp": self.port}, lambda: self.running, self._logs)
-                break
-            except RuntimeError:
-                # vsftpd says "500 OOPS: could not bind listening IPv4 socket"
-                in_use = "could not bind" in self._logs()
-                _stop_child(self._proc)
-                self._proc = None
-                if in_use and attempt + 1 < _PORT_RETRIES:
-                    continue
-                raise
+        # vsftpd says "500 OOPS: could not bind listening IPv4 socket"
+        retry_if_port_taken(self._start_once, self.stop, lambda: "could not bind" in self._logs())
         self._stopping = False
         self._supervisor = threading.Thread(target=self._supervise, daemon=True)
         self._supervisor.start()
+
+    def _start_once(self) -> None:
+        self.port = free_port()
+        self.write_config()
+        self._proc = self._launch()
+        wait_ports("vsftpd", {"ftp": self.port}, lambda: self.running, self._logs)
 
     def _supervise(self) -> None:
         delay = 0.05
@@ -499,22 +378,20 @@ rsa_private_key_file={self.key_file}
         with self._lock:
             self._stopping = True
             proc = self._proc
-        _stop_child(proc)
+        stop_child(proc)
         if self._supervisor is not None:
             self._supervisor.join(STOP_TIMEOUT)
             self._supervisor = None
         self._proc = None
 
-    def __enter__(self) -> Vsftpd:
-        super().__enter__()
-        return self
-
 
 # --------------------------------------------------------------------------- NNTP
 
 
-class NntpServer(_Daemon):
+class NntpServer(ChildDaemon):
     """The minimal NNTP STARTTLS server below, in its own Python process."""
+
+    label = "nntp server"
 
     def __init__(self, workdir: Path, cert_file: Path, key_file: Path) -> None:
         self.workdir = Path(workdir).resolve()
@@ -524,16 +401,6 @@ class NntpServer(_Daemon):
         self.log_path = self.workdir / "nntp.log"
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("nntp server not running")
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and _alive(self._proc.pid)
 
     def reload_argv(self) -> list[str]:
         return [KILL_BIN, "-HUP", str(self.pid)]
@@ -547,7 +414,7 @@ class NntpServer(_Daemon):
         top = Path(__file__).resolve().parents[__name__.count(".")]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(top), env.get("PYTHONPATH")]))
-        self._proc = _spawn(
+        self._proc = spawn(
             [
                 sys.executable,
                 "-m",
@@ -561,27 +428,21 @@ class NntpServer(_Daemon):
             self.log_path,
             env=env,
         )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self.port:
+
+        def port_known() -> bool:
             with contextlib.suppress(OSError, ValueError):
                 self.port = int(self.port_file.read_text())
-            if not _alive(self.pid) or time.monotonic() > deadline:
-                log = _tail(self.log_path)
-                self.stop()
-                raise RuntimeError(f"nntp server did not start\n{log}")
-            time.sleep(0.02)
-        _wait_ready("nntp server", {"nntp": self.port}, lambda: _alive(self.pid), self._logs)
+            return bool(self.port)
+
+        try:
+            wait_until("nntp server (port file)", port_known, lambda: self.running, self._logs)
+        except RuntimeError:
+            self.stop()
+            raise
+        wait_ports("nntp server", {"nntp": self.port}, lambda: self.running, self._logs)
 
     def _logs(self) -> str:
-        return _tail(self.log_path)
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        _stop_child(proc)
-
-    def __enter__(self) -> NntpServer:
-        super().__enter__()
-        return self
+        return tail(self.log_path)
 
 
 _NNTP_CAPABILITIES = b"101 Capability list:\r\nVERSION 2\r\nREADER\r\n"
@@ -665,64 +526,6 @@ def _serve_nntp(port_file: str, cert: str, key: str, log_path: str) -> None:
     log(f"listening on 127.0.0.1:{server.server_address[1]}")
     with server:
         server.serve_forever(poll_interval=0.1)
-
-
-# --------------------------------------------------------------------------- openssl
-
-
-@dataclass(frozen=True)
-class OpensslServed:
-    """What ``openssl s_client -starttls PROTO -showcerts`` saw: the leaf's SHA-256 as
-    ``openssl x509 -fingerprint -sha256`` prints it (lower-case hex, no colons), and every
-    certificate sent (DER, leaf first)."""
-
-    fingerprint: str
-    chain: tuple[bytes, ...]
-
-
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
-
-
-def openssl_served(
-    starttls: str, port: int, server_name: str, host: str = "127.0.0.1", timeout: float = 20
-) -> OpensslServed:
-    """``openssl s_client -starttls P -connect H:P -servername N </dev/null | openssl x509
-    -noout -fingerprint -sha256``, plus the chain from ``-showcerts``."""
-    client = subprocess.run(
-        [
-            OPENSSL_BIN,
-            "s_client",
-            "-starttls",
-            starttls,
-            "-connect",
-            f"{host}:{port}",
-            "-servername",
-            server_name,
-            "-showcerts",
-        ],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=timeout,
-    )
-    chain = tuple(
-        ssl.PEM_cert_to_DER_cert(m.group(0).decode()) for m in _PEM_CERT.finditer(client.stdout)
-    )
-    if not chain:
-        raise RuntimeError(
-            f"openssl s_client -starttls {starttls} to {host}:{port} got no certificate "
-            f"(exit {client.returncode}):\n{client.stderr.decode(errors='replace')[-2000:]}"
-        )
-    x509 = subprocess.run(
-        [OPENSSL_BIN, "x509", "-noout", "-fingerprint", "-sha256"],
-        input=client.stdout,
-        capture_output=True,
-        timeout=timeout,
-        check=True,
-    )
-    match = re.search(rb"Fingerprint=([0-9A-Fa-f:]+)", x509.stdout)
-    if match is None:
-        raise RuntimeError(f"openssl x509 printed no fingerprint: {x509.stdout!r}")
-    return OpensslServed(match.group(1).decode().replace(":", "").lower(), chain)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,33 +6,31 @@ runs in the foreground as the ``prosody`` user (no init system) and is stopped b
 
 from __future__ import annotations
 
-import os
-import pwd
 import subprocess
-import time
 from pathlib import Path
 
-from .stack import (
+from ._proc import (
     KILL_BIN,
-    START_TIMEOUT,
-    STOP_TIMEOUT,
-    _accepts,
-    _alive,
-    _find,
-    _read_pid,
-    _tail,
-    _terminate,
+    ChildDaemon,
+    accepts,
+    account,
+    alive,
+    chown_to,
+    find_binary,
     free_port,
+    read_pid,
+    retry_if_port_taken,
+    spawn,
+    tail,
+    wait_until,
 )
 
-__all__ = ["PROSODYCTL_BIN", "PROSODY_BIN", "PROSODY_USER", "Prosody", "openssl_fingerprint"]
+__all__ = ["PROSODYCTL_BIN", "PROSODY_BIN", "PROSODY_USER", "Prosody"]
 
-PROSODY_BIN = _find("prosody", "/usr/bin/prosody")
-PROSODYCTL_BIN = _find("prosodyctl", "/usr/bin/prosodyctl")
-OPENSSL_BIN = _find("openssl", "/usr/bin/openssl")
+PROSODY_BIN = find_binary("prosody", "/usr/bin/prosody")
+PROSODYCTL_BIN = find_binary("prosodyctl", "/usr/bin/prosodyctl")
 PROSODY_USER = "prosody"
 
-_PORT_RETRIES = 3
 _BIND_FAILURE = "Failed to open server port"
 
 
@@ -40,9 +38,11 @@ def _lua(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class Prosody:
+class Prosody(ChildDaemon):
     """Prosody with c2s (xmpp) and s2s (xmpp-server) on free 127.0.0.1 ports and one
     VirtualHost whose certificate and key are the given files."""
+
+    label = "prosody"
 
     def __init__(self, workdir: Path, vhost: str, cert_path: Path, key_path: Path) -> None:
         self.workdir = Path(workdir).resolve()
@@ -57,16 +57,6 @@ class Prosody:
         self.log_path = self.data_dir / "prosody.log"
         self.console_path = self.workdir / "console.log"
         self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("prosody not running")
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def reload_argv(self) -> list[str]:
         """``prosodyctl --config FILE reload``: SIGHUP to the PID in the configured pid file."""
@@ -115,99 +105,44 @@ VirtualHost {_lua(self.vhost)}
         """Start as the prosody user; wait until both ports accept connections."""
         if self._proc is not None:
             raise RuntimeError("prosody already running")
-        account = pwd.getpwnam(PROSODY_USER)
         (self.workdir / "certs").mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        os.chown(self.data_dir, account.pw_uid, account.pw_gid)
-        for attempt in range(_PORT_RETRIES):
-            self.write_config()
-            try:
-                self._start_once(account)
-                return
-            except RuntimeError:
-                bind_failed = _BIND_FAILURE in _tail(self.log_path, 200)
-                self.stop()
-                if bind_failed and attempt + 1 < _PORT_RETRIES:
-                    self.c2s_port, self.s2s_port = free_port(), free_port()
-                    continue
-                raise
+        chown_to(self.data_dir, account(PROSODY_USER))
+        retry_if_port_taken(
+            self._start_once,
+            self.stop,
+            lambda: _BIND_FAILURE in tail(self.log_path, 200),
+            self._new_ports,
+        )
 
-    def _start_once(self, account: pwd.struct_passwd) -> None:
+    def _new_ports(self) -> None:
+        self.c2s_port, self.s2s_port = free_port(), free_port()
+
+    def _start_once(self) -> None:
+        self.write_config()
         self.log_path.unlink(missing_ok=True)
         self.pid_file.unlink(missing_ok=True)
-        with open(self.console_path, "wb") as console:  # a file: the daemon keeps it open
-            self._proc = subprocess.Popen(
-                [PROSODY_BIN, "--config", str(self.config_path), "-F"],
-                cwd=self.data_dir,
-                user=account.pw_uid,
-                group=account.pw_gid,
-                extra_groups=[],
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            log = _tail(self.log_path, 200)
-            ready = _accepts(self.c2s_port) and _accepts(self.s2s_port)
-            if ready and _read_pid(self.pid_file) == self._proc.pid and _BIND_FAILURE not in log:
-                return
-            if _BIND_FAILURE in log or not _alive(self._proc.pid):
-                break
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        raise RuntimeError(
-            f"prosody not ready on c2s {self.c2s_port} / s2s {self.s2s_port}"
-            f" (exit={self._proc.poll()}); console:\n{_tail(self.console_path)}\n"
-            f"--- prosody.log tail:\n{_tail(self.log_path)}"
+        proc = self._proc = spawn(
+            [PROSODY_BIN, "--config", str(self.config_path), "-F"],
+            self.console_path,
+            append=False,
+            cwd=self.data_dir,
+            user=account(PROSODY_USER),
         )
 
-    def stop(self) -> None:
-        """Stop by PID (SIGTERM, then SIGKILL) and reap it; idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            _terminate(proc.pid)
-        proc.wait(timeout=STOP_TIMEOUT)
+        def ready() -> bool:
+            listening = accepts(self.c2s_port) and accepts(self.s2s_port)
+            own = read_pid(self.pid_file) == proc.pid  # not another process on those ports
+            return listening and own and _BIND_FAILURE not in tail(self.log_path, 200)
+
+        wait_until(
+            f"prosody on c2s {self.c2s_port} / s2s {self.s2s_port}",
+            ready,
+            lambda: alive(proc.pid) and _BIND_FAILURE not in tail(self.log_path, 200),
+            lambda: (
+                f"console:\n{tail(self.console_path)}\n--- prosody.log tail:\n{tail(self.log_path)}"
+            ),
+        )
 
     def log_tail(self, lines: int = 40) -> str:
-        return _tail(self.log_path, lines)
-
-    def __enter__(self) -> Prosody:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def openssl_fingerprint(
-    port: int, name: str, starttls: str | None = None, host: str = "127.0.0.1"
-) -> str:
-    """SHA-256 hex (lower case, no colons) of the leaf that ``openssl s_client`` gets, with
-    ``-starttls PROTO`` (and ``-xmpphost NAME`` for the XMPP dialects) when given."""
-    argv = [OPENSSL_BIN, "s_client", "-connect", f"{host}:{port}", "-servername", name]
-    if starttls is not None:
-        argv += ["-starttls", starttls]
-        if starttls.startswith("xmpp"):
-            argv += ["-xmpphost", name]
-    client = subprocess.run(
-        argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False
-    )
-    x509 = subprocess.run(
-        [OPENSSL_BIN, "x509", "-noout", "-fingerprint", "-sha256"],
-        input=client.stdout,
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    out = x509.stdout.decode(errors="replace").strip()
-    if x509.returncode != 0 or "=" not in out:
-        raise AssertionError(
-            f"openssl s_client {' '.join(argv[2:])} got no certificate (exit {client.returncode}):"
-            f"\n{client.stderr.decode(errors='replace')[-2000:]}"
-        )
-    return out.split("=", 1)[1].replace(":", "").lower()
+        return tail(self.log_path, lines)

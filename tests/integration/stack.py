@@ -1,4 +1,5 @@
-"""Real daemons on loopback for integration tests: pebble, certbot, nginx, HAProxy.
+"""Real daemons on loopback for integration tests: pebble, certbot, nginx, HAProxy; and the
+ways to see which certificate an endpoint serves (our TLS client, ``openssl s_client``).
 
 Stand-alone: no project imports. Every daemon is started on a free 127.0.0.1 port,
 stopped by PID (with its process group / descendants) and is a context manager.
@@ -6,14 +7,12 @@ stopped by PID (with its process group / descendants) and is a context manager.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import ipaddress
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -21,37 +20,55 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ._proc import (
+    KILL_BIN,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    ChildDaemon,
+    PidFileDaemon,
+    children,
+    find_binary,
+    free_port,
+    retry_if_port_taken,
+    spawn,
+    tail,
+    terminate,
+    wait_port_free,
+)
+
 __all__ = [
+    "DEFAULT_CERTBOT",
+    "HAPROXY_BIN",
+    "KILL_BIN",
+    "NGINX_BIN",
+    "OPENSSL_BIN",
+    "PEBBLE_BIN",
+    "START_TIMEOUT",
+    "STOP_TIMEOUT",
     "Certbot",
     "CertbotError",
     "HAProxy",
     "Nginx",
+    "OpensslServed",
     "Pebble",
     "children",
     "file_fingerprint",
     "free_port",
+    "openssl_fingerprint",
+    "openssl_served",
+    "pem_fingerprint",
     "served_fingerprint",
     "settled_workers",
 ]
-
-
-def _find(name: str, *fallbacks: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    for candidate in fallbacks:
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return fallbacks[0] if fallbacks else name
 
 
 def _default_certbot() -> str:
@@ -64,152 +81,34 @@ def _default_certbot() -> str:
     return "certbot"
 
 
-PEBBLE_BIN = _find("pebble", "/usr/bin/pebble")
-NGINX_BIN = _find("nginx", "/usr/sbin/nginx")
-HAPROXY_BIN = _find("haproxy", "/usr/sbin/haproxy")
-KILL_BIN = _find("kill", "/bin/kill", "/usr/bin/kill")
+PEBBLE_BIN = find_binary("pebble", "/usr/bin/pebble")
+NGINX_BIN = find_binary("nginx", "/usr/sbin/nginx")
+HAPROXY_BIN = find_binary("haproxy", "/usr/sbin/haproxy")
+OPENSSL_BIN = find_binary("openssl", "/usr/bin/openssl")
 DEFAULT_CERTBOT: tuple[str, ...] = (_default_certbot(),)
 
-START_TIMEOUT = 15.0
-STOP_TIMEOUT = 10.0
-_PORT_RETRIES = 3
+_IN_USE = "Address already in use"
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def free_port() -> int:
-    """Return a TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"<{path}: {exc}>"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, pgrp) from /proc, or None if the process is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return fields[0], int(fields[1]), int(fields[2])
-
-
-def _alive(pid: int) -> bool:
-    """True unless gone or a zombie (PID 1 here reaps orphans only every few seconds)."""
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X")
-
-
-def _all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _family(pid: int) -> set[int]:
-    """The process, its live descendants and, if it leads its own group, that group."""
-    stats = {p: s for p in _all_pids() if (s := _proc_stat(p)) is not None}
-    result = {pid}
-    own = stats.get(pid)
-    if own is not None and own[2] == pid and pid != os.getpgrp():
-        result |= {p for p, s in stats.items() if s[2] == pid}
-    changed = True
-    while changed:
-        new = {p for p, s in stats.items() if s[1] in result and p not in result}
-        result |= new
-        changed = bool(new)
-    return {p for p in result if _alive(p)}
-
-
-def children(pid: int) -> set[int]:
-    """Live (not zombie) direct children of ``pid``: an nginx or HAProxy master's workers."""
-    found = set()
-    for entry in _all_pids():
-        stat = _proc_stat(entry)
-        if stat is not None and stat[1] == pid and stat[0] not in ("Z", "X"):
-            found.add(entry)
-    return found
-
-
-def settled_workers(master: int, count: int = 1, timeout: float = 15) -> set[int]:
-    """The master's workers once exactly ``count`` are left. For ~100 ms after a reload nginx
-    keeps the old worker accepting beside the new one, so a probe may meet either."""
+def settled_workers(
+    master: int, count: int = 1, timeout: float = 15, replacing: Set[int] = frozenset()
+) -> set[int]:
+    """The master's workers once exactly ``count`` are left, none of them in ``replacing``
+    (the workers from before a reload). For ~100 ms after a reload nginx keeps the old worker
+    accepting beside the new one, so a probe may meet either."""
     deadline = time.monotonic() + timeout
     while True:
         kids = children(master)
-        if len(kids) == count:
+        if len(kids) == count and not kids & replacing:
             return kids
         if time.monotonic() > deadline:
+            if replacing:
+                raise AssertionError(f"master {master} was not reloaded: workers {sorted(kids)}")
             raise AssertionError(f"master {master} has workers {sorted(kids)}, expected {count}")
         time.sleep(0.02)
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)
-
-
-def _wait_gone(pids: set[int], timeout: float) -> set[int]:
-    deadline = time.monotonic() + timeout
-    left = {p for p in pids if _alive(p)}
-    while left and time.monotonic() < deadline:
-        time.sleep(0.02)
-        left = {p for p in left if _alive(p)}
-    return left
-
-
-def _terminate(pid: int, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> None:
-    """Signal pid, wait for it and its family to go; SIGKILL whatever is left."""
-    family = _family(pid)
-    if not family:
-        return
-    _signal(pid, sig)
-    left = _wait_gone(family | _family(pid), timeout)
-    for p in left:
-        _signal(p, signal.SIGKILL)
-    left = _wait_gone(left, 5.0)
-    if left:
-        raise RuntimeError(f"processes survived SIGKILL: {sorted(left)}")
-
-
-def _read_pid(path: Path, comm: str | None = None) -> int | None:
-    """PID from a pid file; with comm, only if that live process has that name."""
-    try:
-        pid = int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    if comm is not None:
-        try:
-            if not Path(f"/proc/{pid}/comm").read_text().strip().startswith(comm):
-                return None
-        except OSError:
-            return None
-    return pid
-
-
-def _wait_pidfile(path: Path, timeout: float) -> int | None:
-    deadline = time.monotonic() + timeout
-    while True:
-        pid = _read_pid(path)
-        if pid is not None or time.monotonic() >= deadline:
-            return pid
-        time.sleep(0.01)
-
-
-def _accepts(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _quote(value: str) -> str:
@@ -221,6 +120,11 @@ def _first_pem_cert(data: str) -> bytes:
     if match is None:
         raise ValueError("no PEM certificate found")
     return ssl.PEM_cert_to_DER_cert(match.group(0))
+
+
+def pem_fingerprint(pem: bytes) -> str:
+    """SHA-256 hex of the first certificate in PEM data."""
+    return hashlib.sha256(_first_pem_cert(pem.decode())).hexdigest()
 
 
 def served_fingerprint(host: str, port: int, server_name: str, timeout: float = 5) -> str:
@@ -240,40 +144,74 @@ def served_fingerprint(host: str, port: int, server_name: str, timeout: float = 
 
 def file_fingerprint(cert_pem_path: Path) -> str:
     """SHA-256 hex of the first certificate in a PEM file."""
-    return hashlib.sha256(_first_pem_cert(Path(cert_pem_path).read_text())).hexdigest()
+    return pem_fingerprint(Path(cert_pem_path).read_bytes())
+
+
+@dataclass(frozen=True)
+class OpensslServed:
+    """What ``openssl s_client`` saw: the leaf's SHA-256 as ``openssl x509 -fingerprint
+    -sha256`` prints it (lower-case hex, no colons), and the certificates it printed (DER, leaf
+    first: the whole chain with ``-showcerts``)."""
+
+    fingerprint: str
+    chain: tuple[bytes, ...]
+
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def openssl_served(
+    port: int,
+    server_name: str,
+    starttls: str | None = None,
+    *,
+    showcerts: bool = False,
+    host: str = "127.0.0.1",
+    timeout: float = 30,
+) -> OpensslServed:
+    """``openssl s_client -connect H:P -servername N [-starttls PROTO [-xmpphost N]]
+    [-showcerts] </dev/null | openssl x509 -noout -fingerprint -sha256``; ``-xmpphost`` for
+    the XMPP dialects. AssertionError if it gets no certificate."""
+    argv = [OPENSSL_BIN, "s_client", "-connect", f"{host}:{port}", "-servername", server_name]
+    if starttls is not None:
+        argv += ["-starttls", starttls]
+        if starttls.startswith("xmpp"):
+            argv += ["-xmpphost", server_name]
+    if showcerts:
+        argv.append("-showcerts")
+    client = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
+    )
+    chain = tuple(
+        ssl.PEM_cert_to_DER_cert(m.group(0).decode()) for m in _PEM_CERT.finditer(client.stdout)
+    )
+    x509_out = subprocess.run(
+        [OPENSSL_BIN, "x509", "-noout", "-fingerprint", "-sha256"],
+        input=client.stdout,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    match = re.search(rb"Fingerprint=([0-9A-Fa-f:]+)", x509_out.stdout)
+    if not chain or x509_out.returncode != 0 or match is None:
+        raise AssertionError(
+            f"openssl s_client {' '.join(argv[2:])} got no certificate (exit {client.returncode}):"
+            f"\n{client.stderr.decode(errors='replace')[-2000:]}"
+        )
+    return OpensslServed(match.group(1).decode().replace(":", "").lower(), chain)
+
+
+def openssl_fingerprint(
+    port: int, server_name: str, starttls: str | None = None, host: str = "127.0.0.1"
+) -> str:
+    """SHA-256 hex (lower case, no colons) of the leaf that ``openssl s_client`` gets."""
+    return openssl_served(port, server_name, starttls, host=host).fingerprint
 
 
 def _no_proxy_opener(ctx: ssl.SSLContext) -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(
         urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx)
     )
-
-
-class _Daemon:
-    """Context-manager plumbing: __enter__ starts (unless running), __exit__ stops."""
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    @property
-    def running(self) -> bool:
-        raise NotImplementedError
-
-    def __enter__(self) -> _Daemon:
-        if not self.running:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- pebble
@@ -349,8 +287,10 @@ def _write_pebble_tls(workdir: Path) -> tuple[Path, Path, Path]:
     return ca_path, cert_path, key_path
 
 
-class Pebble(_Daemon):
+class Pebble(ChildDaemon):
     """A real ACME server (pebble) that validates every challenge."""
+
+    label = "pebble"
 
     def __init__(self, workdir: Path, validity_seconds: int | None = None) -> None:
         self.workdir = Path(workdir).resolve()
@@ -365,16 +305,6 @@ class Pebble(_Daemon):
     def directory_url(self) -> str:
         return f"https://127.0.0.1:{self.port}/dir"
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("pebble not started")
-        return self._proc.pid
-
     def _ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
@@ -384,52 +314,41 @@ class Pebble(_Daemon):
             raise RuntimeError("pebble already running")
         self.workdir.mkdir(parents=True, exist_ok=True)
         _, cert, key = _write_pebble_tls(self.workdir)
+        retry_if_port_taken(
+            lambda: self._start_once(cert, key),
+            self.stop,
+            lambda: "address already in use" in tail(self.log_path, 5),
+        )
+
+    def _start_once(self, cert: Path, key: Path) -> None:
+        self.port, self.management_port = free_port(), free_port()
+        conf: dict[str, object] = {
+            "listenAddress": f"127.0.0.1:{self.port}",
+            "managementListenAddress": f"127.0.0.1:{self.management_port}",
+            "certificate": str(cert),
+            "privateKey": str(key),
+            "httpPort": free_port(),
+            "tlsPort": free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+        }
+        if self.validity_seconds is not None:
+            conf["certificateValidityPeriod"] = self.validity_seconds
+        config = self.workdir / "pebble.json"
+        config.write_text(json.dumps({"pebble": conf}, indent=2))
         env = dict(os.environ)
         env.update(PEBBLE_VA_ALWAYS_VALID="1", PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0")
-        for attempt in range(_PORT_RETRIES):
-            self.port, self.management_port = free_port(), free_port()
-            conf: dict[str, object] = {
-                "listenAddress": f"127.0.0.1:{self.port}",
-                "managementListenAddress": f"127.0.0.1:{self.management_port}",
-                "certificate": str(cert),
-                "privateKey": str(key),
-                "httpPort": free_port(),
-                "tlsPort": free_port(),
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": False,
-            }
-            if self.validity_seconds is not None:
-                conf["certificateValidityPeriod"] = self.validity_seconds
-            config = self.workdir / "pebble.json"
-            config.write_text(json.dumps({"pebble": conf}, indent=2))
-            with open(self.log_path, "ab") as log:
-                self._proc = subprocess.Popen(
-                    [PEBBLE_BIN, "-config", str(config)],
-                    cwd=self.workdir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            try:
-                self._wait_ready()
-                return
-            except RuntimeError:
-                self.stop()
-                if attempt + 1 < _PORT_RETRIES and "address already in use" in _tail(
-                    self.log_path, 5
-                ):
-                    continue
-                raise
+        self._proc = spawn(
+            [PEBBLE_BIN, "-config", str(config)], self.log_path, cwd=self.workdir, env=env
+        )
+        self._wait_ready(self._proc)
 
-    def _wait_ready(self) -> None:
-        assert self._proc is not None
+    def _wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
         opener = _no_proxy_opener(self._ssl_context())
         deadline = time.monotonic() + START_TIMEOUT
         last: Exception | None = None
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+            if proc.poll() is not None:
                 break
             try:
                 with opener.open(self.directory_url, timeout=2) as resp:
@@ -439,8 +358,8 @@ class Pebble(_Daemon):
                 last = exc
             time.sleep(0.05)
         raise RuntimeError(
-            f"pebble not ready at {self.directory_url} (exit={self._proc.poll()},"
-            f" last error={last!r}); log tail:\n{_tail(self.log_path)}"
+            f"pebble not ready at {self.directory_url} (exit={proc.poll()},"
+            f" last error={last!r}); log tail:\n{tail(self.log_path)}"
         )
 
     def issuing_roots_pem(self) -> bytes:
@@ -449,19 +368,6 @@ class Pebble(_Daemon):
         with _no_proxy_opener(self._ssl_context()).open(url, timeout=10) as resp:
             data: bytes = resp.read()
             return data
-
-    def stop(self) -> None:
-        """Stop pebble; idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            _terminate(proc.pid)
-        proc.wait(timeout=STOP_TIMEOUT)
-
-    def __enter__(self) -> Pebble:
-        super().__enter__()
-        return self
 
 
 # --------------------------------------------------------------------------- certbot
@@ -537,13 +443,13 @@ class Certbot:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            _terminate(proc.pid, signal.SIGKILL, 5.0)
+            terminate(proc.pid, signal.SIGKILL, 5.0)
             out, err = proc.communicate()
             result = subprocess.CompletedProcess(argv, -9, out, err)
             what = f"timed out after {timeout}s"
             raise CertbotError(self._describe(result, what), result) from exc
         except BaseException:
-            _terminate(proc.pid, signal.SIGKILL, 5.0)
+            terminate(proc.pid, signal.SIGKILL, 5.0)
             proc.wait()
             raise
         result = subprocess.CompletedProcess(argv, proc.returncode, out, err)
@@ -555,7 +461,7 @@ class Certbot:
         return (
             f"certbot {what}: {result.args}\n--- stdout:\n{result.stdout}\n"
             f"--- stderr:\n{result.stderr}\n--- letsencrypt.log tail:\n"
-            f"{_tail(self.logs_dir / 'letsencrypt.log')}"
+            f"{tail(self.logs_dir / 'letsencrypt.log')}"
         )
 
     def issue(self, name: str, *more_names: str) -> Path:
@@ -592,8 +498,10 @@ class Certbot:
 # --------------------------------------------------------------------------- nginx
 
 
-class Nginx(_Daemon):
+class Nginx(PidFileDaemon):
     """nginx in a private prefix with one TLS server on 127.0.0.1:port."""
+
+    label = comm = "nginx"
 
     def __init__(
         self,
@@ -611,21 +519,8 @@ class Nginx(_Daemon):
         self.server_name = server_name
         self.conf_path = self.prefix / "nginx.conf"
         self.error_log = self.prefix / "error.log"
+        self.launch_log = self.prefix / "launch.log"
         self.pid_file = self.prefix / "nginx.pid"
-        self._pid: int | None = None
-        self._launched = False
-
-    @property
-    def pid(self) -> int:
-        """The master's PID (from the pid file; it survives reloads)."""
-        pid = _read_pid(self.pid_file) or self._pid
-        if pid is None:
-            raise RuntimeError("nginx not running")
-        return pid
-
-    @property
-    def running(self) -> bool:
-        return self._pid is not None and _alive(self._pid)
 
     def _flags(self) -> list[str]:
         return ["-p", f"{self.prefix}/", "-c", str(self.conf_path), "-e", str(self.error_log)]
@@ -665,69 +560,33 @@ http {{
 """
         )
 
+    def logs(self) -> str:
+        return f"{tail(self.launch_log)}\n--- error.log tail:\n{tail(self.error_log)}"
+
     def start(self) -> None:
         """Start the daemon and wait until the port accepts connections."""
         if self.running:
             raise RuntimeError("nginx already running")
         (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
-        for attempt in range(_PORT_RETRIES):
-            self.write_config()
-            try:
-                self._start_once()
-                return
-            except RuntimeError:
-                self.stop()
-                retry = self._auto_port and attempt + 1 < _PORT_RETRIES
-                if retry and "Address already in use" in _tail(self.error_log, 5):
-                    self.port = free_port()
-                    continue
-                raise
+        retry_if_port_taken(
+            self._start_once,
+            self.stop,
+            lambda: self._auto_port and _IN_USE in tail(self.error_log, 5),
+            self._new_port,
+        )
 
     def _start_once(self) -> None:
-        launch_log = self.prefix / "launch.log"
-        self.pid_file.unlink(missing_ok=True)
-        self._launched = True
-        with open(launch_log, "wb") as log:  # a file, not a pipe: the daemon may keep it
-            rc = subprocess.call(
-                [NGINX_BIN, *self._flags()],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=START_TIMEOUT,
-            )
-        self._pid = _wait_pidfile(self.pid_file, 2.0 if rc == 0 else 0.0)
-        if rc != 0 or self._pid is None:
-            raise RuntimeError(
-                f"nginx failed to start (exit {rc}):\n{_tail(launch_log)}\n"
-                f"--- error.log tail:\n{_tail(self.error_log)}"
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _accepts(self.port):
-            if not _alive(self._pid) or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"nginx not accepting on {self.port}; error.log tail:\n{_tail(self.error_log)}"
-                )
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        """Fast-stop the master (pid file, else remembered PID) and wait until all are gone."""
-        if not self._launched:
-            return
-        pids = {p for p in (_read_pid(self.pid_file, "nginx"), self._pid) if p is not None}
-        for pid in pids:
-            _terminate(pid)
-        self._pid, self._launched = None, False
-
-    def __enter__(self) -> Nginx:
-        super().__enter__()
-        return self
+        self.write_config()
+        self.launch([NGINX_BIN, *self._flags()], self.launch_log, append=False)
 
 
 # --------------------------------------------------------------------------- haproxy
 
 
-class HAProxy(_Daemon):
+class HAProxy(PidFileDaemon):
     """HAProxy master-worker (-W -D -p PIDFILE) with `bind 127.0.0.1:PORT ssl crt PEM`."""
+
+    label = comm = "haproxy"
 
     def __init__(self, workdir: Path, combined_pem: Path, port: int | None = None) -> None:
         self.workdir = Path(workdir).resolve()
@@ -737,20 +596,6 @@ class HAProxy(_Daemon):
         self.cfg_path = self.workdir / "haproxy.cfg"
         self.pid_file = self.workdir / "haproxy.pid"
         self.log_path = self.workdir / "haproxy.log"
-        self._pid: int | None = None
-        self._launched = False
-
-    @property
-    def pid(self) -> int:
-        """The master's PID (stable across USR2 reloads)."""
-        pid = _read_pid(self.pid_file) or self._pid
-        if pid is None:
-            raise RuntimeError("haproxy not running")
-        return pid
-
-    @property
-    def running(self) -> bool:
-        return self._pid is not None and _alive(self._pid)
 
     def check_argv(self) -> list[str]:
         """haproxy -c -q -f CFG."""
@@ -778,60 +623,31 @@ frontend fe_tls
 """
         )
 
+    def logs(self) -> str:
+        return tail(self.log_path)
+
     def start(self) -> None:
         """Start the master-worker daemon and wait until the port accepts connections."""
         if self.running:
             raise RuntimeError("haproxy already running")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for attempt in range(_PORT_RETRIES):
-            self.write_config()
-            try:
-                self._start_once()
-                return
-            except RuntimeError:
-                self.stop()
-                retry = self._auto_port and attempt + 1 < _PORT_RETRIES
-                if retry and "Address already in use" in _tail(self.log_path, 10):
-                    self.port = free_port()
-                    continue
-                raise
+        retry_if_port_taken(
+            self._start_once,
+            self.stop,
+            lambda: self._auto_port and _IN_USE in tail(self.log_path, 10),
+            self._new_port,
+        )
 
     def _start_once(self) -> None:
-        self.pid_file.unlink(missing_ok=True)
-        self._launched = True
-        with open(self.log_path, "ab") as log:  # a file, not a pipe: the daemon may keep it
-            rc = subprocess.call(
-                [HAPROXY_BIN, "-W", "-D", "-f", str(self.cfg_path), "-p", str(self.pid_file)],
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=START_TIMEOUT,
-            )
-        self._pid = _wait_pidfile(self.pid_file, 2.0 if rc == 0 else 0.0)
-        if rc != 0 or self._pid is None:
-            raise RuntimeError(f"haproxy failed to start (exit {rc}):\n{_tail(self.log_path)}")
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _accepts(self.port):
-            if not _alive(self._pid) or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"haproxy not accepting on {self.port}; log tail:\n{_tail(self.log_path)}"
-                )
-            time.sleep(0.01)
+        self.write_config()
+        argv = [HAPROXY_BIN, "-W", "-D", "-f", str(self.cfg_path), "-p", str(self.pid_file)]
+        self.launch(argv, self.log_path, cwd=self.workdir)
 
     def stop(self) -> None:
         """Stop the master (and workers) by PID and wait until the port is free."""
         if not self._launched:
             return
-        pids = {p for p in (_read_pid(self.pid_file, "haproxy"), self._pid) if p is not None}
-        for pid in pids:
-            _terminate(pid)
+        pids = self._stop_master()
         self.pid_file.unlink(missing_ok=True)
-        self._pid, self._launched = None, False
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while pids and _accepts(self.port) and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def __enter__(self) -> HAProxy:
-        super().__enter__()
-        return self
+        if pids:
+            wait_port_free(self.port)

@@ -8,38 +8,36 @@ unprivileged user and is stopped by PID.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import grp
 import os
-import pwd
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .stack import (
-    STOP_TIMEOUT,
-    _alive,
-    _tail,
-    _terminate,
+from ._proc import (
+    Account,
+    ChildDaemon,
+    CommandFailed,
+    alive,
+    chown_to,
     free_port,
-    served_fingerprint,
+    retry_if_port_taken,
+    run_checked,
+    spawn,
+    tail,
 )
+from .stack import served_fingerprint
 
 __all__ = [
     "SYNAPSE_REQUIREMENT",
     "SYNAPSE_USER",
     "SYNAPSE_VENV",
-    "Account",
     "Synapse",
     "SynapseVenvError",
-    "ensure_account",
     "ensure_synapse_venv",
 ]
 
@@ -59,7 +57,6 @@ _MARKER = ".certbot-fanout-complete"
 # Synapse and its compiled parts (0.4 s; the whole homeserver import takes 1.6 s): what breaks
 # when the system Python changes under the venv.
 _SMOKE_IMPORT = "import synapse, synapse.synapse_rust, twisted.internet.ssl, nacl, pydantic, yaml"
-_PORT_RETRIES = 3
 
 
 class SynapseVenvError(RuntimeError):
@@ -92,21 +89,13 @@ def _venv_ok(venv: Path) -> bool:
 
 def _run_build_step(argv: list[str], what: str) -> None:
     try:
-        done = subprocess.run(
-            argv,
-            env=_clean_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=BUILD_TIMEOUT,
-            umask=0o022,
-            check=False,
-        )
+        run_checked(argv, what, BUILD_TIMEOUT, env=_clean_env(), umask=0o022)
     except subprocess.TimeoutExpired as exc:
         raise SynapseVenvError(f"{what} timed out after {BUILD_TIMEOUT:g} s") from exc
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
-        raise SynapseVenvError(f"{what} failed (exit {done.returncode}):\n{tail}")
+    except CommandFailed as exc:
+        done = exc.result
+        last = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
+        raise SynapseVenvError(f"{what} failed (exit {done.returncode}):\n{last}") from exc
 
 
 def ensure_synapse_venv(venv: Path = SYNAPSE_VENV) -> Path:
@@ -143,48 +132,11 @@ def ensure_synapse_venv(venv: Path = SYNAPSE_VENV) -> Path:
     return python
 
 
-@dataclass(frozen=True)
-class Account:
-    name: str
-    uid: int
-    gid: int
-
-
-def _account(name: str) -> Account | None:
-    try:
-        return Account(name, pwd.getpwnam(name).pw_uid, grp.getgrnam(name).gr_gid)
-    except KeyError:
-        return None
-
-
-@contextlib.contextmanager
-def ensure_account(name: str = SYNAPSE_USER) -> Iterator[Account]:
-    """A system user and group ``name``; created (and removed afterwards) if missing.
-    Raises FileNotFoundError when it is missing and useradd is not available."""
-    existing = _account(name)  # also one left by a killed run
-    if existing is not None:
-        yield existing
-        return
-    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    if not os.access(useradd, os.X_OK):
-        raise FileNotFoundError(f"no user {name} and no useradd to create it")
-    subprocess.run(
-        [useradd, "--system", "--user-group", "--no-create-home", "-s", "/usr/sbin/nologin", name],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        created = _account(name)
-        assert created is not None, f"useradd did not create {name}"
-        yield created
-    finally:
-        userdel = shutil.which("userdel") or "/usr/sbin/userdel"
-        subprocess.run([userdel, name], check=False, capture_output=True)
-
-
-class Synapse:
+class Synapse(ChildDaemon):
     """Synapse with one TLS listener (federation) on 127.0.0.1:port, reading
     ``cert_path`` / ``key_path``; config generated with --generate-config, sqlite."""
+
+    label = "synapse"
 
     def __init__(
         self,
@@ -207,50 +159,26 @@ class Synapse:
         self.console_path = self.workdir / "console.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("synapse not running")
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def reload_argv(self) -> list[str]:
         """``kill -HUP PID`` (``kill`` from PATH, as an admin's map would say): Synapse
         re-reads its certificate on SIGHUP."""
         return ["kill", "-HUP", str(self.pid)]
 
-    def _as_user(self, argv: list[str], timeout: float) -> None:
-        done = subprocess.run(
-            argv,
+    def generate_config(self) -> None:
+        """--generate-config as the service user, then the minimal changes for a TLS
+        federation listener (a YAML edit of the generated file)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        chown_to(self.workdir, self.account, 0o750)
+        run_checked(
+            [str(self.python), "-m", "synapse.app.homeserver", "--server-name", self.server_name,
+             "--config-path", str(self.config_path), "--generate-config", "--report-stats=no"],
+            "synapse --generate-config",
+            120,
             cwd=self.workdir,
             env=_clean_env(),
             user=self.account.uid,
             group=self.account.gid,
             extra_groups=[],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"{argv} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}"
-            )
-
-    def generate_config(self) -> None:
-        """--generate-config as the service user, then the minimal changes for a TLS
-        federation listener (a YAML edit of the generated file)."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        os.chown(self.workdir, self.account.uid, self.account.gid)
-        self.workdir.chmod(0o750)
-        self._as_user(
-            [str(self.python), "-m", "synapse.app.homeserver", "--server-name", self.server_name,
-             "--config-path", str(self.config_path), "--generate-config", "--report-stats=no"],
-            120,
         )  # fmt: skip
         self.write_config()
 
@@ -286,36 +214,31 @@ class Synapse:
         """Start as the service user; wait until the listener completes a TLS handshake."""
         if self.running:
             raise RuntimeError("synapse already running")
-        for attempt in range(_PORT_RETRIES):
-            try:
-                self._start_once()
-                return
-            except RuntimeError:
-                console = _tail(self.console_path, 60) + _tail(self.log_path, 60)
-                self.stop()
-                if "Address already in use" in console and attempt + 1 < _PORT_RETRIES:
-                    self.port = free_port()
-                    self.write_config()
-                    continue
-                raise
+        retry_if_port_taken(
+            self._start_once,
+            self.stop,
+            lambda: (
+                "Address already in use" in tail(self.console_path, 60) + tail(self.log_path, 60)
+            ),
+            self._new_port,
+        )
+
+    def _new_port(self) -> None:
+        self.port = free_port()
+        self.write_config()
 
     def _start_once(self) -> None:
-        with open(self.console_path, "wb") as console:  # a file: the daemon keeps it open
-            self._proc = subprocess.Popen(
-                [str(self.python), "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
-                cwd=self.workdir,
-                env=_clean_env(),
-                user=self.account.uid,
-                group=self.account.gid,
-                extra_groups=[],
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self._proc = spawn(
+            [str(self.python), "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
+            self.console_path,
+            append=False,
+            cwd=self.workdir,
+            env=_clean_env(),
+            user=self.account,
+        )
         deadline = time.monotonic() + START_TIMEOUT
         last: Exception | None = None
-        while time.monotonic() < deadline and _alive(self._proc.pid):
+        while time.monotonic() < deadline and alive(self._proc.pid):
             try:
                 served_fingerprint("127.0.0.1", self.port, self.server_name, timeout=2)
                 return
@@ -324,18 +247,9 @@ class Synapse:
             time.sleep(0.1)
         raise RuntimeError(
             f"synapse not serving TLS on 127.0.0.1:{self.port} (exit={self._proc.poll()},"
-            f" last error={last!r}); console:\n{_tail(self.console_path)}\n"
-            f"--- homeserver.log tail:\n{_tail(self.log_path)}"
+            f" last error={last!r}); console:\n{tail(self.console_path)}\n"
+            f"--- homeserver.log tail:\n{tail(self.log_path)}"
         )
-
-    def stop(self) -> None:
-        """Stop by PID (SIGTERM, then SIGKILL) and reap it; idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            _terminate(proc.pid)
-        proc.wait(timeout=STOP_TIMEOUT)
 
     def log_text(self) -> str:
         try:

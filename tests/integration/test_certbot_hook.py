@@ -7,69 +7,43 @@ HAProxy on loopback serving copies of that lineage, and a consumer map for both.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shlex
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from ._proc import Account, write_owned
 from .conftest import CERT_NAME
+from .helpers import (
+    by_name,
+    config_text,
+    file_state,
+    hook_command,
+    lineage_files,
+    lineage_fingerprint,
+    log_text,
+    run_cli,
+)
 from .stack import (
     Certbot,
     HAProxy,
     Nginx,
     children,
-    file_fingerprint,
     free_port,
     served_fingerprint,
     settled_workers,
 )
 
-RUN_TIMEOUT = 120
 # A reload is asynchronous (HAProxy re-executes its master: up to ~200 ms before the new
 # worker exists); a check that no reload happened waits this long before comparing workers.
 RELOAD_GRACE = 0.75
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def new_workers(master: int, old: set[int], timeout: float = 15) -> set[int]:
-    """Wait until a reload has replaced the master's workers: exactly one, not among ``old``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        kids = children(master)
-        if len(kids) == 1 and not kids & old:
-            return kids
-        if time.monotonic() > deadline:
-            raise AssertionError(f"master {master} was not reloaded: workers {sorted(kids)}")
-        time.sleep(0.02)
-
-
-@dataclass(frozen=True)
-class FileState:
-    data: bytes
-    ino: int
-    mtime_ns: int
-    ctime_ns: int
-    uid: int
-    gid: int
-    mode: int
-
-
-def file_state(path: Path) -> FileState:
-    st = path.lstat()
-    return FileState(
-        path.read_bytes(), st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_uid, st.st_gid,
-        st.st_mode & 0o7777,
-    )  # fmt: skip
 
 
 def assert_owner_mode(path: Path, uid: int, gid: int, mode: int) -> None:
@@ -90,7 +64,7 @@ class Site:
     fanout: Path
     config: Path
     lock: Path
-    account: tuple[str, int, int]
+    account: Account
     nginx_cert: Path
     nginx_key: Path
     haproxy_pem: Path
@@ -105,18 +79,12 @@ class Site:
 
     @property
     def hook_command(self) -> str:
-        """What an admin would give certbot: the bare command, config from the environment."""
-        return f"{shlex.quote(str(self.fanout))} --lock-file {shlex.quote(str(self.lock))}"
+        return hook_command(self.fanout, self.lock)
 
     def config_text(self, extra_consumers: str = "") -> str:
-        user = self.account[0]
+        user = self.account.name
         q = json.dumps  # a JSON string or list is valid YAML flow syntax
-        return f"""\
-version: 1
-defaults:
-  reload_timeout: 30
-  verify_timeout: 20
-consumers:
+        consumers = f"""\
   nginx:
     certificate: {CERT_NAME}
     files:
@@ -134,7 +102,8 @@ consumers:
     reload: {q(self.haproxy.reload_argv())}
     verify:
       - {{host: 127.0.0.1, port: {self.haproxy.port}, server_name: {CERT_NAME}}}
-{extra_consumers}"""  # noqa: E501
+"""  # noqa: E501
+        return config_text(consumers, extra_consumers, verify_timeout=20)
 
     def write_config(self, text: str | None = None) -> None:
         self.config.write_text(self.config_text() if text is None else text)
@@ -154,9 +123,7 @@ consumers:
             str(self.lock),
             *args,
         ]
-        return subprocess.run(
-            argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL
-        )
+        return run_cli(argv)
 
     def served(self) -> tuple[str, str]:
         """SHA-256 of the leaf that (nginx, HAProxy) serve right now."""
@@ -166,10 +133,10 @@ consumers:
         )
 
     def lineage_fingerprint(self) -> str:
-        return file_fingerprint(self.live / "cert.pem")
+        return lineage_fingerprint(self.certbot)
 
     def log(self) -> str:
-        return (self.certbot.logs_dir / "letsencrypt.log").read_text(errors="replace")
+        return log_text(self.certbot)
 
     def workers(self) -> tuple[set[int], set[int]]:
         """(nginx, HAProxy) worker PIDs, once any reload has drained its old workers."""
@@ -177,7 +144,8 @@ consumers:
 
     def reloaded_workers(self, before: tuple[set[int], set[int]]) -> tuple[set[int], set[int]]:
         """Wait until both daemons run new workers (fails if either was not reloaded)."""
-        return new_workers(self.nginx.pid, before[0]), new_workers(self.haproxy.pid, before[1])
+        nginx = settled_workers(self.nginx.pid, replacing=before[0])
+        return nginx, settled_workers(self.haproxy.pid, replacing=before[1])
 
     def assert_not_reloaded(self, before: tuple[set[int], set[int]]) -> None:
         time.sleep(RELOAD_GRACE)
@@ -190,26 +158,24 @@ def site(
     certbot: Certbot,
     start_nginx: Callable[..., Nginx],
     start_haproxy: Callable[..., HAProxy],
-    web_account: tuple[str, int, int],
+    web_account: Account,
     fanout_bin: Path,
     tmp_path: Path,
 ) -> Site:
     """nginx and HAProxy serving hand-made copies of the freshly issued lineage. The copies are
     root:root 0644 on purpose: certbot-fanout must fix owner and mode, not only content."""
-    live = certbot.lineage(CERT_NAME)
+    fullchain, privkey = lineage_files(certbot)
     nginx_dir, haproxy_dir = tmp_path / "nginx", tmp_path / "haproxy"
     (nginx_dir / "tls").mkdir(parents=True)
     (haproxy_dir / "certs").mkdir(parents=True)
     nginx_cert, nginx_key = nginx_dir / "tls" / "fullchain.pem", nginx_dir / "tls" / "privkey.pem"
     haproxy_pem = haproxy_dir / "certs" / "site.pem"
-    shutil.copyfile(live / "fullchain.pem", nginx_cert)
-    shutil.copyfile(live / "privkey.pem", nginx_key)
-    haproxy_pem.write_bytes(
-        (live / "fullchain.pem").read_bytes() + (live / "privkey.pem").read_bytes()
-    )
-    for path in (nginx_cert, nginx_key, haproxy_pem):
-        os.chown(path, 0, 0)
-        path.chmod(0o644)
+    for path, data in (
+        (nginx_cert, fullchain),
+        (nginx_key, privkey),
+        (haproxy_pem, fullchain + privkey),
+    ):
+        write_owned(path, data, 0, 0, 0o644)
     nginx = start_nginx(nginx_dir, nginx_cert, nginx_key)
     haproxy = start_haproxy(haproxy_dir, haproxy_pem)
     s = Site(
@@ -237,10 +203,6 @@ def consumer_line(stdout: str, name: str) -> str:
         if re.match(rf"\s+{re.escape(name)}\s", line):
             return line
     raise AssertionError(f"no line for consumer {name} in:\n{stdout}")
-
-
-def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["name"]: c for c in report["consumers"]}
 
 
 # --------------------------------------------------------------------------- tests

@@ -8,74 +8,46 @@ tell exactly how many times a consumer was tested and reloaded.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import shlex
 import shutil
-import ssl
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from certbot_fanout._pki import ThrowawayCA
 
+from . import helpers
 from .conftest import CERT_NAME, clone_certbot
-from .stack import (
-    Certbot,
-    Nginx,
-    Pebble,
-    file_fingerprint,
-    served_fingerprint,
-    settled_workers,
+from .helpers import (
+    SH,
+    FileState,
+    WebConsumer,
+    config_text,
+    hook_command,
+    lineage_files,
+    lineage_fingerprint,
+    log_text,
+    renewal_params,
+    self_made,
+    write_copies,
 )
+from .stack import Certbot, Nginx, Pebble
 
 PROJECT = Path(__file__).resolve().parents[2]
 DEBIAN_CERTBOT = "/usr/bin/certbot"
 DEBIAN_PYTHON = "/usr/bin/python3"
-SH = "/bin/sh"
 PLUGIN_LOGGER = "certbot_fanout.plugin"
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-@dataclass(frozen=True)
-class FileState:
-    data: bytes
-    ino: int
-    mtime_ns: int
-    uid: int
-    gid: int
-    mode: int
-
-
 def file_state(path: Path) -> FileState:
-    st = path.lstat()
-    return FileState(
-        path.read_bytes(), st.st_ino, st.st_mtime_ns, st.st_uid, st.st_gid, st.st_mode & 0o7777
-    )
-
-
-def renewal_params(certbot: Certbot, name: str = CERT_NAME) -> dict[str, str]:
-    """The [renewalparams] of renewal/NAME.conf as strings."""
-    text = (certbot.config_dir / "renewal" / f"{name}.conf").read_text()
-    assert "[renewalparams]" in text, text
-    section = text.split("[renewalparams]", 1)[1].split("\n[", 1)[0]
-    params = {}
-    for line in section.splitlines():
-        key, sep, value = line.partition(" = ")
-        if sep:
-            params[key.strip()] = value.strip()
-    return params
-
-
-def log_text(certbot: Certbot) -> str:
-    return (certbot.logs_dir / "letsencrypt.log").read_text(errors="replace")
+    """What a test compares: bytes, inode, mtime, owner and mode (not ctime)."""
+    return helpers.file_state(path, ctime=False)
 
 
 def plugin_log_lines(certbot: Certbot) -> list[str]:
@@ -83,63 +55,12 @@ def plugin_log_lines(certbot: Certbot) -> list[str]:
     return [line for line in log_text(certbot).splitlines() if f":{PLUGIN_LOGGER}:" in line]
 
 
-def lineage_fingerprint(certbot: Certbot, name: str = CERT_NAME) -> str:
-    return file_fingerprint(certbot.lineage(name) / "cert.pem")
-
-
-@dataclass
-class Web:
+class Web(WebConsumer):
     """A real nginx whose cert and key are the consumer's own copies (root-owned)."""
 
-    nginx: Nginx
-    cert: Path
-    key: Path
-    counter: Path
-
-    @property
-    def placed(self) -> tuple[Path, Path]:
-        return self.cert, self.key
-
-    def served(self) -> str:
-        """The leaf nginx serves once a reload has settled. For 100 ms after a reload the
-        nginx master keeps its old worker accepting beside the new one, so a probe right after
-        a reload may meet either; wait until only one worker is left."""
-        settled_workers(self.nginx.pid)
-        return served_fingerprint("127.0.0.1", self.nginx.port, CERT_NAME)
-
-    def events(self) -> list[str]:
-        """'test' / 'reload' for each time the consumer's commands ran, in order."""
-        if not self.counter.exists():
-            return []
-        return self.counter.read_text().split()
-
-    def _counted(self, word: str, argv: list[str]) -> str:
-        script = f"echo {word} >> {shlex.quote(str(self.counter))} && exec {shlex.join(argv)}"
-        return json.dumps([SH, "-c", script])
-
-    def consumer(self, name: str = "nginx") -> str:
-        """The YAML of a consumer that copies the lineage to this nginx and proves it."""
-        q = json.dumps  # a JSON string or list is valid YAML flow syntax
-        return f"""\
-  {name}:
-    certificate: {CERT_NAME}
-    files:
-      - {{path: {q(str(self.cert))}, content: fullchain, mode: "0644"}}
-      - {{path: {q(str(self.key))}, content: privkey, mode: "0600"}}
-    test: {self._counted("test", self.nginx.test_argv())}
-    reload: {self._counted("reload", self.nginx.reload_argv())}
-    verify:
-      - {{host: 127.0.0.1, port: {self.nginx.port}, server_name: {CERT_NAME}}}
-"""
-
     def config_text(self, extra_consumers: str = "") -> str:
-        return f"""\
-version: 1
-defaults:
-  reload_timeout: 30
-  verify_timeout: 20
-consumers:
-{self.consumer()}{extra_consumers}"""
+        """A map with this consumer and ``extra_consumers``."""
+        return config_text(self.yaml(), extra_consumers, verify_timeout=20)
 
 
 StartWeb = Callable[[bytes, bytes], Web]
@@ -150,28 +71,12 @@ def start_web(start_nginx: Callable[..., Nginx], tmp_path: Path) -> StartWeb:
     """start_web(fullchain_pem, key_pem): nginx serving copies of those bytes."""
 
     def start(fullchain: bytes, key: bytes) -> Web:
-        tls = tmp_path / "nginx" / "tls"
-        tls.mkdir(parents=True)
-        cert_path, key_path = tls / "fullchain.pem", tls / "privkey.pem"
-        cert_path.write_bytes(fullchain)
-        key_path.write_bytes(key)
-        key_path.chmod(0o600)
+        cert_path, key_path = write_copies(tmp_path / "nginx" / "tls", fullchain, key)
         nginx = start_nginx(tmp_path / "nginx", cert_path, key_path)
-        return Web(nginx, cert_path, key_path, tmp_path / "consumer-events")
+        counter = tmp_path / "consumer-events"
+        return Web("nginx", CERT_NAME, nginx, cert_path, key_path, counter, verify_timeout=None)
 
     return start
-
-
-def lineage_copy(certbot: Certbot) -> tuple[bytes, bytes]:
-    live = certbot.lineage(CERT_NAME)
-    return (live / "fullchain.pem").read_bytes(), (live / "privkey.pem").read_bytes()
-
-
-def self_made(ca: ThrowawayCA) -> tuple[bytes, bytes, str]:
-    """(fullchain, key, fingerprint) of a certificate for CERT_NAME that Pebble never issued."""
-    issued = ca.issue([CERT_NAME])
-    der = ssl.PEM_cert_to_DER_cert(issued.cert_pem.decode())
-    return issued.fullchain_pem, issued.key_pem, hashlib.sha256(der).hexdigest()
 
 
 def assert_report(certbot: Certbot, pattern: str) -> None:
@@ -183,22 +88,6 @@ def assert_report(certbot: Certbot, pattern: str) -> None:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def reconfigured(issued: Certbot, tmp_path_factory: pytest.TempPathFactory) -> Certbot:
-    """A copy of the module's lineage on which `certbot reconfigure -i fanout --fanout-config
-    BASEDIR/fanout.yaml` (5.8) ran once; tests clone it (clone_certbot moves the path along)."""
-    template = clone_certbot(issued, tmp_path_factory.mktemp("certbot-reconfigured"), {})
-    config = template.basedir / "fanout.yaml"
-    config.write_text("version: 1\nconsumers: {}\n")
-    template.run(
-        "reconfigure", "--cert-name", CERT_NAME, "-i", "fanout", "--fanout-config", str(config)
-    )
-    params = renewal_params(template)
-    assert params.get("installer") == "fanout", params
-    assert params.get("fanout_config") == str(config), params
-    return template
 
 
 def clone_reconfigured(reconfigured: Certbot, tmp_path: Path, env_config: Path) -> Certbot:
@@ -342,7 +231,7 @@ def test_install_deploys_lineage_to_real_nginx(
 
     assert result.returncode == 0
     assert web.served() == new_fp
-    assert (web.cert.read_bytes(), web.key.read_bytes()) == lineage_copy(certbot)
+    assert (web.cert.read_bytes(), web.key.read_bytes()) == lineage_files(certbot)
     assert web.events() == ["test", "reload"], "deployed more or less than once"
     assert_report(certbot, r"\bnginx\s+ok\s+placed 2 of 2 files, tested, reloaded")
     assert "deployed to 1 consumer" in result.stdout + result.stderr
@@ -357,7 +246,7 @@ def test_reconfigure_then_renew_deploys_through_renew_deploy(
     """After `certbot reconfigure -i fanout --fanout-config FILE` (5.8) a forced `certbot renew`
     with no deploy hook redeploys to nginx through the installer, nginx serves the renewed
     certificate, and renewal/NAME.conf still holds installer and fanout_config."""
-    web = start_web(*lineage_copy(certbot))
+    web = start_web(*lineage_files(certbot))
     old_fp = lineage_fingerprint(certbot)
     assert web.served() == old_fp
     config = tmp_path / "fanout.yaml"
@@ -381,7 +270,7 @@ def test_reconfigure_then_renew_deploys_through_renew_deploy(
     new_fp = lineage_fingerprint(certbot)
     assert new_fp != old_fp, "certbot did not renew the lineage"
     assert web.served() == new_fp
-    assert (web.cert.read_bytes(), web.key.read_bytes()) == lineage_copy(certbot)
+    assert (web.cert.read_bytes(), web.key.read_bytes()) == lineage_files(certbot)
     assert web.events() == ["test", "reload"]
     log = log_text(certbot)
     assert "deploy-hook" not in log
@@ -401,7 +290,7 @@ def test_failing_reload_makes_renew_fail_and_names_the_consumer(
     name the consumer, the stage and the command's own message; the healthy nginx consumer is
     still deployed."""
     certbot = with_installer
-    web = start_web(*lineage_copy(certbot))
+    web = start_web(*lineage_files(certbot))
     broken = f"""\
   broken-reload:
     certificate: {CERT_NAME}
@@ -497,7 +386,7 @@ def test_debian_certbot_21_run_and_renew_reach_nginx(
     first = lineage_fingerprint(certbot)
     assert first != old_fp
     assert web.served() == first
-    assert (web.cert.read_bytes(), web.key.read_bytes()) == lineage_copy(certbot)
+    assert (web.cert.read_bytes(), web.key.read_bytes()) == lineage_files(certbot)
     assert web.events() == ["test", "reload"]
     assert_report(certbot, r"\bnginx\s+ok\s+placed 2 of 2 files, tested, reloaded")
     params = renewal_params(certbot)
@@ -526,7 +415,7 @@ def test_broken_config_on_renew_keeps_installer_and_fails_with_location(
     file:line:col, touches no consumer, and renewal/NAME.conf keeps `installer = fanout` (so
     the next renewal deploys once the file is fixed)."""
     certbot = with_installer
-    web = start_web(*lineage_copy(certbot))
+    web = start_web(*lineage_files(certbot))
     config = fanout_config(certbot)
     good = web.config_text()
     bad_line = f"  broken: {{certificate: {CERT_NAME}: y}}"
@@ -571,9 +460,9 @@ def test_hook_and_installer_deploy_once(
     certbot = clone_reconfigured(reconfigured, tmp_path, tmp_path / "certbot" / "fanout.yaml")
     config = fanout_config(certbot)
     assert certbot.extra_env["CERTBOT_FANOUT_CONFIG"] == str(config)  # the hook's config
-    web = start_web(*lineage_copy(certbot))
+    web = start_web(*lineage_files(certbot))
     config.write_text(web.config_text())
-    hook = f"{shlex.quote(str(fanout_bin))} --lock-file {shlex.quote(str(tmp_path / 'lock'))}"
+    hook = hook_command(fanout_bin, tmp_path / "lock")
     old_fp = lineage_fingerprint(certbot)
 
     result = certbot.renew("--deploy-hook", hook)

@@ -11,7 +11,6 @@ acceptance test: PostgreSQL refusing a 0644 key on reload without a word is caug
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import ssl
@@ -23,18 +22,17 @@ from typing import Any
 
 import pytest
 from _lineages import LineageFactory
-from cryptography import x509
 
-from certbot_fanout._pki import Issued, ThrowawayCA
+from certbot_fanout._pki import ThrowawayCA
 from certbot_fanout.probe import Dialect, fetch_served
 
+from ._proc import public_dir
 from .daemons_db import (
     INITDB_BIN,
     LDAPMODIFY_BIN,
     MARIADB_BIN,
     MARIADB_INSTALL_DB_BIN,
     MARIADBD_BIN,
-    OPENSSL_BIN,
     PG_CTL_BIN,
     RUNUSER_BIN,
     SLAPADD_BIN,
@@ -43,96 +41,39 @@ from .daemons_db import (
     PostgreSQL,
     Slapd,
     missing_binaries,
-    openssl_fingerprint,
-    public_dir,
 )
+from .helpers import StarttlsService, deploy_with_map, explain, pem_serial
+from .stack import OPENSSL_BIN, openssl_fingerprint, pem_fingerprint
 
-RUN_TIMEOUT = 120
 PROBE_TIMEOUT = 10.0
 
 
-def _fingerprint_pem(pem: bytes) -> str:
-    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.decode())).hexdigest()
-
-
-def _serial(pem: bytes) -> str:
-    """The serial as certbot-fanout prints it (uppercase hex, no separators)."""
-    return format(x509.load_pem_x509_certificate(pem).serial_number, "X")
-
-
-@dataclass
-class Service:
+@dataclass(kw_only=True)
+class Service(StarttlsService):
     """One running daemon, the lineage it serves, and how certbot-fanout deploys to it."""
 
-    consumer: str
     dialect: Dialect
-    cert_name: str
     daemon: PostgreSQL | MariaDB | Slapd
-    live: Path
-    issued: Issued
-    files: list[dict[str, Any]]
-    lineages: LineageFactory
-    fanout: Path
 
     @property
     def port(self) -> int:
         return self.daemon.port
 
-    def consumer_map(
-        self, *, deploy: bool = True, files: list[dict[str, Any]] | None = None, **extra: Any
-    ) -> dict[str, Any]:
-        """A version 1 consumer map for this service; without ``deploy``, files only."""
-        consumer: dict[str, Any] = {"certificate": self.cert_name, "files": files or self.files}
-        if deploy:
-            consumer["reload"] = self.daemon.reload_argv()
-            consumer["verify"] = [
-                {
-                    "host": "127.0.0.1",
-                    "port": self.port,
-                    "server_name": self.cert_name,
-                    "starttls": self.dialect.value,
-                }
-            ]
-            consumer["verify_timeout"] = 20
-        consumer.update(extra)
-        return {"version": 1, "consumers": {self.consumer: consumer}}
+    @property
+    def endpoints(self) -> dict[Dialect, int]:
+        return {self.dialect: self.port}
+
+    def reload_argv(self) -> list[str]:
+        return self.daemon.reload_argv()
 
     def deploy(
         self, workdir: Path, consumer_map: dict[str, Any]
     ) -> subprocess.CompletedProcess[str]:
         """``certbot-fanout deploy`` for this lineage with ``consumer_map`` (JSON is YAML)."""
-        workdir.mkdir(parents=True, exist_ok=True)
-        config = workdir / "consumers.yaml"
-        config.write_text(json.dumps(consumer_map, indent=2))
-        argv = [
-            str(self.fanout),
-            "deploy",
-            "--config",
-            str(config),
-            "--lineage",
-            str(self.live),
-            "--lock-file",
-            str(workdir / "fanout.lock"),
-        ]
-        return subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            check=False,
-        )
-
-    def renew(self) -> Issued:
-        _, self.issued = self.lineages.renew(self.cert_name)
-        return self.issued
+        return deploy_with_map(self.fanout, self.live, workdir, consumer_map)
 
     def served_by_openssl(self) -> str:
-        return openssl_fingerprint(self.port, self.dialect.value, self.cert_name)
-
-
-def _explain(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout:\n{proc.stdout}\n--- stderr:\n{proc.stderr}"
+        return openssl_fingerprint(self.port, self.cert_name, self.dialect.value)
 
 
 def _require(*binaries: str) -> None:
@@ -201,7 +142,7 @@ def make_service(
         placed = service.deploy(
             tmp_path_factory.mktemp(f"{consumer}-initial"), service.consumer_map(deploy=False)
         )
-        assert placed.returncode == 0, _explain(placed)
+        assert placed.returncode == 0, explain(placed)
         assert key.stat().st_mode & 0o777 == 0o600
         if isinstance(daemon, PostgreSQL):
             daemon.initdb()
@@ -258,7 +199,7 @@ def test_probe_agrees_with_openssl(service: Service) -> None:
     served = fetch_served(
         "127.0.0.1", service.port, service.cert_name, PROBE_TIMEOUT, service.dialect
     )
-    expected = _fingerprint_pem(service.issued.cert_pem)
+    expected = pem_fingerprint(service.issued.cert_pem)
     assert hashlib.sha256(served.leaf).hexdigest() == expected
     assert service.served_by_openssl() == expected
     intermediate = ssl.PEM_cert_to_DER_cert(service.issued.chain_pem.decode())
@@ -268,14 +209,14 @@ def test_probe_agrees_with_openssl(service: Service) -> None:
 def test_deploy_after_renewal_serves_new_cert(service: Service, tmp_path: Path) -> None:
     """Renew, then the real CLI places the files, reloads the daemon, verifies over STARTTLS
     (leaf and chain): exit 0, and openssl s_client sees the new certificate."""
-    old = _fingerprint_pem(service.issued.cert_pem)
+    old = pem_fingerprint(service.issued.cert_pem)
     assert service.served_by_openssl() == old
-    new = _fingerprint_pem(service.renew().cert_pem)
+    new = pem_fingerprint(service.renew().cert_pem)
     assert new != old
 
     proc = service.deploy(tmp_path, service.consumer_map())
 
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain(proc)
     assert service.served_by_openssl() == new
     served = fetch_served(
         "127.0.0.1", service.port, service.cert_name, PROBE_TIMEOUT, service.dialect
@@ -293,9 +234,9 @@ def test_postgres_silently_refusing_a_0644_key_is_caught(
     pg = postgres_service
     assert isinstance(pg.daemon, PostgreSQL)
     old_pem = pg.issued.cert_pem
-    old = _fingerprint_pem(old_pem)
+    old = pem_fingerprint(old_pem)
     assert pg.served_by_openssl() == old
-    new = _fingerprint_pem(pg.renew().cert_pem)
+    new = pem_fingerprint(pg.renew().cert_pem)
     cert_spec, key_spec = pg.files
     loose_key = {**key_spec, "mode": "0644"}
 
@@ -305,14 +246,14 @@ def test_postgres_silently_refusing_a_0644_key_is_caught(
     )
 
     output = refused.stdout + refused.stderr
-    assert refused.returncode == 1, _explain(refused)
+    assert refused.returncode == 1, explain(refused)
     assert pg.consumer in output
     assert "serves another certificate" in output
-    assert f"serial {_serial(old_pem)}," in output
+    assert f"serial {pem_serial(old_pem)}," in output
     assert pg.served_by_openssl() == old
     assert "was not reloaded" in pg.daemon.log()
 
     fixed = pg.deploy(tmp_path / "0600", pg.consumer_map())
 
-    assert fixed.returncode == 0, _explain(fixed)
+    assert fixed.returncode == 0, explain(fixed)
     assert pg.served_by_openssl() == new

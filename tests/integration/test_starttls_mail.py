@@ -16,10 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import ssl
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,26 +24,24 @@ from typing import Any
 
 import pytest
 from _lineages import LineageFactory
-from cryptography import x509
 
-from certbot_fanout._pki import Issued, ThrowawayCA
+from certbot_fanout._pki import ThrowawayCA
 from certbot_fanout.probe import Dialect, fetch_served
 
+from ._proc import public_tempdir
 from .daemons_mail import (
     DOVEADM_BIN,
     DOVECOT_BIN,
-    OPENSSL_BIN,
     POSTFIX_BIN,
     VSFTPD_BIN,
     Dovecot,
     NntpServer,
     Postfix,
     Vsftpd,
-    openssl_served,
 )
-from .stack import KILL_BIN
+from .helpers import StarttlsService, deploy_with_map, explain, pem_der, pem_serial
+from .stack import KILL_BIN, OPENSSL_BIN, openssl_served, pem_fingerprint
 
-RUN_TIMEOUT = 120
 PROBE_TIMEOUT = 10.0
 
 Daemon = Dovecot | Postfix | Vsftpd | NntpServer
@@ -60,23 +55,6 @@ _DOVECOT_PARTS = {
 }
 
 
-def _fingerprint_pem(pem: bytes) -> str:
-    return hashlib.sha256(_der(pem)).hexdigest()
-
-
-def _der(pem: bytes) -> bytes:
-    return ssl.PEM_cert_to_DER_cert(pem.decode())
-
-
-def _serial(pem: bytes) -> str:
-    """The serial as certbot-fanout prints it (uppercase hex, no separators)."""
-    return format(x509.load_pem_x509_certificate(pem).serial_number, "X")
-
-
-def _explain(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout:\n{proc.stdout}\n--- stderr:\n{proc.stderr}"
-
-
 def _require(root_reason: str, binaries: dict[str, str]) -> None:
     """Skip unless root and every binary (path -> Debian package) is installed."""
     if os.geteuid() != 0:
@@ -87,18 +65,11 @@ def _require(root_reason: str, binaries: dict[str, str]) -> None:
         pytest.skip(f"not installed (Debian packages): {' '.join(missing)}")
 
 
-@dataclass
-class Service:
+@dataclass(kw_only=True)
+class Service(StarttlsService):
     """One running daemon, the lineage it serves, and how certbot-fanout deploys to it."""
 
-    consumer: str
-    cert_name: str
     daemon: Daemon
-    live: Path
-    issued: Issued
-    files: list[dict[str, Any]]
-    lineages: LineageFactory
-    fanout: Path
 
     @property
     def endpoints(self) -> dict[Dialect, int]:
@@ -120,73 +91,29 @@ class Service:
     def test_argv(self) -> list[str] | None:
         return self.daemon.check_argv() if isinstance(self.daemon, Postfix) else None
 
-    def consumer_map(
-        self, *, deploy: bool = True, reload: list[str] | None = None, **extra: Any
-    ) -> dict[str, Any]:
-        """A version 1 consumer map for this service; without ``deploy``, files only."""
-        consumer: dict[str, Any] = {"certificate": self.cert_name, "files": self.files}
-        if deploy:
-            if test := self.test_argv():
-                consumer["test"] = test
-            consumer["reload"] = reload or self.reload_argv()
-            consumer["verify"] = [
-                {
-                    "host": "127.0.0.1",
-                    "port": port,
-                    "server_name": self.cert_name,
-                    "starttls": dialect.value,
-                }
-                for dialect, port in self.endpoints.items()
-            ]
-            consumer["verify_timeout"] = 20
-        consumer.update(extra)
-        return {"version": 1, "consumers": {self.consumer: consumer}}
-
     def deploy(
         self, workdir: Path, consumer_map: dict[str, Any]
     ) -> subprocess.CompletedProcess[str]:
         """``certbot-fanout deploy --json`` for this lineage with ``consumer_map`` (JSON is
         YAML); lock and state files stay in ``workdir``."""
-        workdir.mkdir(parents=True, exist_ok=True)
-        config = workdir / "consumers.yaml"
-        config.write_text(json.dumps(consumer_map, indent=2))
-        argv = [
-            str(self.fanout),
-            "deploy",
-            "--config",
-            str(config),
-            "--lineage",
-            str(self.live),
-            "--lock-file",
-            str(workdir / "fanout.lock"),
-            "--state-file",
-            str(workdir / "state.json"),
-            "--json",
-        ]
-        return subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            check=False,
+        state = str(workdir / "state.json")
+        return deploy_with_map(
+            self.fanout, self.live, workdir, consumer_map, "--state-file", state, "--json"
         )
-
-    def renew(self) -> Issued:
-        _, self.issued = self.lineages.renew(self.cert_name)
-        return self.issued
 
     @property
     def fingerprint(self) -> str:
         """SHA-256 of the lineage's current cert.pem."""
-        return _fingerprint_pem(self.issued.cert_pem)
+        return pem_fingerprint(self.issued.cert_pem)
 
     @property
     def fullchain_der(self) -> tuple[bytes, bytes]:
-        return _der(self.issued.cert_pem), _der(self.issued.chain_pem)
+        return pem_der(self.issued.cert_pem), pem_der(self.issued.chain_pem)
 
     def seen_by_openssl(self, dialect: Dialect) -> tuple[str, tuple[bytes, ...]]:
-        seen = openssl_served(dialect.value, self.endpoints[dialect], self.cert_name)
+        seen = openssl_served(
+            self.endpoints[dialect], self.cert_name, dialect.value, showcerts=True
+        )
         return seen.fingerprint, seen.chain
 
 
@@ -194,7 +121,7 @@ def _report(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     try:
         report: dict[str, Any] = json.loads(proc.stdout)
     except ValueError:
-        raise AssertionError(f"no JSON report\n{_explain(proc)}") from None
+        raise AssertionError(f"no JSON report\n{explain(proc)}") from None
     return report
 
 
@@ -205,12 +132,8 @@ def _report(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 def mail_base() -> Iterator[Path]:
     """The module's directory: traversable by every user (Dovecot's login processes and
     Postfix's daemons run as their own accounts); removed when the module ends."""
-    path = Path(tempfile.mkdtemp(prefix="certbot-fanout-mail-"))
-    path.chmod(0o755)
-    try:
+    with public_tempdir("certbot-fanout-mail-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -236,10 +159,17 @@ def make_service(
     def make(consumer: str, cert_name: str, files: list[dict[str, Any]], daemon: Daemon) -> Service:
         live, issued = mail_lineages.issue(cert_name)
         service = Service(
-            consumer, cert_name, daemon, live, issued, files, mail_lineages, fanout_bin
+            consumer=consumer,
+            cert_name=cert_name,
+            daemon=daemon,
+            live=live,
+            issued=issued,
+            files=files,
+            lineages=mail_lineages,
+            fanout=fanout_bin,
         )
         placed = service.deploy(daemon.workdir / "initial", service.consumer_map(deploy=False))
-        assert placed.returncode == 0, _explain(placed)
+        assert placed.returncode == 0, explain(placed)
         request.addfinalizer(daemon.stop)
         daemon.start()
         return service
@@ -342,12 +272,12 @@ def test_deploy_after_renewal_serves_new_cert(service: Service, tmp_path: Path) 
     pid = service.daemon.pid
     for dialect in service.endpoints:
         assert service.seen_by_openssl(dialect)[0] == old
-    new = _fingerprint_pem(service.renew().cert_pem)
+    new = pem_fingerprint(service.renew().cert_pem)
     assert new != old
 
     proc = service.deploy(tmp_path, service.consumer_map())
 
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain(proc)
     (consumer,) = _report(proc)["consumers"]
     assert consumer["outcome"] == "ok"
     assert consumer["reloaded"] is True
@@ -372,23 +302,23 @@ def test_vsftpd_sighup_keeps_the_old_cert_and_is_caught(vsftpd: Service, tmp_pat
     assert isinstance(daemon, Vsftpd)
     old_pem = vsftpd.issued.cert_pem
     pid = daemon.pid
-    new = _fingerprint_pem(vsftpd.renew().cert_pem)
+    new = pem_fingerprint(vsftpd.renew().cert_pem)
 
     hup = vsftpd.deploy(
         tmp_path / "sighup", vsftpd.consumer_map(reload=daemon.sighup_argv(), verify_timeout=3)
     )
 
-    assert hup.returncode == 1, _explain(hup)
+    assert hup.returncode == 1, explain(hup)
     (consumer,) = _report(hup)["consumers"]
     assert consumer["reloaded"] is True
     assert consumer["failed_stage"] == "verify"
-    assert f"serial {_serial(old_pem)}," in consumer["error"]
+    assert f"serial {pem_serial(old_pem)}," in consumer["error"]
     assert daemon.pid == pid
-    assert vsftpd.seen_by_openssl(Dialect.FTP)[0] == _fingerprint_pem(old_pem)
+    assert vsftpd.seen_by_openssl(Dialect.FTP)[0] == pem_fingerprint(old_pem)
 
     fixed = vsftpd.deploy(tmp_path / "restart", vsftpd.consumer_map())
 
-    assert fixed.returncode == 0, _explain(fixed)
+    assert fixed.returncode == 0, explain(fixed)
     (consumer,) = _report(fixed)["consumers"]
     assert not any(f["changed"] for f in consumer["files"])
     assert "not serving the current certificate" in consumer["reload_reason"]

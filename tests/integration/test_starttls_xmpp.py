@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,9 +20,11 @@ import pytest
 from certbot_fanout.lineage import chain_problem, fingerprint, read_lineage
 from certbot_fanout.probe import Dialect, fetch_served
 
+from ._proc import write_owned
 from .conftest import CERT_NAME
-from .daemons_xmpp import PROSODY_BIN, PROSODY_USER, PROSODYCTL_BIN, Prosody, openssl_fingerprint
-from .stack import Certbot, file_fingerprint
+from .daemons_xmpp import PROSODY_BIN, PROSODY_USER, PROSODYCTL_BIN, Prosody
+from .helpers import config_text, lineage_files, run_cli
+from .stack import Certbot, file_fingerprint, openssl_fingerprint
 
 DIALECTS = ("xmpp", "xmpp-server")
 
@@ -52,12 +53,7 @@ class XmppSite:
     def write_config(self, reload: list[str]) -> None:
         q = json.dumps  # JSON strings and lists are YAML flow syntax
         u = PROSODY_USER
-        self.config.write_text(f"""\
-version: 1
-defaults:
-  reload_timeout: 30
-  verify_timeout: 20
-consumers:
+        prosody = f"""\
   prosody:
     certificate: {CERT_NAME}
     files:
@@ -67,7 +63,8 @@ consumers:
     verify:
       - {{host: 127.0.0.1, port: {self.prosody.c2s_port}, starttls: xmpp}}
       - {{host: 127.0.0.1, port: {self.prosody.s2s_port}, starttls: xmpp-server}}
-""")
+"""
+        self.config.write_text(config_text(prosody, verify_timeout=20))
 
     def deploy(self) -> subprocess.CompletedProcess[str]:
         argv = [
@@ -81,9 +78,7 @@ consumers:
             str(self.lock),
             "--json",
         ]
-        return subprocess.run(
-            argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
-        )
+        return run_cli(argv)
 
 
 def _require_prosody() -> pwd.struct_passwd:
@@ -111,17 +106,10 @@ def xmpp(
     tls = public_tmp / "tls"
     tls.mkdir()
     cert, key = tls / "fullchain.pem", tls / "privkey.pem"
-    live = certbot.lineage(CERT_NAME)
-    for src, dst, mode in (
-        (live / "fullchain.pem", cert, 0o644),
-        (live / "privkey.pem", key, 0o600),
-    ):
-        shutil.copyfile(src, dst)
-        os.chown(dst, account.pw_uid, account.pw_gid)
-        dst.chmod(mode)
-    prosody = Prosody(public_tmp / "prosody", CERT_NAME, cert, key)
-    try:
-        prosody.start()
+    fullchain, privkey = lineage_files(certbot)
+    write_owned(cert, fullchain, account.pw_uid, account.pw_gid, 0o644)
+    write_owned(key, privkey, account.pw_uid, account.pw_gid, 0o600)
+    with Prosody(public_tmp / "prosody", CERT_NAME, cert, key) as prosody:
         yield XmppSite(
             certbot=certbot,
             prosody=prosody,
@@ -131,8 +119,6 @@ def xmpp(
             lock=tmp_path / "fanout.lock",
             fanout=fanout_bin,
         )
-    finally:
-        prosody.stop()
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)

@@ -10,13 +10,9 @@ stale from current.
 
 from __future__ import annotations
 
-import grp
-import hashlib
 import os
-import pwd
 import re
 import shutil
-import ssl
 import subprocess
 import tempfile
 import time
@@ -26,31 +22,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from certbot_fanout._pki import ThrowawayCA
 
-from .conftest import CERT_NAME, clone_certbot
-from .daemons_db import (
-    INITDB_BIN,
-    OPENSSL_BIN,
-    PG_CTL_BIN,
-    RUNUSER_BIN,
-    PostgreSQL,
-    missing_binaries,
-    public_dir,
-)
-from .stack import PEBBLE_BIN, Certbot, HAProxy, Nginx, Pebble
-from .status_helpers import (
-    Fanout,
-    HAProxyConsumer,
-    PostgresConsumer,
+from ._proc import account, chown_to, public_tempdir
+from .conftest import CERT_NAME, _require_binary, clone_certbot
+from .daemons_db import INITDB_BIN, PG_CTL_BIN, RUNUSER_BIN, PostgreSQL, missing_binaries
+from .helpers import (
     WebConsumer,
     by_name,
     config_text,
     explain,
-    fingerprint,
+    lineage_files,
+    lineage_fingerprint,
+    log_text,
+    pem_serial,
+    renewal_params,
+    self_made,
+    write_copies,
+)
+from .stack import OPENSSL_BIN, PEBBLE_BIN, Certbot, HAProxy, Nginx, Pebble
+from .status_helpers import (
+    Fanout,
+    HAProxyConsumer,
+    PostgresConsumer,
     sections,
     table_rows,
 )
@@ -73,25 +69,7 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 def serial_of(pem_path: Path) -> str:
     """The serial as certbot-fanout prints it (uppercase hex)."""
-    return format(x509.load_pem_x509_certificate(pem_path.read_bytes()).serial_number, "X")
-
-
-def lineage_files(certbot: Certbot) -> tuple[bytes, bytes]:
-    live = certbot.lineage(CERT_NAME)
-    return (live / "fullchain.pem").read_bytes(), (live / "privkey.pem").read_bytes()
-
-
-def lineage_fp(certbot: Certbot) -> str:
-    return fingerprint(certbot.lineage(CERT_NAME) / "cert.pem")
-
-
-def write_copies(directory: Path, fullchain: bytes, key: bytes) -> tuple[Path, Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    cert, key_path = directory / "fullchain.pem", directory / "privkey.pem"
-    cert.write_bytes(fullchain)
-    key_path.write_bytes(key)
-    key_path.chmod(0o600)
-    return cert, key_path
+    return pem_serial(pem_path.read_bytes())
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -104,14 +82,12 @@ def postgres(root: None, issued: Certbot) -> Iterator[PostgreSQL]:
     missing = missing_binaries(INITDB_BIN, PG_CTL_BIN, RUNUSER_BIN, OPENSSL_BIN)
     if missing:
         pytest.skip(f"PostgreSQL 15 or its tools not installed: {', '.join(missing)}")
-    base = public_dir("certbot-fanout-status-pg-")
-    try:
+    with public_tempdir("certbot-fanout-status-pg-") as base:
         tls = base / "tls"
         tls.mkdir(mode=0o755)
         cert, key = write_copies(tls, *lineage_files(issued))
-        uid, gid = pwd.getpwnam("postgres").pw_uid, grp.getgrnam("postgres").gr_gid
         for path in (cert, key):
-            os.chown(path, uid, gid)
+            chown_to(path, account("postgres"))
         pg = PostgreSQL(base / "daemon", cert, key)
         pg.initdb()
         pg.start()
@@ -119,8 +95,6 @@ def postgres(root: None, issued: Certbot) -> Iterator[PostgreSQL]:
             yield pg
         finally:
             pg.stop()
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass
@@ -135,9 +109,9 @@ class Fleet:
     def renew_without_hook(self) -> tuple[str, str]:
         """A real forced `certbot renew` with no hook and no installer, then a deploy to
         `postgres` only. Returns (old, new) certificate fingerprints."""
-        old = lineage_fp(self.certbot)
+        old = lineage_fingerprint(self.certbot)
         self.certbot.renew()
-        new = lineage_fp(self.certbot)
+        new = lineage_fingerprint(self.certbot)
         assert new != old, "certbot did not renew the lineage"
         only = self.tmp / "postgres-only.yaml"
         only.write_text(config_text(self.postgres.yaml()))
@@ -431,28 +405,7 @@ def test_status_repair_brings_stale_consumers_back(fleet: Fleet) -> None:
 
 
 def renewal_installer(certbot: Certbot) -> str | None:
-    text = (certbot.config_dir / "renewal" / f"{CERT_NAME}.conf").read_text()
-    match = re.search(r"^installer = (\S+)$", text, re.MULTILINE)
-    return match.group(1) if match else None
-
-
-@pytest.fixture(scope="module")
-def reconfigured(issued: Certbot, tmp_path_factory: pytest.TempPathFactory) -> Certbot:
-    """The module's lineage after `certbot reconfigure -i fanout --fanout-config
-    BASEDIR/fanout.yaml`, once; tests clone it (clone_certbot moves the path along)."""
-    template = clone_certbot(issued, tmp_path_factory.mktemp("certbot-reconfigured"), {})
-    (template.basedir / "fanout.yaml").write_text("version: 1\nconsumers: {}\n")
-    template.run(
-        "reconfigure",
-        "--cert-name",
-        CERT_NAME,
-        "-i",
-        "fanout",
-        "--fanout-config",
-        str(template.basedir / "fanout.yaml"),
-    )
-    assert renewal_installer(template) == "fanout"
-    return template
+    return renewal_params(certbot).get("installer")
 
 
 @dataclass
@@ -461,13 +414,6 @@ class Drifted:
     web: WebConsumer
     config: Path
     stale_fp: str
-
-
-def self_made(ca: ThrowawayCA) -> tuple[bytes, bytes, str]:
-    """(fullchain, key, fingerprint) of a certificate for CERT_NAME that Pebble never issued."""
-    issued = ca.issue([CERT_NAME])
-    der = ssl.PEM_cert_to_DER_cert(issued.cert_pem.decode())
-    return issued.fullchain_pem, issued.key_pem, hashlib.sha256(der).hexdigest()
 
 
 @pytest.fixture
@@ -487,7 +433,7 @@ def make_drifted(
         web = WebConsumer(
             "web", CERT_NAME, nginx, cert, key, tmp_path / "web-events", reload, verify_timeout
         )
-        assert web.served() == lineage_fp(certbot)
+        assert web.served() == lineage_fingerprint(certbot)
         config = certbot.basedir / "fanout.yaml"
         config.write_text(config_text(web.yaml()))
         fullchain, other_key, stale_fp = self_made(ca)
@@ -507,17 +453,17 @@ def test_plain_renew_with_nothing_due_repairs_a_drifted_consumer(
     the lineage's certificate again, from copies equal to the lineage's files."""
     drifted = make_drifted()
     certbot, web = drifted.certbot, drifted.web
-    current = lineage_fp(certbot)
+    current = lineage_fingerprint(certbot)
 
     result = certbot.run("renew", "--no-random-sleep-on-renew")
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "not yet due for renewal" in result.stdout + result.stderr
-    assert lineage_fp(certbot) == current, "certbot renewed a lineage that was not due"
+    assert lineage_fingerprint(certbot) == current, "certbot renewed a lineage that was not due"
     assert web.served() == current
     assert (web.cert.read_bytes(), web.key.read_bytes()) == lineage_files(certbot)
     assert web.events() == ["test", "reload"]
-    log = (certbot.logs_dir / "letsencrypt.log").read_text(errors="replace")
+    log = log_text(certbot)
     assert "repaired: web" in log, log[-3000:]
     assert renewal_installer(certbot) == "fanout"
 
@@ -531,18 +477,18 @@ def test_plain_renew_fails_naming_a_consumer_that_stays_broken(
     and log."""
     drifted = make_drifted(reload=["/bin/true"], verify_timeout=3)
     certbot, web = drifted.certbot, drifted.web
-    current = lineage_fp(certbot)
+    current = lineage_fingerprint(certbot)
 
     result = certbot.run("renew", "--no-random-sleep-on-renew", check=False)
 
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
-    assert lineage_fp(certbot) == current
+    assert lineage_fingerprint(certbot) == current
     assert web.served() == drifted.stale_fp
     assert (web.cert.read_bytes(), web.key.read_bytes()) == lineage_files(certbot)
     broken = re.compile(r"still broken after repair: web: .*127\.0\.0\.1:\d+ .*serves")
     assert broken.search(output), output
-    log = (certbot.logs_dir / "letsencrypt.log").read_text(errors="replace")
+    log = log_text(certbot)
     assert broken.search(log), log[-3000:]
     assert renewal_installer(certbot) == "fanout"
 
@@ -724,14 +670,9 @@ SHORT_LIVED_SECONDS = 6 * 86400  # Let's Encrypt's "shortlived" profile: 6-day c
 @pytest.fixture(scope="module")
 def short_lived_pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
     """A second real Pebble that issues 6-day certificates."""
-    if not os.access(PEBBLE_BIN, os.X_OK):
-        pytest.skip(f"pebble not installed ({PEBBLE_BIN} is not executable)")
-    server = Pebble(tmp_path_factory.mktemp("pebble-short"), validity_seconds=SHORT_LIVED_SECONDS)
-    server.start()
-    try:
+    _require_binary(PEBBLE_BIN, "pebble")
+    with Pebble(tmp_path_factory.mktemp("pebble-short"), SHORT_LIVED_SECONDS) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_plain_renew_succeeds_for_a_current_short_lived_certificate(
@@ -757,14 +698,14 @@ def test_plain_renew_succeeds_for_a_current_short_lived_certificate(
         "reconfigure", "--cert-name", CERT_NAME, "-i", "fanout", "--fanout-config", str(config)
     )
     assert renewal_installer(certbot) == "fanout"
-    current = lineage_fp(certbot)
+    current = lineage_fingerprint(certbot)
     assert web.served() == current
 
     result = certbot.run("renew", "--no-random-sleep-on-renew", check=False)
 
     output = result.stdout + result.stderr
     assert "not yet due for renewal" in output, output
-    assert lineage_fp(certbot) == current
+    assert lineage_fingerprint(certbot) == current
     assert web.served() == current
     assert web.events() == [], "a current consumer was redeployed"
     assert result.returncode == 0, output

@@ -18,35 +18,31 @@ One Synapse (in a venv cached across runs) and one nginx for the whole module.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shlex
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from .conftest import _require_binary
-from .daemons_xmpp import openssl_fingerprint
+from ._proc import Account, public_tempdir, write_owned
+from .conftest import _require_binary, service_account
+from .helpers import config_text, hook_command, lineage_files, lineage_fingerprint, log_text
 from .stack import (
     NGINX_BIN,
     Certbot,
     Nginx,
     Pebble,
-    file_fingerprint,
+    openssl_fingerprint,
     served_fingerprint,
     settled_workers,
 )
 from .synapse_env import (
     SYNAPSE_REQUIREMENT,
+    SYNAPSE_USER,
     SYNAPSE_VENV,
-    Account,
     Synapse,
     SynapseVenvError,
-    ensure_account,
     ensure_synapse_venv,
 )
 
@@ -77,23 +73,18 @@ class Story:
 
     @property
     def hook_command(self) -> str:
-        return f"{shlex.quote(str(self.fanout))} --lock-file {shlex.quote(str(self.lock))}"
+        return hook_command(self.fanout, self.lock)
 
     def lineage_fingerprint(self) -> str:
-        return file_fingerprint(self.live / "cert.pem")
+        return lineage_fingerprint(self.certbot, MATRIX)
 
     def log(self) -> str:
-        return (self.certbot.logs_dir / "letsencrypt.log").read_text(errors="replace")
+        return log_text(self.certbot)
 
     def write_config(self, synapse_dir: Path, synapse_verify_timeout: int = 30) -> None:
         q = json.dumps  # JSON strings and lists are YAML flow syntax
         u = self.account.name
-        self.config.write_text(f"""\
-version: 1
-defaults:
-  reload_timeout: 30
-  verify_timeout: 30
-consumers:
+        consumers = f"""\
   nginx:
     certificate: {MATRIX}
     files:
@@ -113,19 +104,14 @@ consumers:
       - {{host: 127.0.0.1, port: {self.synapse.port}, server_name: {MATRIX}}}
     verify_timeout: {synapse_verify_timeout}
     notes: {q(SYNAPSE_NOTES)}
-""")  # noqa: E501
+"""  # noqa: E501
+        self.config.write_text(config_text(consumers, verify_timeout=30))
 
     def renew(self) -> tuple[int, str]:
         """`certbot renew --force-renewal ... --deploy-hook certbot-fanout`: (exit code, this
         run's letsencrypt.log; certbot starts a new log file at every run)."""
         result = self.certbot.renew("--deploy-hook", self.hook_command, check=False)
         return result.returncode, self.log()
-
-
-def _copy(src: Path, dst: Path, uid: int, gid: int, mode: int) -> None:
-    shutil.copyfile(src, dst)
-    os.chown(dst, uid, gid)
-    dst.chmod(mode)
 
 
 @pytest.fixture(scope="module")
@@ -138,26 +124,14 @@ def synapse_python(root: None) -> Path:
 
 @pytest.fixture(scope="module")
 def synapse_account(root: None) -> Iterator[Account]:
-    accounts = ensure_account()
-    try:
-        account = accounts.__enter__()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    try:
-        yield account
-    finally:
-        accounts.__exit__(None, None, None)
+    yield from service_account(SYNAPSE_USER)
 
 
 @pytest.fixture(scope="module")
 def story_dir() -> Iterator[Path]:
     """A module temp dir every user can traverse (pytest's tmp base is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="certbot-fanout-synapse-"))
-    path.chmod(0o755)
-    try:
+    with public_tempdir("certbot-fanout-synapse-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +150,7 @@ def story(
     certbot = Certbot(
         pebble, story_dir / "certbot", extra_env={"CERTBOT_FANOUT_CONFIG": str(config)}
     )
-    live = certbot.issue(MATRIX)
+    certbot.issue(MATRIX)
     acct = synapse_account
     nginx_tls, synapse_tls, elsewhere = (
         story_dir / d for d in ("nginx-tls", "synapse-tls", "synapse-tls-new")
@@ -185,19 +159,18 @@ def story(
         d.mkdir(mode=0o755)
     nginx_cert, nginx_key = nginx_tls / "fullchain.pem", nginx_tls / "privkey.pem"
     synapse_cert, synapse_key = synapse_tls / "fullchain.pem", synapse_tls / "privkey.pem"
-    _copy(live / "fullchain.pem", nginx_cert, 0, 0, 0o644)
-    _copy(live / "privkey.pem", nginx_key, 0, 0, 0o600)
-    _copy(live / "fullchain.pem", synapse_cert, acct.uid, acct.gid, 0o644)
-    _copy(live / "privkey.pem", synapse_key, acct.uid, acct.gid, 0o600)
+    fullchain, privkey = lineage_files(certbot, MATRIX)
+    write_owned(nginx_cert, fullchain, 0, 0, 0o644)
+    write_owned(nginx_key, privkey, 0, 0, 0o600)
+    write_owned(synapse_cert, fullchain, acct.uid, acct.gid, 0o644)
+    write_owned(synapse_key, privkey, acct.uid, acct.gid, 0o600)
 
     nginx = Nginx(story_dir / "nginx", nginx_cert, nginx_key, server_name=MATRIX)
     synapse = Synapse(
         synapse_python, story_dir / "synapse", acct, MATRIX, synapse_cert, synapse_key
     )
-    try:
-        nginx.start()
-        synapse.generate_config()
-        synapse.start()
+    synapse.generate_config()
+    with nginx, synapse:
         yield Story(
             certbot=certbot,
             nginx=nginx,
@@ -212,9 +185,6 @@ def story(
             synapse_key=synapse_key,
             elsewhere=elsewhere,
         )
-    finally:
-        synapse.stop()
-        nginx.stop()
 
 
 def _consumer_line(log: str, name: str, status: str) -> str:

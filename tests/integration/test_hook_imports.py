@@ -8,63 +8,20 @@ Needs no root and no daemons.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import socket
-import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
 
 import pytest
-
-from certbot_fanout._pki import Issued
+from _lineages import LineageFactory
+from _servers import Peer
 
 FANOUT = Path(sys.prefix) / "bin" / "certbot-fanout"
 FORBIDDEN = ("certbot", "acme")
-
-
-class Lineages(Protocol):
-    """The ``lineages`` fixture of tests/conftest.py."""
-
-    def issue(self, name: str, *more_names: str, days: float = 90) -> tuple[Path, Issued]: ...
-
-
-class TLSServer:
-    """A loopback TLS server in a thread that completes a handshake with every client."""
-
-    def __init__(self, cert: Path, key: Path) -> None:
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(cert, key)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port: int = self.listener.getsockname()[1]
-        self.handshakes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.settimeout(5)
-            with contextlib.suppress(OSError), self.ctx.wrap_socket(conn, server_side=True):
-                self.handshakes += 1
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.listener.close()
 
 
 def imported_modules(importtime_stderr: str) -> list[str]:
@@ -84,11 +41,11 @@ def forbidden(modules: list[str]) -> list[str]:
 
 
 @pytest.fixture
-def tls_server() -> Iterator[Callable[[Path, Path], TLSServer]]:
-    servers: list[TLSServer] = []
+def tls_server() -> Iterator[Callable[[Path, Path], Peer]]:
+    servers: list[Peer] = []
 
-    def start(cert: Path, key: Path) -> TLSServer:
-        server = TLSServer(cert, key)
+    def start(cert: Path, key: Path) -> Peer:
+        server = Peer("tls", cert, key)
         servers.append(server)
         return server
 
@@ -98,9 +55,9 @@ def tls_server() -> Iterator[Callable[[Path, Path], TLSServer]]:
 
 
 def test_hook_path_imports_neither_certbot_nor_acme(
-    lineages: Lineages,
+    lineages: LineageFactory,
     write_config: Callable[[str], Path],
-    tls_server: Callable[[Path, Path], TLSServer],
+    tls_server: Callable[[Path, Path], Peer],
     tmp_path: Path,
 ) -> None:
     if not os.access(FANOUT, os.X_OK):
@@ -143,7 +100,7 @@ consumers:
     )
     assert "all 1 consumer ok" in result.stdout, result.stdout
     assert placed.read_bytes() == (live / "fullchain.pem").read_bytes()
-    assert server.handshakes >= 1
+    assert server.server_names, "the hook's probe completed a handshake"
     modules = imported_modules(result.stderr)
     for needed in ("certbot_fanout.cli", "certbot_fanout.deploy", "certbot_fanout.probe"):
         assert needed in modules, f"{needed} not seen: is the importtime parser broken?"

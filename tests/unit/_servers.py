@@ -8,9 +8,47 @@ import ssl
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 
-class Peer:
+class _Loopback:
+    """A server on a free loopback port: one thread accepts, one thread per connection runs
+    ``_handle``; close() stops it."""
+
+    def __init__(self, bind: str = "127.0.0.1") -> None:
+        self.listener = socket.create_server((bind, 0))
+        self.listener.settimeout(0.1)
+        self.port: int = self.listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        self._thread.join(5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Peer(_Loopback):
     """A loopback server on a free port, one thread, stopped by close().
 
     ``behaviour``: ``tls`` (serve ``cert``/``key``; ``reload()`` re-reads them), ``silent``
@@ -30,12 +68,7 @@ class Peer:
         self.cert, self.key = cert, key
         self.server_names: list[str | None] = []
         self.ctx = self._context() if behaviour in ("tls", "alert") else None
-        self.listener = socket.create_server((bind, 0))
-        self.listener.settimeout(0.1)
-        self.port: int = self.listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(bind)
 
     def _context(self) -> ssl.SSLContext:
         assert self.cert and self.key
@@ -52,16 +85,6 @@ class Peer:
 
     def reload(self) -> None:
         self.ctx = self._context()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
@@ -84,22 +107,11 @@ class Peer:
                     conn.sendall(bytes([byte]))
                     time.sleep(0.2)
 
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
-        self._thread.join(5)
-
-    def __enter__(self) -> Peer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 Step = tuple[str, bytes | float]
 
 
-class ScriptedPeer:
+class ScriptedPeer(_Loopback):
     """A loopback server that plays a plaintext script, then (on a ``tls`` step) serves
     ``cert``/``key`` over TLS on the same connection. Steps: ``("send", bytes)``,
     ``("line", b"")`` (read one line), ``("read", n)``, ``("drip", bytes)`` (one byte per
@@ -112,24 +124,9 @@ class ScriptedPeer:
             self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.ctx.load_cert_chain(cert, key)
         self.received: list[bytes] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port: int = self.listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._play, args=(conn,), daemon=True).start()
-
-    def _play(self, conn: socket.socket) -> None:
+    def _handle(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
             conn.settimeout(10)
             reader = conn.makefile("rb")
@@ -156,14 +153,3 @@ class ScriptedPeer:
                     with self.ctx.wrap_socket(conn, server_side=True) as tls:
                         tls.sendall(b"ok\n")
                     return
-
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
-        self._thread.join(5)
-
-    def __enter__(self) -> ScriptedPeer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

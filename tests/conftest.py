@@ -7,8 +7,11 @@ or a run in which no integration test passed, fails the session.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -118,3 +121,42 @@ def public_tmp() -> Iterator[Path]:
 def start_service(tmp_path: Path) -> Iterator[Callable[[str, Path], Service]]:
     """start(label, live_dir): a loopback TLS service serving copies of the lineage's files."""
     yield from start_service_fixture(tmp_path)
+
+
+SERVICE_ACCOUNTS = (
+    "matrix-synapse",
+    "postgres",
+    "mysql",
+    "prosody",
+    "ejabberd",
+    "turnserver",
+    "mosquitto",
+)
+SERVICE_GROUPS = ("Debian-exim",)
+
+
+@pytest.fixture(scope="session")
+def service_accounts() -> Iterator[None]:
+    """The service users and groups that presets and documented examples name, created
+    where missing (as root) and removed again."""
+    users, groups = [], []
+    for name in SERVICE_ACCOUNTS:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            if subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip() != "0":
+                pytest.skip(f"user {name} is missing and only root can create it")
+            subprocess.run(["useradd", "--system", "--user-group", name], check=True)
+            users.append(name)
+    for name in SERVICE_GROUPS:
+        try:
+            grp.getgrnam(name)
+        except KeyError:
+            subprocess.run(["groupadd", "--system", name], check=True)
+            groups.append(name)
+    yield
+    for name in users:
+        subprocess.run(["userdel", name], check=False)
+        subprocess.run(["groupdel", name], check=False, capture_output=True)
+    for name in groups:
+        subprocess.run(["groupdel", name], check=False)

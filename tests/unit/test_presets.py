@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import grp
 import io
-import pwd
 import re
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,34 +15,6 @@ from certbot_fanout.presets import PRESETS, Preset
 
 ROOT = Path(__file__).resolve().parents[2]
 CERT = "svc.example.org"
-ACCOUNTS = ("matrix-synapse", "postgres", "mysql", "prosody", "ejabberd", "turnserver", "mosquitto")
-GROUPS = ("Debian-exim",)
-
-
-@pytest.fixture(scope="module")
-def service_accounts() -> Iterator[None]:
-    """The service users and groups the presets name, created where missing (as root)."""
-    users, groups = [], []
-    for name in ACCOUNTS:
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            if subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip() != "0":
-                pytest.skip(f"user {name} is missing and only root can create it")
-            subprocess.run(["useradd", "--system", "--user-group", name], check=True)
-            users.append(name)
-    for name in GROUPS:
-        try:
-            grp.getgrnam(name)
-        except KeyError:
-            subprocess.run(["groupadd", "--system", name], check=True)
-            groups.append(name)
-    yield
-    for name in users:
-        subprocess.run(["userdel", name], check=False)
-        subprocess.run(["groupdel", name], check=False, capture_output=True)
-    for name in groups:
-        subprocess.run(["groupdel", name], check=False)
 
 
 def expand(preset: str, extra: str = "") -> Consumer:

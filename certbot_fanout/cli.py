@@ -362,11 +362,11 @@ def _presets(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
-    from certbot_fanout.config import Config, default_config_path, load_config
+    from certbot_fanout.config import Config, load_config
     from certbot_fanout.discover import discover
     from certbot_fanout.report import render_discover_text
 
-    path = args.config or default_config_path(env)
+    path = _config_path(args, env)
     if os.path.exists(path) or args.config or not args.cert_name:
         config = load_config(path)
     else:  # looking for a certificate before any map exists is fine
@@ -378,11 +378,11 @@ def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> 
 
 def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from certbot_fanout.check import run_checks
-    from certbot_fanout.config import default_config_path, load_config
+    from certbot_fanout.config import load_config
     from certbot_fanout.errors import ConfigError
 
     try:
-        config = load_config(args.config or default_config_path(env))
+        config = load_config(_config_path(args, env))
     except ConfigError as e:
         print(f"PROBLEM: the map is not valid: {e}", file=out)
         return EXIT_FAILED
@@ -399,6 +399,12 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int
     return EXIT_OK
 
 
+def _config_path(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    from certbot_fanout.config import default_config_path
+
+    return str(args.config or default_config_path(env))
+
+
 def _state_path(args: argparse.Namespace) -> str:
     from certbot_fanout.state import default_state_path
 
@@ -410,7 +416,7 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
     import time
 
     from certbot_fanout import files
-    from certbot_fanout.config import default_config_path, load_config
+    from certbot_fanout.config import load_config
     from certbot_fanout.errors import FanoutError
     from certbot_fanout.report import (
         render_prometheus,
@@ -426,7 +432,7 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
         probe=not args.no_probe,
     )
     try:
-        config = load_config(args.config or default_config_path(env))
+        config = load_config(_config_path(args, env))
         state_path = _state_path(args)
         if args.repair:
             report = check_and_repair(config, state_path, options, args.lock_file)
@@ -455,7 +461,7 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
 
 
 def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
-    from certbot_fanout.config import default_config_path, load_config
+    from certbot_fanout.config import load_config
     from certbot_fanout.deploy import DeployOptions, deploy_lineage
     from certbot_fanout.errors import FanoutError
     from certbot_fanout.lineage import lineage_dir
@@ -473,7 +479,7 @@ def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
             f"or ${HOOK_ENV} (set by certbot for deploy hooks)"
         )
     live = os.path.abspath(live)
-    config = load_config(args.config or default_config_path(env))
+    config = load_config(_config_path(args, env))
     options = DeployOptions(force=args.force, dry_run=args.dry_run, jobs=args.jobs)
     result = deploy_lineage(
         config, live, options, lock_path=args.lock_file, state_path=_state_path(args)

@@ -363,10 +363,9 @@ class _ConsumerRun:
         if within is not None:
             wait = min(wait, within)
         deadline = self.fx.clock() + wait
-        return tuple(self.verify_endpoint(ep, deadline) for ep in self.consumer.verify)
-
-    def verify_endpoint(self, ep: Endpoint, deadline: float) -> EndpointResult:
-        return poll_endpoint(ep, self.lineage, self.fx, deadline)
+        return tuple(
+            poll_endpoint(ep, self.lineage, self.fx, deadline) for ep in self.consumer.verify
+        )
 
 
 def poll_endpoint(ep: Endpoint, lineage: Lineage, fx: Effects, deadline: float) -> EndpointResult:

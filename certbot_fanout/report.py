@@ -376,19 +376,11 @@ def render_prometheus(report: StatusReport, now: float) -> str:
                     else f"{metric}{{{labels}}} {value:.3f}"
                 )
 
-        add(
-            "certbot_fanout_consumer_ok",
-            int(
-                c.level == Level.OK
-                or (
-                    not c.drifted
-                    and c.level == Level.WARNING
-                    and all(not f.changed for f in c.files)
-                )
-            ),
-        )
+        # As documented: files current and every endpoint serving the current certificate
+        # (an expiry warning alone does not make a consumer "not ok").
+        add("certbot_fanout_consumer_ok", int(not c.drifted and c.level is not Level.UNKNOWN))
         add("certbot_fanout_consumer_status", int(c.level))
-        add("certbot_fanout_files_current", int(not any(f.changed for f in c.files)))
+        add("certbot_fanout_files_current", int(c.files_current))
         add(
             "certbot_fanout_served_cert_expiry_timestamp_seconds",
             c.expires.timestamp() if c.expires else None,

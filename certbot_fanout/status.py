@@ -66,9 +66,13 @@ class ConsumerStatus:
         return self.consumer.certificate
 
     @property
+    def files_current(self) -> bool:
+        return not any(f.changed for f in self.files)
+
+    @property
     def drifted(self) -> bool:
         """Something a deploy can fix: a file or what an endpoint serves."""
-        return any(f.changed for f in self.files) or any(not e.ok for e in self.endpoints)
+        return not self.files_current or any(not e.ok for e in self.endpoints)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,12 @@
 
 Every operation works relative to a file descriptor of the destination directory, and never
 follows a symlink at the final path component: a destination directory may be writable by the
-(less trusted) service user, who could otherwise plant a symlink to redirect a key write. The
-directory path itself is the administrator's and is resolved normally.
+(less trusted) service user, who could otherwise plant a symlink or a hard link to redirect a
+key write. The directory itself is opened one component at a time from ``/`` with
+``O_NOFOLLOW``; a symlink met on the way is followed (by reading it, never by the kernel) only
+if root made it: it is owned by root, or it sits in a directory that only root can write. A
+service user who swaps a directory component for a symlink of their own is refused, not
+obeyed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import enum
 import grp
 import os
 import pwd
+import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -21,6 +26,10 @@ from dataclasses import dataclass
 from certbot_fanout.errors import PlacementError
 
 MAX_EXISTING_BYTES = 1 << 20
+MAX_SYMLINKS = 40  # as the kernel's own limit on a path walk
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_SUFFIX = ".fanout-"
+_TEMP_RE = re.compile(r"\.fanout-[0-9a-f]{12}\Z")
 
 
 class Kind(enum.Enum):
@@ -59,23 +68,106 @@ class Snapshot:
 @contextlib.contextmanager
 def _directory(path: str) -> Iterator[tuple[int, str]]:
     parent, name = os.path.split(path)
-    if not name:
-        raise PlacementError(f"{path}: not a file path")
-    try:
-        dfd = os.open(parent or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise PlacementError(
-            f"{path}: directory {parent} does not exist; create it with the owner and mode "
-            "the service needs"
-        ) from None
-    except NotADirectoryError:
-        raise PlacementError(f"{path}: {parent} is not a directory") from None
-    except OSError as e:
-        raise PlacementError(f"{path}: cannot open directory {parent}: {e.strerror}") from None
+    if not name or not os.path.isabs(path):
+        raise PlacementError(f"{path}: not an absolute file path")
+    dfd = open_directory(parent or "/", path)
     try:
         yield dfd, name
     finally:
         os.close(dfd)
+
+
+def open_directory(directory: str, for_path: str | None = None) -> int:
+    """An O_DIRECTORY file descriptor of absolute ``directory``, opened without letting anyone
+    but root redirect the walk (see the module's doc). ``for_path`` names the file the
+    directory is opened for, in messages.
+
+    Each component is pinned with an ``O_PATH|O_NOFOLLOW`` descriptor before it is looked at,
+    so what is checked is what is used: swapping it afterwards changes nothing.
+
+    Raises:
+        PlacementError: a component is missing, not a directory, or an untrusted symlink; or
+            there are too many symlinks.
+    """
+    label = for_path or directory
+    fd = os.open("/", _DIRECTORY_FLAGS)
+    walked: list[str] = []  # the directory opened so far, as followed
+    pending = [c for c in directory.split("/") if c not in ("", ".")]
+    pending.reverse()  # a stack: the next component is last
+    hops = 0
+    try:
+        while pending:
+            component = pending.pop()
+            here = "".join(f"/{w}" for w in walked) + f"/{component}"
+            try:
+                pinned = os.open(component, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except FileNotFoundError:
+                raise PlacementError(
+                    f"{label}: directory {directory} does not exist ({here} is missing); "
+                    "create it with the owner and mode the service needs"
+                ) from None
+            except OSError as e:
+                raise PlacementError(f"{label}: cannot open {here}: {e.strerror}") from None
+            try:
+                st = os.fstat(pinned)
+                if stat.S_ISLNK(st.st_mode):
+                    hops += 1
+                    if hops > MAX_SYMLINKS:
+                        raise PlacementError(f"{label}: too many symlinks in {directory}")
+                    _trust_symlink(fd, st, here, label)
+                    target = os.readlink("", dir_fd=pinned)
+                    if target.startswith("/"):
+                        os.close(fd)
+                        fd = os.open("/", _DIRECTORY_FLAGS)
+                        walked = []
+                    pending.extend(reversed([c for c in target.split("/") if c not in ("", ".")]))
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    raise PlacementError(f"{label}: {here} is not a directory")
+                next_fd = os.open(".", _DIRECTORY_FLAGS, dir_fd=pinned)
+            except OSError as e:
+                raise PlacementError(f"{label}: cannot open {here}: {e.strerror}") from None
+            finally:
+                os.close(pinned)
+            os.close(fd)
+            fd = next_fd
+            if component == "..":
+                del walked[-1:]
+            else:
+                walked.append(component)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _trust_symlink(dfd: int, link: os.stat_result, link_path: str, label: str) -> None:
+    """Refuse a symlink that someone other than root could have made (see the module's doc)."""
+    if link.st_uid == 0:
+        return
+    parent = os.fstat(dfd)
+    if parent.st_uid == 0 and not parent.st_mode & 0o022:
+        return
+    raise PlacementError(
+        f"{label}: refusing to follow {link_path}: a symlink owned by {_user(link.st_uid)} in "
+        "a directory that non-root users can write, so a service user could redirect a root "
+        "write; write the real directory in the map"
+    )
+
+
+def _remove_leftovers(dfd: int, name: str) -> None:
+    """Remove the temporary files that an interrupted run left for ``name`` (never following
+    a link: unlink removes the name only)."""
+    prefix = f".{name}{_TEMP_SUFFIX}"
+    with os.scandir(dfd) as entries:
+        stale = [
+            e.name
+            for e in entries
+            if e.name.startswith(prefix) and _TEMP_RE.search(e.name[len(name) + 1 :])
+        ]
+    for leftover in stale:
+        with contextlib.suppress(OSError):
+            os.unlink(leftover, dir_fd=dfd)
 
 
 def snapshot(path: str) -> Snapshot:
@@ -176,7 +268,8 @@ def place(desired: Desired) -> None:
         PlacementError: any step failed; the destination is then unchanged.
     """
     with _directory(desired.path) as (dfd, name):
-        tmp = f".{name}.fanout-{secrets.token_hex(6)}"
+        _remove_leftovers(dfd, name)
+        tmp = f".{name}{_TEMP_SUFFIX}{secrets.token_hex(6)}"
         step = "create a temporary file"
         created = False
         try:

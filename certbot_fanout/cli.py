@@ -368,7 +368,7 @@ def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> 
 
     path = _config_path(args, env)
     if os.path.exists(path) or args.config or not args.cert_name:
-        config = load_config(path)
+        config = load_config(path, certbot_dirs=_certbot_dirs(args))
     else:  # looking for a certificate before any map exists is fine
         config = Config(path, ())
     report = discover(config, args.config_dir, args.cert_name, args.path)
@@ -382,7 +382,7 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int
     from certbot_fanout.errors import ConfigError
 
     try:
-        config = load_config(_config_path(args, env))
+        config = load_config(_config_path(args, env), certbot_dirs=_certbot_dirs(args))
     except ConfigError as e:
         print(f"PROBLEM: the map is not valid: {e}", file=out)
         return EXIT_FAILED
@@ -403,6 +403,15 @@ def _config_path(args: argparse.Namespace, env: Mapping[str, str]) -> str:
     from certbot_fanout.config import default_config_path
 
     return str(args.config or default_config_path(env))
+
+
+def _certbot_dirs(args: argparse.Namespace, live: str | None = None) -> tuple[str, ...]:
+    """Certbot's config dirs, whose own directories no consumer file may be placed in:
+    --config-dir, and the one a lineage (``DIR/live/NAME``, as certbot's hook gives it) is in."""
+    dirs = [str(args.config_dir)]
+    if live is not None and os.path.basename(os.path.dirname(live)) == "live":
+        dirs.append(os.path.dirname(os.path.dirname(live)))
+    return tuple(dict.fromkeys(dirs))
 
 
 def _state_path(args: argparse.Namespace) -> str:
@@ -432,7 +441,7 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
         probe=not args.no_probe,
     )
     try:
-        config = load_config(_config_path(args, env))
+        config = load_config(_config_path(args, env), certbot_dirs=_certbot_dirs(args))
         state_path = _state_path(args)
         if args.repair:
             report = check_and_repair(config, state_path, options, args.lock_file)
@@ -479,7 +488,7 @@ def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
             f"or ${HOOK_ENV} (set by certbot for deploy hooks)"
         )
     live = os.path.abspath(live)
-    config = load_config(_config_path(args, env))
+    config = load_config(_config_path(args, env), certbot_dirs=_certbot_dirs(args, live))
     options = DeployOptions(force=args.force, dry_run=args.dry_run, jobs=args.jobs)
     result = deploy_lineage(
         config, live, options, lock_path=args.lock_file, state_path=_state_path(args)

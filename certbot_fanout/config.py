@@ -14,7 +14,7 @@ import os
 import pwd
 import re
 import shlex
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -26,6 +26,9 @@ from certbot_fanout.presets import PRESETS
 from certbot_fanout.probe import Dialect
 
 DEFAULT_CONFIG_PATH = "/etc/certbot-fanout/consumers.yaml"
+DEFAULT_CERTBOT_DIR = "/etc/letsencrypt"
+# Certbot's own directories under its config dir: never a place for a consumer's file.
+CERTBOT_OWNED = ("live", "archive", "keys", "renewal", "accounts")
 CONFIG_ENV = "CERTBOT_FANOUT_CONFIG"
 SUPPORTED_VERSION = 1
 
@@ -37,6 +40,16 @@ MAX_TIMEOUT = 86400.0
 MAX_CONFIG_BYTES = 1 << 20
 MAX_NODES = 20_000
 MAX_DEPTH = 40
+# libyaml words some syntax errors tersely; the pure-Python parser says more, but re-parsing a
+# large document with it takes seconds, so only documents up to this size get its wording.
+MAX_REPARSE_CHARS = 64 << 10
+
+_BOMS = (
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\xfe\xff", "UTF-16"),
+    (b"\xff\xfe", "UTF-16"),
+)
 
 # libyaml builds the node graph ~15x faster (and caps nesting at 1000 levels); the node
 # graph and its marks are the same.
@@ -141,8 +154,11 @@ def default_config_path(environ: Mapping[str, str] | None = None) -> str:
     return env.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
 
 
-def load_config(path: str) -> Config:
+def load_config(path: str, *, certbot_dirs: Sequence[str] = (DEFAULT_CERTBOT_DIR,)) -> Config:
     """Read and validate a consumer map.
+
+    ``certbot_dirs`` are Certbot's configuration directories (``--config-dir``): a file placed
+    in their ``live/``, ``archive/``, ``keys/``, ``renewal/`` or ``accounts/`` is refused.
 
     Raises:
         ConfigError: the file cannot be read or does not follow schema version 1.
@@ -160,22 +176,67 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"cannot read config file: {e.strerror}", path) from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config file is larger than {MAX_CONFIG_BYTES} bytes", path)
+    return parse_config(decode_config(raw, path), path, certbot_dirs=certbot_dirs)
+
+
+def decode_config(raw: bytes, source: str) -> str:
+    """The text of a map read as bytes: UTF-8 (a leading byte order mark is fine).
+
+    Raises:
+        ConfigError: another encoding, or bytes that are not UTF-8, with their line and column.
+    """
+    for bom, encoding in _BOMS:
+        if raw.startswith(bom):
+            raise ConfigError(
+                f"the file is {encoding} (it starts with a {encoding} byte order mark); "
+                "save it as UTF-8",
+                source,
+                1,
+                1,
+            )
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"not valid UTF-8 (byte offset {e.start})", path) from None
-    return parse_config(text, path)
+        line = raw.count(b"\n", 0, e.start) + 1
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        column = len(raw[line_start : e.start].decode("utf-8", "replace")) + 1
+        raise ConfigError(
+            f"not valid UTF-8: byte 0x{raw[e.start]:02x} (byte offset {e.start}); "
+            "save the file as UTF-8",
+            source,
+            line,
+            column,
+        ) from None
 
 
-def parse_config(text: str, source: str = "<config>") -> Config:
-    """Validate a consumer map given as text; ``source`` names it in messages."""
+def parse_config(
+    text: str,
+    source: str = "<config>",
+    *,
+    certbot_dirs: Sequence[str] = (DEFAULT_CERTBOT_DIR,),
+) -> Config:
+    """Validate a consumer map given as text; ``source`` names it in messages.
+
+    ``certbot_dirs``: as for :func:`load_config`.
+    """
     try:
         try:
             root = yaml.compose(text, Loader=_FAST_LOADER)
-        except yaml.YAMLError:  # the pure-Python parser words its errors more helpfully
+        except yaml.MarkedYAMLError as e:
+            if e.problem and "maximum nesting depth" in e.problem:
+                raise _nesting_error(source, e.problem_mark) from None
+            if len(text) > MAX_REPARSE_CHARS:
+                raise
+            # The pure-Python parser words its errors more helpfully.
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            if len(text) > MAX_REPARSE_CHARS:
+                raise
             root = yaml.compose(text, Loader=yaml.SafeLoader)
     except RecursionError:
-        raise ConfigError(f"nested too deeply (over {MAX_DEPTH} levels)", source) from None
+        raise _nesting_error(source, None) from None
+    except yaml.reader.ReaderError as e:
+        raise _character_error(text, source, e) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = e.problem or "invalid YAML"
@@ -189,7 +250,25 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raise ConfigError(
             "the document is empty; expected a mapping with 'version: 1' and 'consumers'", source
         )
-    return _Reader(source).config(root)
+    if isinstance(certbot_dirs, str):  # one directory given bare: not its characters
+        certbot_dirs = (certbot_dirs,)
+    return _Reader(source, certbot_dirs).config(root)
+
+
+def _nesting_error(source: str, mark: yaml.Mark | None) -> ConfigError:
+    line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+    return ConfigError(f"nested too deeply (over {MAX_DEPTH} levels)", source, line, col)
+
+
+def _character_error(text: str, source: str, e: yaml.reader.ReaderError) -> ConfigError:
+    """A character YAML does not allow (a NUL, a control character), with line and column."""
+    position = max(0, min(e.position, len(text)))
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    code = e.character if isinstance(e.character, int) else ord(str(e.character)[:1] or "\0")
+    what = "a NUL character" if code == 0 else f"the control character U+{code:04X}"
+    hint = " (UTF-16 without a byte order mark? save the file as UTF-8)" if code == 0 else ""
+    return ConfigError(f"{what} is not allowed in YAML{hint}", source, line, column)
 
 
 K = TypeVar("K")
@@ -198,8 +277,9 @@ K = TypeVar("K")
 class _Reader:
     """Walks the node graph, counting nodes so that aliases cannot explode."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, certbot_dirs: Sequence[str] = (DEFAULT_CERTBOT_DIR,)) -> None:
         self.source = source
+        self.owned = _owned_dirs(certbot_dirs)
         self.nodes = 0
         self.paths: dict[str, str] = {}
         self._scalars = yaml.SafeLoader("")
@@ -288,7 +368,8 @@ class _Reader:
                 hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
                 known = ", ".join(allowed)
                 suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {known}"
-                raise self.error(key_node, _join(path, key), f"unknown key '{key}'{suggestion}")
+                shown = f"'{key}'" if key.isprintable() else f"{key!r} (with invisible characters)"
+                raise self.error(key_node, _join(path, key), f"unknown key {shown}{suggestion}")
         for key in required:
             if key not in items:
                 raise self.error(node, path, f"missing required key '{key}'")
@@ -470,6 +551,21 @@ class _Reader:
         assert root is not None, f"preset {name} is empty"
         return self.mapping(root, path, 3, "a preset").items()
 
+    def certbot_owned(self, file_path: str) -> str | None:
+        """The certbot-owned directory that holds (or is) ``file_path``, if any.
+
+        Compared as written and with symlinks resolved, so neither a symlinked config dir nor
+        a symlink on the way into it hides the place.
+        """
+        candidates = [file_path]
+        resolved = os.path.join(os.path.realpath(os.path.dirname(file_path)), "")
+        candidates.append(resolved + os.path.basename(file_path))
+        for candidate in candidates:
+            for owned in self.owned:
+                if candidate == owned or candidate.startswith(owned + "/"):
+                    return owned
+        return None
+
     def files(self, node: Node, path: str) -> tuple[FileSpec, ...]:
         return tuple(
             self.file(item, f"{path}[{i}]")
@@ -495,6 +591,15 @@ class _Reader:
         if file_path.endswith("/") or "." in components or ".." in components or "//" in file_path:
             raise self.error(
                 path_node, f"{path}.path", f"expected a plain path to a file, got {file_path!r}"
+            )
+        owner_dir = self.certbot_owned(file_path)
+        if owner_dir:
+            raise self.error(
+                path_node,
+                f"{path}.path",
+                f"{file_path} is inside {owner_dir}: certbot owns {owner_dir} and rewrites "
+                "it on every renewal; certbot-fanout must not write there (place the copy "
+                "elsewhere, or use link: true for a symlink into live/)",
             )
         if file_path in self.paths:
             raise self.error(
@@ -693,6 +798,18 @@ class _Reader:
 
 
 _NOT_SCALAR = object()
+
+
+def _owned_dirs(certbot_dirs: Iterable[str]) -> tuple[str, ...]:
+    """Every certbot-owned directory under each config dir, as given and resolved."""
+    owned: dict[str, None] = {}
+    for config_dir in certbot_dirs:
+        if not config_dir:
+            continue
+        for base in (os.path.abspath(config_dir), os.path.realpath(config_dir)):
+            for name in CERTBOT_OWNED:
+                owned[os.path.join(base, name)] = None
+    return tuple(owned)
 
 
 def _join(path: str, key: str) -> str:

@@ -1581,3 +1581,214 @@ def test_cli_uses_the_environment_for_the_config_path(
     )
     assert code == 2
     assert f"{config}:1:10: version: unsupported config version" in capsys.readouterr().err
+
+
+# -- certbot's own directories ----------------------------------------------------------------
+
+OWNED = ("live", "archive", "keys", "renewal", "accounts")
+
+
+def _placing(path: str) -> str:
+    return _with_file(f"{{path: '{path}', content: fullchain}}")
+
+
+def _reject_in(text: str, *certbot_dirs: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, SOURCE, certbot_dirs=certbot_dirs)
+    return info.value
+
+
+@pytest.mark.parametrize("owned", OWNED)
+@pytest.mark.parametrize("below", ["", "/example.org", "/example.org/fullchain.pem", "/x.pem"])
+def test_files_in_certbots_own_directories_are_rejected(
+    owned: str, below: str, tmp_path: Path
+) -> None:
+    certbot_dir = str(tmp_path / "le")
+    target = f"{certbot_dir}/{owned}{below}"
+    text = _placing(target)
+    error = _reject_in(text, certbot_dir)
+    _assert_error(
+        error,
+        _after(text, "{path: "),
+        "consumers.web.files[0].path",
+        f"{target} is inside {certbot_dir}/{owned}",
+        f"certbot owns {certbot_dir}/{owned}",
+        "certbot-fanout must not write there",
+    )
+
+
+@pytest.mark.parametrize("owned", OWNED)
+def test_the_default_certbot_dir_is_protected(owned: str) -> None:
+    text = _placing(f"/etc/letsencrypt/{owned}/example.org/cert.pem")
+    error = _reject(text)
+    assert f"certbot owns /etc/letsencrypt/{owned}" in error.message
+    assert error.key_path == "consumers.web.files[0].path"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/etc/letsencrypt/live2/a.pem",
+        "/etc/letsencrypt/renewal-hooks/a.pem",
+        "/etc/letsencrypt/livex",
+        "/etc/letsencrypt-copy/live/a.pem",
+        "/etc/letsencrypt/a.pem",
+        "/srv/live/a.pem",
+    ],
+)
+def test_neighbours_of_certbots_directories_are_fine(path: str) -> None:
+    # The control: only live/, archive/, keys/, renewal/ and accounts/ (and what they hold).
+    assert _only(parse_config(_placing(path))).files[0].path == path
+
+
+def test_only_the_given_certbot_dirs_are_protected(tmp_path: Path) -> None:
+    text = _placing("/etc/letsencrypt/live/a.pem")
+    assert _only(parse_config(text, certbot_dirs=(str(tmp_path),))).files[0].path
+    error = _reject_in(_placing(f"{tmp_path}/keys/0001_key.pem"), "/nonexistent", str(tmp_path))
+    assert f"certbot owns {tmp_path}/keys" in error.message
+
+
+def test_a_bare_string_is_one_certbot_dir(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="certbot owns"):
+        parse_config(_placing(f"{tmp_path}/live/a.pem"), certbot_dirs=str(tmp_path))
+
+
+def test_a_symlink_into_live_does_not_hide_it(tmp_path: Path) -> None:
+    certbot_dir = tmp_path / "le"
+    (certbot_dir / "live" / "example.org").mkdir(parents=True)
+    (tmp_path / "shortcut").symlink_to(certbot_dir / "live" / "example.org")
+    error = _reject_in(_placing(f"{tmp_path}/shortcut/fullchain.pem"), str(certbot_dir))
+    assert f"certbot owns {certbot_dir}/live" in error.message
+
+
+def test_a_symlinked_certbot_dir_is_protected_both_ways(tmp_path: Path) -> None:
+    real = tmp_path / "real-le"
+    (real / "archive").mkdir(parents=True)
+    (tmp_path / "le").symlink_to(real)
+    for target in (f"{tmp_path}/le/archive/x.pem", f"{real}/archive/x.pem"):
+        error = _reject_in(_placing(target), str(tmp_path / "le"))
+        assert "certbot-fanout must not write there" in error.message
+
+
+def _deploy_into(config: Path, argv: list[str], tmp_path: Path, environ: dict[str, str]) -> int:
+    return main(
+        ["deploy", "--config", str(config), "--lock-file", str(tmp_path / "lock"), *argv],
+        environ=environ,
+    )
+
+
+@pytest.mark.parametrize("how", ["cert-name", "lineage", "hook"])
+def test_cli_refuses_to_write_into_the_lineages_certbot_dir(
+    how: str,
+    ca: ThrowawayCA,
+    tmp_path: Path,
+    write_config: WriteConfig,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    certbot_dir = tmp_path / "letsencrypt"
+    live = Path(write_lineage(str(certbot_dir), "example.org", ca.issue(["example.org"])))
+    before = sorted((p, p.read_bytes()) for p in certbot_dir.rglob("*") if p.is_file())
+    config = write_config(
+        _y(
+            f"""
+            version: 1
+            consumers:
+              web:
+                certificate: example.org
+                files:
+                  - {{path: {certbot_dir}/archive/example.org/privkey9.pem, content: privkey}}
+            """
+        )
+    )
+    # --config-dir names it, or the lineage (DIR/live/NAME) does, the way certbot's hook does.
+    argv, environ = {
+        "cert-name": (["--cert-name", "example.org", "--config-dir", str(certbot_dir)], {}),
+        "lineage": (["--lineage", str(live)], {}),
+        "hook": ([], {"RENEWED_LINEAGE": str(live)}),
+    }[how]
+    code = _deploy_into(config, argv, tmp_path, environ)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"certbot-fanout: error: {config}:6:16: consumers.web.files[0].path: ")
+    assert f"certbot owns {certbot_dir}/archive" in err
+    assert "Traceback" not in err
+    assert sorted((p, p.read_bytes()) for p in certbot_dir.rglob("*") if p.is_file()) == before
+
+
+def test_check_reports_a_file_in_certbots_dir_as_an_invalid_map(
+    tmp_path: Path, write_config: WriteConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(_placing(f"{tmp_path}/le/renewal/example.org.conf"))
+    code = main(["check", "--no-probe", "--config", str(config), "--config-dir", f"{tmp_path}/le"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"PROBLEM: the map is not valid: {config}:6:" in out
+    assert f"certbot owns {tmp_path}/le/renewal" in out
+
+
+# -- encodings, characters YAML refuses, and big broken documents -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "encoding"),
+    [
+        ("version: 1\n".encode("utf-16"), "UTF-16"),
+        (b"\xfe\xff" + "version: 1\n".encode("utf-16-be"), "UTF-16"),
+        ("version: 1\n".encode("utf-32"), "UTF-32"),
+    ],
+)
+def test_utf16_and_utf32_say_so(raw: bytes, encoding: str, tmp_path: Path) -> None:
+    path = tmp_path / "wide.yaml"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert (info.value.line, info.value.column) == (1, 1)
+    assert f"the file is {encoding}" in info.value.message
+    assert "save it as UTF-8" in info.value.message
+
+
+def test_non_utf8_bytes_have_a_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("version: 1\nconsumers:\n  café: {certificate: x}\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert (info.value.line, info.value.column) == (3, 6)
+    assert "byte 0xe9" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "at", "words"),
+    [
+        ("version: 1\nconsumers:\n  a\x00b: {}\n", (3, 4), ("a NUL character", "UTF-16")),
+        ("version: 1\nnotes: \x07\n", (2, 8), ("the control character U+0007",)),
+        ("version: 1\x1b\n", (1, 11), ("the control character U+001B",)),
+    ],
+)
+def test_characters_yaml_refuses_have_a_line_and_column(
+    text: str, at: tuple[int, int], words: tuple[str, ...]
+) -> None:
+    error = _reject(text)
+    assert (error.line, error.column) == at, str(error)
+    for word in words:
+        assert word in error.message
+
+
+def test_invisible_characters_in_an_unknown_key_are_shown() -> None:
+    error = _reject("version: 1\n\ufeffconsumers: {}\n")
+    assert "'\\ufeffconsumers' (with invisible characters)" in error.message
+    assert "did you mean 'consumers'?" in error.message
+
+
+def test_a_big_document_with_a_late_syntax_error_is_refused_quickly() -> None:
+    text = "version: 1\nconsumers: [" + "1, " * 300_000 + "\n:"
+    assert len(text) < MAX_CONFIG_BYTES
+    error = _parse_quickly(text, limit=3.0)
+    assert (error.line, error.column) == (3, 1)
+    assert "YAML syntax error" in error.message
+
+
+@pytest.mark.parametrize("text", ["[" * 5000 + "]" * 5000, "a: {" * 2000 + "}" * 2000])
+def test_nesting_past_libyamls_bound_is_refused_quickly_with_a_place(text: str) -> None:
+    error = _parse_quickly(text, limit=1.0)
+    assert "nested too deeply" in error.message
+    assert error.line == 1

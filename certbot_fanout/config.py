@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import enum
 import grp
+import ipaddress
 import os
 import pwd
 import re
@@ -298,7 +299,7 @@ class _Reader:
             )
             node = self._presets[node.start_mark.name]
         line, col = (node.start_mark.line + 1, node.start_mark.column + 1) if node else (0, 0)
-        return ConfigError(message, self.source, line, col, path)
+        return ConfigError(_visible(message), self.source, line, col, _visible(path))
 
     def visit(self, node: Node, path: str, depth: int) -> None:
         self.nodes += 1
@@ -382,8 +383,10 @@ class _Reader:
             raise self.error(node, path, f"unsupported YAML tag {node.tag}")
         try:
             return self._scalars.construct_object(node)
-        except (yaml.YAMLError, ValueError, TypeError, OverflowError):
-            raise self.error(node, path, f"{node.value!r} is not {_TAG_NAMES[node.tag]}") from None
+        except Exception:  # PyYAML's constructors fail in many ways (e.g. KeyError for !!bool x)
+            raise self.error(
+                node, path, f"{_short(node.value)!r} is not {_TAG_NAMES[node.tag]}"
+            ) from None
 
     def string(self, node: Node, path: str, depth: int, what: str = "a string") -> str:
         value = self.scalar(node, path, depth)
@@ -391,6 +394,14 @@ class _Reader:
             raise self.error(node, path, f"expected {what}, got {self.describe(node)}")
         if "\0" in value:
             raise self.error(node, path, "contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate, from an escape such as "\ud800"
+            raise self.error(
+                node,
+                path,
+                f"contains {value[e.start]!r}, which is not a character (a lone surrogate)",
+            ) from None
         return value
 
     def number(self, node: Node, path: str, depth: int, low: float, high: float) -> float:
@@ -773,6 +784,13 @@ class _Reader:
         host = self.string(items["host"][1], f"{path}.host", 5, "a host name or address")
         if not host or any(c.isspace() for c in host):
             raise self.error(items["host"][1], f"{path}.host", f"expected a host, got {host!r}")
+        if "/" in host or (":" in host and not _is_ipv6(host)):
+            raise self.error(
+                items["host"][1],
+                f"{path}.host",
+                f"expected a host name or address, got {host!r}: no scheme, port or path "
+                "(the port goes in 'port'; an IPv6 address goes without brackets)",
+            )
         port_node = items["port"][1]
         port = self.scalar(port_node, f"{path}.port", 5)
         if port_node.tag != _INT_TAG or not isinstance(port, int) or not 0 < port < 65536:
@@ -784,9 +802,11 @@ class _Reader:
             server_name = self.string(
                 items["server_name"][1], f"{path}.server_name", 5, "a DNS name"
             )
-            if not server_name or any(c.isspace() for c in server_name):
+            if not server_name or any(c.isspace() or c in "/:" for c in server_name):
                 raise self.error(
-                    items["server_name"][1], f"{path}.server_name", "expected a DNS name"
+                    items["server_name"][1],
+                    f"{path}.server_name",
+                    f"expected a DNS name (no scheme, port or path), got {server_name!r}",
                 )
         return Endpoint(
             host=host,
@@ -810,6 +830,27 @@ def _owned_dirs(certbot_dirs: Iterable[str]) -> tuple[str, ...]:
             for name in CERTBOT_OWNED:
                 owned[os.path.join(base, name)] = None
     return tuple(owned)
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _visible(text: str) -> str:
+    """``text`` with every character a terminal would hide or act on (ESC, a BOM, a lone
+    surrogate) written as an escape, so an error message cannot be garbled or fail to print."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _join(path: str, key: str) -> str:

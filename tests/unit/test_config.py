@@ -1792,3 +1792,60 @@ def test_nesting_past_libyamls_bound_is_refused_quickly_with_a_place(text: str) 
     error = _parse_quickly(text, limit=1.0)
     assert "nested too deeply" in error.message
     assert error.line == 1
+
+
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ('{path: "/tmp/\\ud800/x", content: cert}', "path"),
+        ('{path: /tmp/x, content: cert, owner: "\\ud800"}', "owner"),
+        ('{path: /tmp/x, content: cert, group: "a\\udc80"}', "group"),
+    ],
+)
+def test_lone_surrogates_are_a_config_error(entry: str, key: str) -> None:
+    error = _reject(_with_file(entry))
+    assert error.key_path == f"consumers.web.files[0].{key}"
+    assert "lone surrogate" in error.message
+    str(error).encode("utf-8")  # printable as it stands
+
+
+def test_escape_sequences_in_a_key_are_shown_escaped() -> None:
+    error = _reject('version: 1\n"\\e[31mconsumers": {}\n')
+    assert "\x1b" not in str(error)
+    assert "\\x1b[31mconsumers" in error.key_path
+
+
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [("!!bool maybe", "a boolean"), ("!!int ''", "a number"), ("!!timestamp x", "a date")],
+)
+def test_explicit_tags_whose_constructor_fails_are_a_config_error(value: str, what: str) -> None:
+    text = _with_endpoint(f"{{host: h, port: {value}}}")
+    error = _reject(text)
+    assert error.key_path == "consumers.web.verify[0].port"
+    assert f"is not {what}" in error.message
+
+
+@pytest.mark.parametrize(
+    "host", ["http://example.org", "example.org:443", "[::1]", "example.org/x", "1.2.3.4:5"]
+)
+def test_hosts_with_a_scheme_port_or_path_are_rejected(host: str) -> None:
+    text = _with_endpoint(f"{{host: '{host}', port: 1}}")
+    _assert_error(
+        _reject(text), _after(text, "host: "), "consumers.web.verify[0].host", "no scheme"
+    )
+
+
+@pytest.mark.parametrize("host", ["::1", "fe80::1", "127.0.0.1", "example.org", "localhost"])
+def test_plain_hosts_and_ipv6_addresses_are_fine(host: str) -> None:
+    assert (
+        _only(parse_config(_with_endpoint(f"{{host: '{host}', port: 1}}"))).verify[0].host == host
+    )
+
+
+@pytest.mark.parametrize("name", ["https://example.org", "example.org:443", "a/b"])
+def test_server_names_with_a_scheme_port_or_path_are_rejected(name: str) -> None:
+    text = _with_endpoint(f"{{host: h, port: 1, server_name: '{name}'}}")
+    error = _reject(text)
+    assert error.key_path == "consumers.web.verify[0].server_name"
+    assert "expected a DNS name" in error.message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -52,7 +53,7 @@ def run_command(argv: Sequence[str], timeout: float, what: str = "command") -> C
                 close_fds=True,
             )
         except FileNotFoundError:
-            raise CommandError(f"{what} `{shown}`: program {argv[0]} not found") from None
+            raise CommandError(f"{what} `{shown}`: {_not_found(argv[0])}") from None
         except PermissionError:
             raise CommandError(f"{what} `{shown}`: {argv[0]} is not executable") from None
         except OSError as e:
@@ -72,6 +73,24 @@ def run_command(argv: Sequence[str], timeout: float, what: str = "command") -> C
         status = f"was killed by signal {-returncode}" if returncode < 0 else f"exited {returncode}"
         raise CommandError(f"{what} `{shown}` {status}" + (f"; output: {output}" if output else ""))
     return CommandResult(argv, returncode, output, seconds)
+
+
+def _not_found(program: str) -> str:
+    """Why exec said ENOENT: the program is missing (for a bare name: from PATH, which is
+    short under cron and systemd), or it exists and its ``#!`` interpreter does not."""
+    path = program if "/" in program else shutil.which(program)
+    if path is None:
+        return f"program {program} not found on PATH ({os.environ.get('PATH', os.defpath)})"
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return f"program {program} not found"
+    if first.startswith(b"#!"):
+        words = first[2:].split()
+        interpreter = words[0].decode(errors="replace") if words else "(none)"
+        return f"cannot start {path}: its interpreter {interpreter} does not exist"
+    return f"cannot start {path}: No such file or directory (a missing loader or library?)"
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:

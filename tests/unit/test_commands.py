@@ -43,6 +43,28 @@ def test_missing_and_unexecutable_programs(tmp_path: Path) -> None:
         run_command([str(script)], 5, "reload")
 
 
+def test_a_bare_name_missing_from_path_names_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin")
+    with pytest.raises(CommandError) as err:
+        run_command(["fanout-no-such-program", "reload"], 5, "reload")
+    assert str(err.value) == (
+        "reload `fanout-no-such-program reload`: program fanout-no-such-program not found "
+        "on PATH (/usr/sbin:/usr/bin)"
+    )
+
+
+def test_a_script_whose_interpreter_is_missing_is_not_called_missing(tmp_path: Path) -> None:
+    script = tmp_path / "reload.sh"
+    script.write_text("#!/nonexistent/bash -e\nexit 0\n")
+    script.chmod(0o755)
+    with pytest.raises(CommandError) as err:
+        run_command([str(script)], 5, "reload")
+    assert str(err.value) == (
+        f"reload `{script}`: cannot start {script}: its interpreter /nonexistent/bash "
+        "does not exist"
+    )
+
+
 def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
     start = time.monotonic()

@@ -222,15 +222,25 @@ def _guarded(
     consumer: Consumer, lineage: Lineage, options: DeployOptions, effects: Effects
 ) -> ConsumerResult:
     start = effects.clock()
+    run = None
     try:
-        return _ConsumerRun(consumer, lineage, options, effects).run()
+        run = _ConsumerRun(consumer, lineage, options, effects)
+        return run.run()
     except Exception as e:  # a bug must cost one consumer, not the run
         logger.debug("consumer %s crashed", consumer.name, exc_info=True)
+        error = f"internal error: {type(e).__name__}: {e} (run with --debug for details)"
+        if run is not None and run.placed and not run.committed:
+            # Files the test never accepted must not stay behind a crash.
+            try:
+                return run.rollback(Stage.INTERNAL, error)
+            except Exception:
+                logger.debug("rolling back %s crashed", consumer.name, exc_info=True)
+                error += "; ROLLBACK INCOMPLETE (run with --debug for details)"
         return ConsumerResult(
             consumer=consumer,
             outcome=Outcome.FAILED,
             failed_stage=Stage.INTERNAL,
-            error=f"internal error: {type(e).__name__}: {e} (run with --debug for details)",
+            error=error,
             seconds=effects.clock() - start,
         )
 
@@ -251,6 +261,8 @@ class _ConsumerRun:
         self.tested = False
         self.reloaded = False
         self.reload_reason = ""
+        # Set once the test accepted the placed files: from then on they stay.
+        self.committed = False
 
     def result(
         self,
@@ -314,6 +326,7 @@ class _ConsumerRun:
                 except CommandError as e:
                     self.tested = True
                     return self.rollback(Stage.TEST, str(e))
+            self.committed = True
             if c.reload:
                 try:
                     self.fx.run(c.reload, c.reload_timeout, "reload")
@@ -340,9 +353,25 @@ class _ConsumerRun:
                     warning = f"{spec.owner_name} cannot follow the link: {problem}"
             changed = bool(reasons) or self.options.force
             if changed and not self.options.dry_run:
+                try:
+                    self.fx.place(desired)
+                except PlacementError:
+                    # A failed placement leaves the destination as it was, so there is nothing
+                    # to put back (and on a full or read-only filesystem, putting it back
+                    # would fail too), unless it failed after the rename.
+                    if self.replaced(desired):
+                        self.placed.append(current)
+                    raise
                 self.placed.append(current)
-                self.fx.place(desired)
             self.file_results.append(FileResult(spec.path, changed, tuple(reasons), warning))
+
+    def replaced(self, desired: files.Desired) -> bool:
+        """Whether a placement that failed got as far as renaming ``desired`` into place
+        (only the directory's fsync comes after); when unsure, say so, to restore it."""
+        try:
+            return not files.differences(desired, self.fx.snapshot(desired.path))
+        except PlacementError:
+            return True
 
     def rollback(self, stage: Stage, error: str) -> ConsumerResult:
         problems = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -18,9 +18,10 @@ from _lineages import LineageFactory
 from _servers import Peer
 from _services import Service
 
+from certbot_fanout import files
 from certbot_fanout.config import Config, Part, parse_config
 from certbot_fanout.deploy import DeployOptions, Effects, Outcome, Stage, deploy
-from certbot_fanout.errors import LockError
+from certbot_fanout.errors import LockError, PlacementError
 from certbot_fanout.lineage import Lineage, read_lineage
 from certbot_fanout.lock import run_lock
 from certbot_fanout.probe import Dialect, Served
@@ -216,6 +217,74 @@ def test_placement_failure_rolls_back_the_files_already_placed(
     assert "missing-dir does not exist" in (c.error or "")
     assert svc.cert.read_bytes() == old_cert
     assert svc.reloads() == 0
+
+
+def test_a_placement_that_fails_is_not_put_back_but_the_files_before_it_are(
+    lineages: LineageFactory, start_service: Callable[[str, Path], Service]
+) -> None:
+    # On a full or read-only filesystem, "restoring" the file that could not be placed would
+    # fail as well and report a ROLLBACK INCOMPLETE that never happened.
+    live, _ = lineages.issue(NAME)
+    svc = start_service("a", live)
+    old_cert, old_key = svc.cert.read_bytes(), svc.key.read_bytes()
+    new = renew(lineages)
+    real = Effects()
+    restored: list[str] = []
+
+    def place(desired: files.Desired) -> None:
+        if desired.path == str(svc.key):
+            raise PlacementError(f"{desired.path}: cannot write: No space left on device")
+        real.place(desired)
+
+    def restore(previous: files.Snapshot) -> None:
+        restored.append(previous.path)
+        real.restore(previous)
+
+    c = deploy(
+        config_of(consumer_yaml("a", svc)), new, effects=Effects(place=place, restore=restore)
+    ).consumers[0]
+    assert c.failed_stage is Stage.PLACE and c.rolled_back
+    assert c.error == f"{svc.key}: cannot write: No space left on device"
+    assert restored == [str(svc.cert)]
+    assert (svc.cert.read_bytes(), svc.key.read_bytes()) == (old_cert, old_key)
+
+
+def test_a_placement_that_fails_after_its_rename_is_put_back(
+    lineages: LineageFactory, start_service: Callable[[str, Path], Service]
+) -> None:
+    live, _ = lineages.issue(NAME)
+    svc = start_service("a", live)
+    old_cert, old_key = svc.cert.read_bytes(), svc.key.read_bytes()
+    new = renew(lineages)
+    real = Effects()
+
+    def place(desired: files.Desired) -> None:
+        real.place(desired)
+        if desired.path == str(svc.key):
+            raise PlacementError(f"{desired.path}: cannot fsync the directory: I/O error")
+
+    c = deploy(config_of(consumer_yaml("a", svc)), new, effects=Effects(place=place)).consumers[0]
+    assert c.failed_stage is Stage.PLACE and c.rolled_back
+    assert (svc.cert.read_bytes(), svc.key.read_bytes()) == (old_cert, old_key)
+
+
+def test_a_crash_before_the_test_accepted_the_files_puts_them_back(
+    lineages: LineageFactory, start_service: Callable[[str, Path], Service]
+) -> None:
+    live, _ = lineages.issue(NAME)
+    svc = start_service("a", live)
+    old_cert, old_key = svc.cert.read_bytes(), svc.key.read_bytes()
+    new = renew(lineages)
+
+    def run(argv: Sequence[str], timeout: float, what: str) -> NoReturn:
+        raise RuntimeError(f"bug while running the {what}")
+
+    c = deploy(
+        config_of(consumer_yaml("a", svc, test=["true"])), new, effects=Effects(run=run)
+    ).consumers[0]
+    assert c.failed_stage is Stage.INTERNAL and c.rolled_back
+    assert "RuntimeError: bug while running the test" in (c.error or "")
+    assert (svc.cert.read_bytes(), svc.key.read_bytes()) == (old_cert, old_key)
 
 
 def test_mismatch_reports_what_is_served_and_what_was_expected(

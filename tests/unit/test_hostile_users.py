@@ -254,20 +254,17 @@ import os, sys, time
 service_dir, victim, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 real, link = os.path.join(service_dir, "tls.real"), os.path.join(service_dir, "tls.link")
 tls = os.path.join(service_dir, "tls")
-os.rename(tls, real)
 os.symlink(victim, link)
 swaps, end = 0, time.monotonic() + seconds
 while time.monotonic() < end:
-    # Point tls at the victim, then back at the real directory, as fast as possible.
-    os.symlink(victim, tls + ".new")
-    os.rename(tls + ".new", tls)
-    os.unlink(tls)
-    os.symlink(real, tls + ".new")
-    os.rename(tls + ".new", tls)
-    os.unlink(tls)
-    os.rename(real, tls)
+    # tls is the real directory, then a symlink to the victim, a moment each.
+    time.sleep(0.001)
     os.rename(tls, real)
-    swaps += 4
+    os.rename(link, tls)
+    time.sleep(0.001)
+    os.rename(tls, link)
+    os.rename(real, tls)
+    swaps += 2
 print(swaps)
 """
 
@@ -325,12 +322,14 @@ def test_racing_swaps_never_lead_a_write_outside(
         AREA,
         cases=placements + len(refusals),
         racing_swaps=swaps,
+        refused=len(refusals),
         writes_outside=int(changed),
     )
     assert not changed
     unclear = [r for r in refusals if not any(w in r for w in ("refusing", "does not", "cannot"))]
     assert unclear == []
-    assert swaps > 1000, "the attacker barely ran; the race proves nothing"
-    assert placements > 100, (placements, refusals[:3])
+    assert swaps > 500, "the attacker barely ran; the race proves nothing"
+    assert placements > 20, (placements, refusals[:3])
     if attack == "directory":
-        assert refusals, "the swapped symlink was never met; the race proves nothing"
+        met = sum("refusing to follow" in r for r in refusals)
+        assert met > 20, "the swapped symlink was seldom met; the race proves little"

@@ -99,8 +99,13 @@ def fetch_served(
             tls = _client_context().wrap_socket(
                 sock, server_hostname=server_name or None, do_handshake_on_connect=False
             )
-        except (ssl.SSLError, ValueError) as e:
-            raise ProbeError(f"{where}: cannot start TLS: {e}") from None
+        except ConnectionResetError:  # wrap_socket reads from a socket it finds unconnected
+            raise ProbeError(
+                f"{where}: TLS handshake failed: the server reset the connection"
+            ) from None
+        except (OSError, ValueError) as e:
+            detail = getattr(e, "strerror", None) or e
+            raise ProbeError(f"{where}: TLS handshake failed: cannot start TLS: {detail}") from None
         with tls:
             _handshake(tls, deadline, where, timeout)
             leaf = tls.getpeercert(binary_form=True)
@@ -135,15 +140,31 @@ def _handshake(tls: ssl.SSLSocket, deadline: float, where: str, timeout: float) 
             events = select.POLLIN
         except ssl.SSLWantWriteError:
             events = select.POLLOUT
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as e:
+            reason = e.reason or "the server closed the connection"
+            raise ProbeError(f"{where}: TLS handshake failed: {reason}") from None
         except ssl.SSLError as e:
             reason = e.reason or str(e)
-            raise ProbeError(f"{where}: TLS handshake failed: {reason}") from None
+            hint = _HANDSHAKE_HINTS.get(reason, "")
+            raise ProbeError(f"{where}: TLS handshake failed: {reason}{hint}") from None
         except ConnectionResetError:
-            raise ProbeError(f"{where}: connection reset during the TLS handshake") from None
+            raise ProbeError(
+                f"{where}: TLS handshake failed: the server reset the connection"
+            ) from None
         except OSError as e:
             raise ProbeError(f"{where}: TLS handshake failed: {e.strerror or e}") from None
         if not _wait(tls.fileno(), events, deadline):
             raise ProbeError(f"{where}: TLS handshake not finished within {timeout:g} s")
+
+
+_NOT_TLS = " (the server did not answer in TLS: a plaintext port, or one that needs STARTTLS?)"
+_HANDSHAKE_HINTS = {
+    "WRONG_VERSION_NUMBER": _NOT_TLS,
+    "RECORD_LAYER_FAILURE": _NOT_TLS,
+    "PACKET_LENGTH_TOO_LONG": _NOT_TLS,
+    "HTTP_REQUEST": _NOT_TLS,
+    "UNEXPECTED_EOF_WHILE_READING": " (the server closed the connection)",
+}
 
 
 def _wait(fd: int, events: int, deadline: float) -> bool:
@@ -172,7 +193,9 @@ class _Plaintext:
 
     def _fill(self) -> None:
         if not _wait(self.sock.fileno(), select.POLLIN, self.deadline):
-            raise self.fail(f"no answer within {self.timeout:g} s")
+            n = len(self.buffer)
+            partial = f", only {n} byte{'s' * (n != 1)} of one: {self.shown()}" if n else ""
+            raise self.fail(f"no answer within {self.timeout:g} s{partial}")
         try:
             data = self.sock.recv(4096)
         except BlockingIOError:
@@ -180,11 +203,22 @@ class _Plaintext:
         except OSError as e:
             raise self.fail(f"connection error: {e.strerror or e}") from None
         if not data:
-            raise self.fail("the server closed the connection")
+            after = f" after sending {self.shown()}" if self.buffer else ""
+            raise self.fail(f"the server closed the connection{after}")
         self.received += len(data)
         if self.received > MAX_PLAINTEXT_BYTES:
             raise self.fail(f"more than {MAX_PLAINTEXT_BYTES} bytes without the expected answer")
         self.buffer += data
+
+    def shown(self, before: bytes = b"") -> str:
+        """What is buffered (after ``before``, already taken from it), for a message."""
+        return _show(before + bytes(self.buffer[:80]), 60)
+
+    def begins(self) -> bytes:
+        """The first bytes that are not white space, waiting for them."""
+        while not self.buffer.lstrip():
+            self._fill()
+        return bytes(self.buffer.lstrip()[:1])
 
     def send(self, data: bytes) -> None:
         view = memoryview(data)
@@ -232,8 +266,12 @@ class _Plaintext:
         self.stage = "after the STARTTLS go-ahead"
         pending = bytes(self.buffer)
         if not pending:
-            with contextlib.suppress(BlockingIOError, InterruptedError):
+            try:
                 pending = self.sock.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as e:  # a reset right after the go-ahead
+                raise self.fail(f"connection error: {e.strerror or e}") from None
         if pending:
             raise self.fail(
                 f"the server sent {pending[:40]!r} in plaintext before the TLS handshake; "
@@ -244,9 +282,15 @@ class _Plaintext:
 Negotiate = Callable[["_Plaintext", str], None]
 
 
-def _show(data: bytes) -> str:
-    text = data.decode("utf-8", "replace")
-    return repr(text[:120] + ("..." if len(text) > 120 else ""))
+def _show(data: bytes, limit: int = 120) -> str:
+    """Text as text (``limit`` characters), anything else as byte escapes (a third as many):
+    quoted, printable, on one line."""
+    quote: Callable[[str], str] = repr
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text, quote, limit = data.decode("latin-1"), ascii, limit // 3
+    return quote(text[:limit] + ("..." if len(text) > limit else ""))
 
 
 def _reply(talk: _Plaintext) -> tuple[int, list[bytes]]:
@@ -358,6 +402,8 @@ def _xmpp(namespace: bytes) -> Negotiate:
             b" xmlns='" + namespace + b"' to='" + name.encode("idna") + b"' version='1.0'>"
         )
         talk.stage = "stream features"
+        if talk.begins() != b"<":
+            raise talk.fail(f"expected an XMPP stream, got {talk.shown()}")
         features, marker = talk.until(b"</stream:features>", b"</stream:stream>", b"<stream:error")
         if marker != b"</stream:features>":
             raise talk.fail(f"the server ended the stream: {_show(features[-200:])}")
@@ -382,7 +428,7 @@ def _postgres(talk: _Plaintext, name: str) -> None:
     if answer == b"N":
         raise talk.fail("the server refuses TLS (ssl = off?)")
     if answer != b"S":
-        raise talk.fail(f"expected 'S', got {answer!r}")
+        raise talk.fail(f"expected 'S', got {talk.shown(answer)}")
 
 
 # ExtendedRequest for StartTLS (RFC 4511 4.14.1), message ID 1.
@@ -415,7 +461,7 @@ def _ldap(talk: _Plaintext, name: str) -> None:
     talk.send(_LDAP_REQUEST)
     head = talk.exactly(2)
     if head[0] != 0x30:
-        raise talk.fail(f"expected an LDAP message, got {head!r}")
+        raise talk.fail(f"expected an LDAP message, got {talk.shown(head)}")
     size = head[1]
     extra = b""
     if size & 0x80:
@@ -454,7 +500,10 @@ def _mysql(talk: _Plaintext, name: str) -> None:
     header = talk.exactly(4)
     size = int.from_bytes(header[:3], "little")
     if size > MAX_PLAINTEXT_BYTES:
-        raise talk.fail(f"a handshake packet of {size} bytes is too large")
+        raise talk.fail(
+            f"expected a MySQL handshake, got {talk.shown(header)} "
+            f"(a packet of {size} bytes, too large)"
+        )
     payload = talk.exactly(size)
     if payload[:1] == b"\xff":
         message = payload[9:] if payload[3:4] == b"#" else payload[3:]
@@ -476,7 +525,7 @@ def _mysql(talk: _Plaintext, name: str) -> None:
         | _MYSQL_CLIENT_LONG_PASSWORD
     )
     request = struct.pack("<IIB", flags, 1 << 24, 33) + b"\0" * 23
-    talk.send(len(request).to_bytes(3, "little") + bytes([header[3] + 1]) + request)
+    talk.send(len(request).to_bytes(3, "little") + bytes([(header[3] + 1) % 256]) + request)
 
 
 _NEGOTIATE: dict[Dialect, Negotiate] = {

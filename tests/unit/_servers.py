@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
+import struct
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
 
@@ -114,11 +117,21 @@ Step = tuple[str, bytes | float]
 class ScriptedPeer(_Loopback):
     """A loopback server that plays a plaintext script, then (on a ``tls`` step) serves
     ``cert``/``key`` over TLS on the same connection. Steps: ``("send", bytes)``,
-    ``("line", b"")`` (read one line), ``("read", n)``, ``("drip", bytes)`` (one byte per
-    0.2 s), ``("sleep", seconds)``, ``("tls", b"")``."""
+    ``("line", b"")`` (read one line), ``("read", n)``, ``("recv", seconds)`` (whatever arrives
+    within that time, perhaps nothing), ``("drip", bytes)`` (one byte per ``drip_interval``
+    seconds, 0.2 unless given), ``("flood", bytes)`` (those bytes again and again, until the
+    client hangs up), ``("sleep", seconds)``, ``("close", b"")`` (hang up), ``("reset", b"")``
+    (hang up with a TCP RST), ``("tls", b"")``. Every step ends early when the peer is closed."""
 
-    def __init__(self, steps: list[Step], cert: Path | None = None, key: Path | None = None):
+    def __init__(
+        self,
+        steps: list[Step],
+        cert: Path | None = None,
+        key: Path | None = None,
+        drip_interval: float = 0.2,
+    ):
         self.steps = steps
+        self.drip_interval = drip_interval
         self.ctx: ssl.SSLContext | None = None
         if cert and key:
             self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -139,12 +152,26 @@ class ScriptedPeer(_Loopback):
                 elif action == "read":
                     assert isinstance(arg, int)
                     self.received.append(reader.read(arg))
+                elif action == "recv":
+                    assert isinstance(arg, float)
+                    if select.select([conn], [], [], arg)[0]:
+                        self.received.append(reader.read1(65536))
                 elif action == "drip":
                     assert isinstance(arg, bytes)
                     for byte in arg:
-                        if self._stop.wait(0.2):
+                        if self._stop.wait(self.drip_interval):
                             return
                         conn.sendall(bytes([byte]))
+                elif action == "flood":
+                    assert isinstance(arg, bytes)
+                    chunk = arg * max(1, 16384 // len(arg))
+                    while not self._stop.is_set():
+                        conn.sendall(chunk)
+                elif action == "close":
+                    return
+                elif action == "reset":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
                 elif action == "sleep":
                     assert isinstance(arg, float)
                     self._stop.wait(arg)
@@ -153,3 +180,13 @@ class ScriptedPeer(_Loopback):
                     with self.ctx.wrap_socket(conn, server_side=True) as tls:
                         tls.sendall(b"ok\n")
                     return
+
+
+def close_all(servers: Iterable[_Loopback]) -> None:
+    """Close many servers at once: stop them all, then wait for each (not 0.1 s apiece)."""
+    servers = list(servers)
+    for server in servers:
+        server._stop.set()
+        server.listener.close()
+    for server in servers:
+        server._thread.join(5)

@@ -58,6 +58,8 @@ _FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _MODE_RE = re.compile(r"^0?[0-7]{3}$")
+# A preset writes the certificate name into its paths (inside quoted YAML): only these.
+_PRESET_CERT_RE = re.compile(r"^[A-Za-z0-9._@+-]+$")
 
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
@@ -322,6 +324,12 @@ class _Reader:
             return "a list"
         return _TAG_NAMES.get(node.tag, f"a value tagged {node.tag}")
 
+    def shown(self, node: Node) -> str:
+        """A scalar as written (quoted, shortened), or what kind of node it is."""
+        if isinstance(node, ScalarNode):
+            return repr(_short(node.value))
+        return self.describe(node)
+
     def mapping(self, node: Node, path: str, depth: int, what: str) -> dict[str, tuple[Node, Node]]:
         self.visit(node, path, depth)
         if not isinstance(node, MappingNode):
@@ -444,7 +452,7 @@ class _Reader:
             raise self.error(
                 version_node,
                 "version",
-                f"unsupported config version {version_node.value!r}; "
+                f"unsupported config version {self.shown(version_node)}; "
                 f"this certbot-fanout reads version {SUPPORTED_VERSION}",
             )
         reload_timeout, verify_timeout = DEFAULT_RELOAD_TIMEOUT, DEFAULT_VERIFY_TIMEOUT
@@ -551,12 +559,22 @@ class _Reader:
                 f"unknown preset '{name}'; {extra}known presets: {', '.join(PRESETS)} "
                 "(certbot-fanout presets shows what each sets)",
             )
+        if not _PRESET_CERT_RE.match(certificate):
+            raise self.error(
+                node,
+                path,
+                f"preset {name} puts the certificate name into file paths, so with a preset "
+                f"it may hold only letters, digits and . _ - + @, not {certificate!r}; "
+                "set the consumer's fields without a preset",
+            )
         label = f"<preset {name}>"
         self._presets[label] = node
         loader = yaml.SafeLoader(preset.expand(certificate))
         loader.name = label
         try:
             root = loader.get_single_node()
+        except yaml.YAMLError as e:  # a preset that the name still broke: never a crash
+            raise self.error(node, path, f"preset {name} does not expand: {e}") from None
         finally:
             loader.dispose()
         assert root is not None, f"preset {name} is empty"
@@ -795,7 +813,7 @@ class _Reader:
         port = self.scalar(port_node, f"{path}.port", 5)
         if port_node.tag != _INT_TAG or not isinstance(port, int) or not 0 < port < 65536:
             raise self.error(
-                port_node, f"{path}.port", f"expected a port 1-65535, got {port_node.value!r}"
+                port_node, f"{path}.port", f"expected a port 1-65535, got {self.shown(port_node)}"
             )
         server_name = None
         if "server_name" in items:

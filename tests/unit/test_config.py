@@ -1849,3 +1849,25 @@ def test_server_names_with_a_scheme_port_or_path_are_rejected(name: str) -> None
     error = _reject(text)
     assert error.key_path == "consumers.web.verify[0].server_name"
     assert "expected a DNS name" in error.message
+
+
+@pytest.mark.parametrize(
+    "certificate",
+    ["'example.org\"0640\"'", "'x\", owner: 0, mode: \"0777'", "'a\\b'", "'my cert'"],
+)
+def test_a_preset_refuses_a_certificate_name_it_cannot_put_in_a_path(certificate: str) -> None:
+    # Found by fuzz/fuzz_config.py: a quote in the name broke the preset's YAML (a crash), and
+    # could have set the preset's owner or mode.
+    text = _with_consumer_key("preset: nginx").replace("example.org", certificate)
+    error = _reject(text)
+    assert error.key_path == "consumers.web.preset"
+    assert (error.line, error.column) == _after(text, "preset: ")
+    assert "puts the certificate name into file paths" in error.message
+
+
+@pytest.mark.parametrize("certificate", ["example.org", "mail-2.example.org", "a_b+c@d"])
+def test_a_preset_takes_an_ordinary_certificate_name(certificate: str) -> None:
+    consumer = _only(
+        parse_config(_with_consumer_key("preset: nginx").replace("example.org", certificate))
+    )
+    assert consumer.files[0].path == f"/etc/nginx/tls/{certificate}/fullchain.pem"

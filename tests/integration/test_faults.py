@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import time
@@ -425,16 +426,21 @@ def test_a_hung_reload_is_killed_with_its_process_group(stand: Stand, ignores_te
     pids = [int(p) for p in pidfile.read_text().split()]
     assert len(pids) == 2, pids
     grace = _KILL_GRACE if ignores_term else 0.0
-    error = judge(
-        stand,
-        result,
-        stage="reload",
-        reason=rf"timed out after {RELOAD_TIMEOUT:g} s; its process group was killed",
-        previous=before,
-        new_files_stay=True,
-        pids=pids,
-        bound=RELOAD_TIMEOUT + grace + OVERHEAD,
-    )
+    try:
+        error = judge(
+            stand,
+            result,
+            stage="reload",
+            reason=rf"timed out after {RELOAD_TIMEOUT:g} s; its process group was killed",
+            previous=before,
+            new_files_stay=True,
+            pids=pids,
+            bound=RELOAD_TIMEOUT + grace + OVERHEAD,
+        )
+    finally:  # a failed run must not leave its sleepers behind
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
     consumer = by_name(result.doc)["faulty"]
     assert RELOAD_TIMEOUT <= consumer["seconds"] < RELOAD_TIMEOUT + grace + 1.5, consumer
     assert error.startswith("reload `sh -c "), error

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from certbot_fanout.errors import ProbeError
 
 MAX_PLAINTEXT_BYTES = 64 * 1024
+RECV_BYTES = 4096  # one plaintext read
 _EHLO_NAME = b"localhost"
 
 
@@ -197,7 +198,7 @@ class _Plaintext:
             partial = f", only {n} byte{'s' * (n != 1)} of one: {self.shown()}" if n else ""
             raise self.fail(f"no answer within {self.timeout:g} s{partial}")
         try:
-            data = self.sock.recv(4096)
+            data = self.sock.recv(RECV_BYTES)
         except BlockingIOError:
             return
         except OSError as e:

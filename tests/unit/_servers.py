@@ -114,6 +114,16 @@ class Peer(_Loopback):
 Step = tuple[str, bytes | float]
 
 
+def _read_exactly(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 class ScriptedPeer(_Loopback):
     """A loopback server that plays a plaintext script, then (on a ``tls`` step) serves
     ``cert``/``key`` over TLS on the same connection. Steps: ``("send", bytes)``,
@@ -142,7 +152,9 @@ class ScriptedPeer(_Loopback):
     def _handle(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
             conn.settimeout(10)
-            reader = conn.makefile("rb")
+            # Unbuffered: a read must not take bytes past what the step asks for, or a client
+            # that starts TLS without waiting (MySQL) would lose its ClientHello to the buffer.
+            reader = conn.makefile("rb", buffering=0)
             for action, arg in self.steps:
                 if action == "send":
                     assert isinstance(arg, bytes)
@@ -151,11 +163,11 @@ class ScriptedPeer(_Loopback):
                     self.received.append(reader.readline(4096))
                 elif action == "read":
                     assert isinstance(arg, int)
-                    self.received.append(reader.read(arg))
+                    self.received.append(_read_exactly(conn, arg))
                 elif action == "recv":
                     assert isinstance(arg, float)
                     if select.select([conn], [], [], arg)[0]:
-                        self.received.append(reader.read1(65536))
+                        self.received.append(conn.recv(65536))
                 elif action == "drip":
                     assert isinstance(arg, bytes)
                     for byte in arg:

@@ -40,7 +40,7 @@ from _tally import record
 from certbot_fanout import deploy as deploy_module
 from certbot_fanout.errors import ProbeError
 from certbot_fanout.lineage import fingerprint, read_lineage
-from certbot_fanout.probe import MAX_PLAINTEXT_BYTES, Dialect, fetch_served
+from certbot_fanout.probe import MAX_PLAINTEXT_BYTES, RECV_BYTES, Dialect, fetch_served
 
 NAME = "hostile.test"
 TIMEOUT = 1.5  # more than one drip interval, so the one-byte-a-second peer is cut off mid-stream
@@ -359,6 +359,15 @@ def _starttls_case(dialect: Dialect, behaviour: str) -> Case:
     raise AssertionError(behaviour)
 
 
+def _go_ahead_filling_one_read(dialog: Dialog) -> bytes:
+    """An SMTP go-ahead of exactly one probe read (``220-`` lines, then ``220 ...``): plaintext
+    injected right behind it is not in the probe's buffer, only in the socket."""
+    last = dialog.go_ahead
+    line = b"220-TLS go ahead, this line pads the reply\r\n"
+    lines, rest = divmod(RECV_BYTES - len(last), len(line))
+    return line * (lines - 1) + b"220-" + b"x" * (len(line) + rest - 6) + b"\r\n" + last
+
+
 # Found by this module: a reset right after the go-ahead escaped as ConnectionResetError, from
 # the injection guard's peek or from wrap_socket (it races both, hence the repeats); and a MySQL
 # handshake with sequence id 255 crashed the probe with ValueError.
@@ -379,6 +388,18 @@ EXTRA_CASES = [
         "ALERT_HANDSHAKE_FAILURE",
     ),
 ]
+
+_SMTP = DIALOGS[Dialect.SMTP]
+EXTRA_CASES.append(
+    # the injection guard's MSG_PEEK: injected bytes beyond the read that ended the go-ahead
+    Case(
+        Dialect.SMTP,
+        "inject-beyond-the-read",
+        (*_SMTP.before, ("send", _go_ahead_filling_one_read(_SMTP) + INJECTED), ("tls", b"")),
+        INJECTION_STAGE,
+        "possible STARTTLS injection",
+    )
+)
 
 CASES = [
     *(_direct_case(b) for b in BEHAVIOURS if b not in STARTTLS_ONLY),

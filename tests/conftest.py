@@ -14,13 +14,36 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from _lineages import LineageFactory
 from _services import Service, start_service_fixture
+from hypothesis import settings
 
 from certbot_fanout._pki import ThrowawayCA
+
+# Hypothesis profiles. "dev" (the default) keeps each property module to a few seconds; "ci"
+# (pytest --hypothesis-profile=ci) runs each property test 2,600 times, which makes
+# tests/unit/test_generated_maps.py try over 10,000 generated maps (it counts them). A map is
+# read in milliseconds and the loader must refuse any input within seconds, so the deadline is
+# generous but real; print_blob lets a failure found in CI be replayed with @reproduce_failure.
+settings.register_profile(
+    "dev",
+    max_examples=60,
+    deadline=timedelta(seconds=2),
+    derandomize=False,
+    print_blob=True,
+)
+settings.register_profile(
+    "ci",
+    max_examples=2600,
+    deadline=timedelta(seconds=2),
+    derandomize=False,
+    print_blob=True,
+)
+settings.load_profile("dev")
 
 REQUIRE_ENV = "CERTBOT_FANOUT_REQUIRE_INTEGRATION"
 INTEGRATION_DIR = Path(__file__).parent / "integration"

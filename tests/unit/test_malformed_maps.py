@@ -12,14 +12,18 @@ at run time, not committed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import pytest
 from _tally import record
@@ -163,12 +167,32 @@ class Outcome:
     touched: int
 
 
+class Runaway(BaseException):
+    """Raised into a run that outlived the watchdog; not an Exception, so main() cannot
+    swallow it."""
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float) -> Iterator[None]:
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise Runaway(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def run_in_process(world: World, argv: list[str], capsys: pytest.CaptureFixture[str]) -> Outcome:
     before = snapshot(world.root, skip=world.config), snapshot(world.certbot_dir)
     out = io.StringIO()
     capsys.readouterr()
     started = time.monotonic()
-    code = main(argv, environ={}, stdout=out)
+    with watchdog(2 * TIME_LIMIT):  # a runaway fails the test instead of hanging it
+        code = main(argv, environ={}, stdout=out)
     seconds = time.monotonic() - started
     captured = capsys.readouterr()
     after = snapshot(world.root, skip=world.config), snapshot(world.certbot_dir)

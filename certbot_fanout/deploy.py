@@ -261,7 +261,7 @@ class _ConsumerRun:
         self.tested = False
         self.reloaded = False
         self.reload_reason = ""
-        # Set once the test accepted the placed files: from then on they stay.
+        # Set once the service was reloaded onto the placed files: from then on they stay.
         self.committed = False
 
     def result(
@@ -326,13 +326,16 @@ class _ConsumerRun:
                 except CommandError as e:
                     self.tested = True
                     return self.rollback(Stage.TEST, str(e))
-            self.committed = True
             if c.reload:
                 try:
                     self.fx.run(c.reload, c.reload_timeout, "reload")
                     self.reloaded = True
                 except CommandError as e:
-                    return self.result(Outcome.FAILED, stage=Stage.RELOAD, error=str(e))
+                    # Put the files back, as after a failed test: the service's state is
+                    # unknown, and files left current would hide from the next run (and from
+                    # `status`) that this consumer was never reloaded onto them.
+                    return self.rollback(Stage.RELOAD, str(e))
+            self.committed = True
 
         endpoints = self.verify()
         bad = [r for r in endpoints if not r.ok]

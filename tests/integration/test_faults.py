@@ -13,10 +13,8 @@ still be placed, reloaded and verified for real. For each fault:
 - the run ends within a bound made of the timeouts it was given;
 - a hung reload leaves no process behind, child or grandchild.
 
-A reload that fails or hangs is the one fault after which the files are NOT the previous ones:
-the README says "A failed reload fails the consumer; the new files stay (they are valid, and
-checked before the reload)". There the files must be the complete new ones, owner and mode
-included, with nothing half-written beside them.
+A reload that fails or hangs puts the files back too, like a failed test: files left current
+would hide from the next run, and from ``status``, that the service never reloaded onto them.
 
 Each case records its measured counts in the ``faults`` tally before asserting on them.
 """
@@ -360,7 +358,6 @@ def judge(
     reason: str,
     previous: Mapping[Path, Kept],
     bound: float,
-    new_files_stay: bool = False,
     pids: Sequence[int] = (),
     rolled_back: bool | None = None,
 ) -> str:
@@ -370,17 +367,7 @@ def judge(
         doc = json.loads(result.proc.stdout)
     except json.JSONDecodeError:
         doc = None
-    if new_files_stay:
-        fullchain, key = stand.new_files()
-        lost = [
-            f"{p}: {kept(p).describe()}"
-            for p, was in previous.items()
-            if (k := kept(p)).kind != "file"
-            or k.data != (key if p.name == "privkey.pem" else fullchain)
-            or (k.uid, k.gid, k.mode) != (was.uid, was.gid, was.mode)
-        ]
-    else:
-        lost = changed(previous)
+    lost = changed(previous)
     temps = temp_files([p.parent for p in previous])
     others = stand.healthy_problems(result, doc)
     leftover = [pid for pid in pids if alive(pid)]
@@ -452,7 +439,7 @@ def test_a_hung_reload_is_killed_with_its_process_group(stand: Stand, ignores_te
             stage="reload",
             reason=rf"timed out after {RELOAD_TIMEOUT:g} s; its process group was killed",
             previous=before,
-            new_files_stay=True,
+            rolled_back=True,
             pids=pids,
             bound=RELOAD_TIMEOUT + grace + OVERHEAD,
         )
@@ -500,7 +487,7 @@ def test_a_missing_reload_program_is_named(stand: Stand, program: str, reason: s
         stage="reload",
         reason=reason.format(script=re.escape(str(script))),
         previous=before,
-        new_files_stay=True,
+        rolled_back=True,
         bound=OVERHEAD,
     )
 
@@ -522,7 +509,7 @@ def test_a_failing_reload_reports_its_exit_code_and_output(stand: Stand) -> None
         stage="reload",
         reason=r"exited 3; output: Job for faulty\.service failed: unit not active$",
         previous=before,
-        new_files_stay=True,
+        rolled_back=True,
         bound=OVERHEAD,
     )
 

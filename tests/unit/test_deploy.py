@@ -166,6 +166,8 @@ def test_one_failing_consumer_never_stops_another(
     assert by_name["bad"].outcome is Outcome.FAILED
     assert by_name["bad"].failed_stage is Stage.RELOAD
     assert "exited 1; output: Job for x.service failed" in (by_name["bad"].error or "")
+    assert by_name["bad"].rolled_back, "a failed reload puts the files back"
+    assert bad.key.read_bytes() != new.pems[Part.PRIVKEY]
     assert by_name["good"].outcome is Outcome.OK
     assert served(good) == new.cert.fingerprint
     text = render_text(result)

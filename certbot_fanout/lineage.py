@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -116,6 +117,22 @@ def split_pem_certs(data: bytes) -> list[x509.Certificate]:
     return certs
 
 
+def _read_pem_file(path: str) -> bytes:
+    """At most MAX_PEM_BYTES + 1 bytes of a regular file; a FIFO or device planted in the
+    lineage is refused, never waited on (certbot holds its lock while its hooks run)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise LineageError(f"{path}: cannot read: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise LineageError(f"{path}: not a regular file")
+        try:
+            return f.read(MAX_PEM_BYTES + 1)
+        except OSError as e:
+            raise LineageError(f"{path}: cannot read: {e.strerror}") from None
+
+
 def read_lineage(live_dir: str) -> Lineage:
     """Read and check ``live/NAME``.
 
@@ -130,11 +147,7 @@ def read_lineage(live_dir: str) -> Lineage:
     pems: dict[Part, bytes] = {}
     for part, filename in _PEM_FILES.items():
         path = os.path.join(live_dir, filename)
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_PEM_BYTES + 1)
-        except OSError as e:
-            raise LineageError(f"{path}: cannot read: {e.strerror}") from None
+        data = _read_pem_file(path)
         if len(data) > MAX_PEM_BYTES:
             raise LineageError(f"{path}: larger than {MAX_PEM_BYTES} bytes, not a PEM file")
         if not data.strip():

@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import ipaddress
 import os
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -157,6 +158,22 @@ def test_missing_file(lineages: Lineages, filename: str) -> None:
     message = _refused(live)
     assert message.startswith(f"{live / filename}: cannot read")
     assert "No such file or directory" in message
+
+
+def test_a_fifo_in_the_lineage_is_refused_not_waited_on(lineages: Lineages) -> None:
+    # A blocking open() of a FIFO with no writer never returns: certbot, holding its lock while
+    # the hook runs, would hang with it.
+    live, _ = lineages.issue("example.org")
+    (live / "privkey.pem").unlink()
+    os.mkfifo(live / "privkey.pem")
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.append(_refused(live)), daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # free the hung reader by opening the FIFO's other end
+        os.close(os.open(live / "privkey.pem", os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(5)
+    assert said == [f"{live / 'privkey.pem'}: not a regular file"]
 
 
 def test_dangling_symlink(lineages: Lineages) -> None:

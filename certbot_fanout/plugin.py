@@ -25,7 +25,12 @@ from certbot.display import util as display_util
 from certbot.plugins import common
 
 from certbot_fanout import commands, files
-from certbot_fanout.config import Config, default_config_path, load_config
+from certbot_fanout.config import (
+    DEFAULT_CERTBOT_DIR,
+    Config,
+    default_config_path,
+    load_config,
+)
 from certbot_fanout.deploy import DeployOptions, DeployResult, Effects, deploy_lineage
 from certbot_fanout.errors import FanoutError
 from certbot_fanout.report import failure_summary, render_status_text, render_text
@@ -168,7 +173,12 @@ class Installer(
 
     def _load(self) -> Config:
         try:
-            return load_config(self._config_path())
+            # Certbot's own --config-dir is off limits for consumer files, as is the default.
+            config_dir = getattr(self.config, "config_dir", None)
+            certbot_dirs = dict.fromkeys(
+                [DEFAULT_CERTBOT_DIR, *([config_dir] if isinstance(config_dir, str) else [])]
+            )
+            return load_config(self._config_path(), certbot_dirs=tuple(certbot_dirs))
         except FanoutError as e:
             raise errors.PluginError(f"certbot-fanout: {e}") from None
 

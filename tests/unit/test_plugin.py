@@ -136,6 +136,21 @@ def test_broken_map_surfaces_at_renew_deploy_with_its_position(
         p.renew_deploy(SimpleNamespace(cert_path=f"{live}/cert.pem"))  # type: ignore[arg-type]
 
 
+def test_certbots_own_config_dir_is_off_limits_to_the_map(
+    tmp_path: Path, write_config: Callable[[str], Path]
+) -> None:
+    certbot_dir = tmp_path / "le"
+    (certbot_dir / "live" / NAME).mkdir(parents=True)
+    text = map_text(tmp_path).replace(f"{tmp_path}/svc/privkey.pem", f"{certbot_dir}/live/x.pem")
+    config = write_config(text)
+    installer = Installer(
+        SimpleNamespace(fanout_config=str(config), config_dir=str(certbot_dir)), "fanout"
+    )
+    lineage = SimpleNamespace(cert_path=f"{certbot_dir}/live/{NAME}/cert.pem")
+    with pytest.raises(errors.PluginError, match=rf"{config}:\d+:\d+: .*certbot owns"):
+        installer.renew_deploy(lineage)  # type: ignore[arg-type]
+
+
 def test_unused_lineage_is_quietly_fine(
     lineages: LineageFactory, write_config: Callable[[str], Path]
 ) -> None:

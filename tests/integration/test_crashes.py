@@ -403,9 +403,11 @@ def test_kill_9_at_random_points_never_tears_a_file(make_scene: SceneFactory) ->
     )
     assert not failures, "\n".join(failures)
     assert landed.total() >= RANDOM_KILLS, landed
-    # The kills landed everywhere: before any change, between consumers, after the last.
+    # The kills landed everywhere: before any change, between consumers, after the last
+    # (checked for a full run; a handful of kills, from the environment, may miss one).
     total = len(scenes[0].wants["a"])
-    assert landed[0] and landed[total] and any(landed[n] for n in range(1, total)), landed
+    everywhere = landed[0] and landed[total] and any(landed[n] for n in range(1, total))
+    assert everywhere or RANDOM_KILLS < 100, landed
 
 
 def _time_runs(scene: Scene) -> list[float]:

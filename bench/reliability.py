@@ -50,6 +50,8 @@ MUST_BE_ZERO = (
     "previous_files_lost",
     "others_affected",
     "leftover_processes",
+    "temp_files_left",
+    "reloads_lost",
 )
 
 

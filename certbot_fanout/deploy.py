@@ -42,6 +42,7 @@ class Effects:
     """The side effects a deploy needs; the defaults touch the real system."""
 
     snapshot: Callable[[str], files.Snapshot] = files.snapshot
+    tidy: Callable[[str], None] = files.remove_leftovers
     place: Callable[[files.Desired], None] = files.place
     restore: Callable[[files.Snapshot], None] = files.restore
     run: Callable[[Sequence[str], float, str], commands.CommandResult] = commands.run_command
@@ -57,6 +58,8 @@ class DeployOptions:
     force: bool = False
     dry_run: bool = False
     jobs: int = DEFAULT_JOBS
+    # Consumers a killed run may have left placed but not reloaded (see state.mark_pending).
+    interrupted: frozenset[str] = frozenset()
 
 
 class Outcome(enum.Enum):
@@ -199,6 +202,15 @@ def deploy_lineage(
     if options.dry_run:
         return deploy(config, lineage, options, effects)
     with run_lock(lock_path or default_lock_path()):
+        if state_path:
+            # Consumers only a reload can prove done: a crash between placing their files and
+            # reloading them would leave nothing for the next run to see. Mark them first.
+            unproven = [
+                c.name for c in config.consumers_for(lineage.name) if c.reload and not c.verify
+            ]
+            died = state.interrupted(state_path, unproven)
+            options = replace(options, interrupted=died)
+            state.mark_pending(state_path, lineage.name, [n for n in unproven if n not in died])
         result = deploy(config, lineage, options, effects)
         if state_path:
             record_result(state_path, result)
@@ -215,6 +227,7 @@ def record_result(state_path: str, result: DeployResult) -> None:
         deployed={c.name: expected for c in ok if c.changed_files or c.reloaded},
         verified=[c.name for c in ok if c.endpoints],
         now=time.time(),
+        finished=[c.name for c in result.consumers],
     )
 
 
@@ -302,6 +315,9 @@ class _ConsumerRun:
             # Nothing to compare: the service reads live/ itself and nothing shows what it
             # serves, so the renewal is the change. (With endpoints, what they serve decides.)
             self.reload_reason = "no files of its own"
+        elif c.name in self.options.interrupted and not c.verify:
+            # Nothing shows what it serves, and the last run died before it was done with it.
+            self.reload_reason = "the last run was interrupted"
 
         if self.options.dry_run:
             self.tested = bool(c.test) and bool(self.reload_reason)
@@ -347,6 +363,8 @@ class _ConsumerRun:
     def stage_files(self) -> None:
         for spec in self.consumer.files:
             desired = desired_file(spec, self.lineage)
+            if not self.options.dry_run:
+                self.fx.tidy(spec.path)
             current = self.fx.snapshot(spec.path)
             reasons = files.differences(desired, current)
             warning = None

@@ -155,6 +155,14 @@ def _trust_symlink(dfd: int, link: os.stat_result, link_path: str, label: str) -
     )
 
 
+def remove_leftovers(path: str) -> None:
+    """Remove the temporary files that an interrupted run left beside ``path``, whether or not
+    ``path`` itself needs placing. Never raises: a directory it cannot open is reported by
+    whatever reads or places ``path`` next."""
+    with contextlib.suppress(PlacementError, OSError), _directory(path) as (dfd, name):
+        _remove_leftovers(dfd, name)
+
+
 def _remove_leftovers(dfd: int, name: str) -> None:
     """Remove the temporary files that an interrupted run left for ``name`` (never following
     a link: unlink removes the name only)."""

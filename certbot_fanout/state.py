@@ -8,9 +8,11 @@ fails the run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,9 @@ class ConsumerRecord:
     last_deployed: float | None = None  # files placed or service reloaded, and all verified
     last_verified: float | None = None  # every endpoint served the current certificate
     sha256: str | None = None  # the certificate last deployed
+    # Set when a run began to deploy to a consumer that only a reload can prove done (it has
+    # no endpoints), cleared when that run finished with it: still set, that run died.
+    pending: bool = False
 
 
 def default_state_path() -> str:
@@ -57,6 +62,7 @@ def load_state(path: str) -> dict[str, ConsumerRecord]:
                 last_deployed=_number(item.get("last_deployed")),
                 last_verified=_number(item.get("last_verified")),
                 sha256=item.get("sha256") if isinstance(item.get("sha256"), str) else None,
+                pending=item.get("pending") is True,
             )
             for name, item in doc["consumers"].items()
         }
@@ -80,6 +86,7 @@ def save_state(path: str, records: dict[str, ConsumerRecord]) -> None:
                 "last_deployed": r.last_deployed,
                 "last_verified": r.last_verified,
                 "sha256": r.sha256,
+                **({"pending": True} if r.pending else {}),
             }
             for name, r in sorted(records.items())
         },
@@ -96,24 +103,47 @@ def save_state(path: str, records: dict[str, ConsumerRecord]) -> None:
         logger.debug("cannot write state file %s: %s", path, e)
 
 
+def mark_pending(path: str, certificate: str, names: Sequence[str]) -> None:
+    """Note, before a run touches them, the consumers that a crash could leave placed but not
+    reloaded; ``update_state`` clears the mark."""
+    if not names:
+        return
+    records = load_state(path)
+    for name in names:
+        old = records.get(name, ConsumerRecord(certificate))
+        records[name] = dataclasses.replace(old, certificate=certificate, pending=True)
+    save_state(path, records)
+
+
+def interrupted(path: str, names: Sequence[str]) -> frozenset[str]:
+    """Those of ``names`` that a run began and never finished (see ``mark_pending``)."""
+    records = load_state(path)
+    return frozenset(name for name in names if name in records and records[name].pending)
+
+
 def update_state(
     path: str,
     certificate: str,
     deployed: dict[str, str],
     verified: list[str],
     now: float,
+    finished: Sequence[str] = (),
 ) -> None:
     """Record that the consumers in ``deployed`` (name -> certificate SHA-256) were deployed and
-    those in ``verified`` were proven current, at ``now``."""
-    if not deployed and not verified:
-        return
+    those in ``verified`` were proven current, at ``now``, and that the run is done with those
+    in ``finished``. Also removes the temporary files a killed writer of ``path`` left."""
+    files.remove_leftovers(path)
     records = load_state(path)
-    for name in {*deployed, *verified}:
+    done = [name for name in finished if name in records and records[name].pending]
+    if not deployed and not verified and not done:
+        return
+    for name in {*deployed, *verified, *done}:
         old = records.get(name, ConsumerRecord(certificate))
         records[name] = ConsumerRecord(
-            certificate=certificate,
+            certificate=certificate if name in deployed or name in verified else old.certificate,
             last_deployed=now if name in deployed else old.last_deployed,
             last_verified=now if name in verified else old.last_verified,
             sha256=deployed.get(name, old.sha256),
+            pending=old.pending and name not in finished,
         )
     save_state(path, records)

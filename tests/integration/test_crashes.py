@@ -787,3 +787,88 @@ def test_an_unreadable_state_path_never_fails_the_deploy(scene: Scene) -> None:
     assert "Traceback" not in proc.stderr, explain(proc)
     assert "cannot read state file" in proc.stderr, explain(proc)
     assert scene.census().count("b") == len(scene.wants["b"])
+
+
+# --------------------------------------------------------------------------- what a kill leaves
+
+
+def test_temp_files_a_killed_run_left_go_even_when_nothing_changes(scene: Scene) -> None:
+    """A run killed between creating a temp file and renaming it (say a --force run, whose
+    files were already current) leaves ``.NAME.fanout-<hex>``, a copy of the key: the next
+    run removes it though it places nothing. A look-alike name is none of its business."""
+    nobody = pwd.getpwnam("nobody")
+    planted, kept = [], []
+    for path in [*scene.wants["a"], str(scene.state)]:
+        directory, name = os.path.split(path)
+        leftover = Path(directory, f".{name}.fanout-0123456789ab")
+        leftover.write_bytes(b"-----BEGIN PRIVATE KEY-----\nleft by a killed run\n")
+        os.chown(leftover, nobody.pw_uid, nobody.pw_gid)
+        leftover.chmod(0o640)
+        planted.append(str(leftover))
+        lookalike = Path(directory, f".{name}.fanout-not-ours")
+        lookalike.write_bytes(b"someone else's\n")
+        kept.append(lookalike)
+    assert sorted(scene.temp_files()) == sorted(planted), "the plant did not happen"
+
+    proc = scene.deploy("a")
+
+    left = scene.temp_files()
+    record("kills (what a kill leaves)", cases=len(planted), temp_files_after_repair=len(left))
+    assert proc.returncode == 0, explain(proc)
+    assert "reloaded" not in proc.stdout, "nothing changed, yet something was reloaded"
+    assert left == []
+    assert all(p.exists() for p in kept)
+
+
+def test_a_reload_lost_to_a_crash_is_done_by_the_next_run(
+    root: None, fanout_bin: Path, lineages: LineageFactory, tmp_path: Path
+) -> None:
+    """A consumer without endpoints: only its reload shows it took the new files. A run killed
+    after placing them and before the reload finished must not leave the next run believing
+    it is done."""
+    live, _ = lineages.issue(NAME)
+    reloads = tmp_path / "reloads"
+    reloads.touch()
+    (tmp_path / "dst").mkdir()
+    placed = tmp_path / "dst" / "fullchain.pem"
+    config = tmp_path / "map.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "consumers": {
+                    "svc": {
+                        "certificate": NAME,
+                        "files": [{"path": str(placed), "content": "fullchain"}],
+                        "reload": ["sh", "-c", f"sleep 1; echo reloaded >> {reloads}"],
+                    }
+                },
+            }
+        )
+    )
+    argv = [str(fanout_bin), "deploy", "--config", str(config), "--lineage", str(live)]
+    argv += ["--lock-file", str(tmp_path / "lock"), "--state-file", str(tmp_path / "state.json")]
+
+    def count() -> int:
+        return len(reloads.read_text().splitlines())
+
+    first = run(argv)
+    assert first.returncode == 0 and count() == 1, explain(first)
+    lineages.renew(NAME)
+    new = (live / "fullchain.pem").read_bytes()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while placed.read_bytes() != new and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert placed.read_bytes() == new, "the run never placed the new file"
+    assert crash(proc), "the run ended before the crash"
+    assert count() == 1, "the reload finished before the crash: nothing was lost"
+
+    after = run(argv)
+    lost = 1 if count() != 2 else 0
+    record("kills (what a kill leaves)", cases=1, reloads_lost=lost)
+    assert after.returncode == 0, explain(after)
+    assert count() == 2, f"the next run did not reload: {explain(after)}"
+    assert "interrupted" in after.stdout, explain(after)
+    again = run(argv)
+    assert again.returncode == 0 and count() == 2, "the mark outlived the run that did the reload"

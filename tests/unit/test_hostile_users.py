@@ -290,7 +290,7 @@ def test_racing_swaps_never_lead_a_write_outside(
 ) -> None:
     """The attacker swaps links as fast as it can while root places the key again and again."""
     before = layout.victim.fingerprint()
-    seconds = 2.5
+    seconds = 1.5
     if attack == "directory":
         racer = as_attacker(
             attacker,

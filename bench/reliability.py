@@ -47,6 +47,7 @@ MUST_BE_ZERO = (
     "repair_failures",
     "failures",
     "unparseable",
+    "unparseable_state",
     "previous_files_lost",
     "others_affected",
     "leftover_processes",
@@ -74,9 +75,9 @@ def aggregate(lines: list[str]) -> dict[str, dict[str, float]]:
 
 
 def _figure(value: float) -> str:
-    return (
-        f"{value:,.2f}" if isinstance(value, float) and not value.is_integer() else f"{value:,.0f}"
-    )
+    if float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:.3f}" if value < 1 else f"{value:,.2f}"
 
 
 def table(areas: dict[str, dict[str, float]]) -> str:

@@ -51,6 +51,7 @@ WITHOUT_PLACE = re.compile(r"^the document is empty")
 MINIMUM = {"dev": 200, "ci": 10_000}
 
 COUNT: Counter[str] = Counter()
+SLOWEST = [0.0]  # the longest any one case took, in seconds
 PROPERTY_TESTS = 5
 
 
@@ -59,7 +60,16 @@ def enough_cases_ran() -> Iterator[None]:
     yield
     profile = settings._current_profile  # Hypothesis has no public getter
     total = COUNT["cases"]
-    record(AREA, cases=total, rejected=COUNT["rejected"], accepted=COUNT["accepted"])
+    record(
+        AREA,
+        cases=total,
+        rejected=COUNT["rejected"],
+        accepted=COUNT["accepted"],
+        cli_runs=COUNT["cli"],
+        tracebacks=COUNT["tracebacks"],
+        files_touched=COUNT["files touched"],
+        max_seconds=max(SLOWEST),
+    )
     ran = {k for k in COUNT if k.startswith("ran: ")}
     if profile in MINIMUM and len(ran) == PROPERTY_TESTS:  # the whole module ran
         assert total >= MINIMUM[profile], (profile, dict(COUNT))
@@ -345,6 +355,7 @@ def check_property(mutant: Mutant, test: str) -> Config | ConfigError:
     COUNT["cases"] += 1
     COUNT[f"ran: {test}"] += 1
     result, seconds = read(mutant)
+    SLOWEST.append(max(SLOWEST.pop(), seconds))
     COUNT["rejected" if isinstance(result, ConfigError) else "accepted"] += 1
     COUNT[mutant.kind] += 1
     assert seconds < TIME_LIMIT, (seconds, mutant.kind)
@@ -450,16 +461,11 @@ def test_refused_maps_through_the_command_line(place: Place, mutant: Mutant) -> 
     seconds = time.monotonic() - started
     after = _tree(place.root)
     touched = sum(before.get(k) != after.get(k) for k in before.keys() | after.keys())
-    COUNT["cli"] += 1
     text = out.getvalue() + err.getvalue()
-    if COUNT["cli"] % 50 == 1 or touched or "Traceback" in text or code != 2:
-        record(
-            AREA,
-            cli_runs=1,
-            tracebacks=int("Traceback" in text),
-            files_touched=touched,
-            max_seconds=seconds,
-        )
+    COUNT["cli"] += 1
+    COUNT["tracebacks"] += int("Traceback" in text)
+    COUNT["files touched"] += touched
+    SLOWEST.append(max(SLOWEST.pop(), seconds))
     assert code == 2, (code, text)
     assert "Traceback" not in text
     assert touched == 0

@@ -294,6 +294,15 @@ class Stand:
         )
         assert first.proc.returncode == 0, explain(first.proc)
 
+    def faulty_in_place(self) -> tuple[list[dict[str, Any]], dict[Path, Kept]]:
+        """The faulty consumer's files, deployed once: (its file entries, what its files are
+        before the fault)."""
+        directory = self.workdir / "faulty"
+        directory.mkdir()
+        files = files_in(directory)
+        self.setup(faulty_consumer(files))
+        return files, snapshot([directory / "fullchain.pem", directory / "privkey.pem"])
+
     def healthy_problems(self, run: Run, doc: dict[str, Any] | None) -> list[str]:
         """Why the healthy consumer was affected by the fault: empty when it got the new
         files, with owner and mode, was reloaded and verified, and serves the new cert."""
@@ -409,11 +418,7 @@ def judge(
 
 @pytest.mark.parametrize("ignores_term", [False, True], ids=["hang", "hang-ignoring-SIGTERM"])
 def test_a_hung_reload_is_killed_with_its_process_group(stand: Stand, ignores_term: bool) -> None:
-    directory = stand.workdir / "faulty"
-    directory.mkdir()
-    files = files_in(directory)
-    stand.setup(faulty_consumer(files))
-    before = snapshot([directory / "fullchain.pem", directory / "privkey.pem"])
+    files, before = stand.faulty_in_place()
     pidfile = stand.workdir / "pids"
     # The child (sh) starts a grandchild; both hang. Ignoring SIGTERM (inherited by the
     # grandchild) leaves only the SIGKILL that follows the grace period.
@@ -465,11 +470,7 @@ def test_a_hung_reload_is_killed_with_its_process_group(stand: Stand, ignores_te
     ids=["absolute-path", "not-on-PATH", "missing-interpreter"],
 )  # fmt: skip
 def test_a_missing_reload_program_is_named(stand: Stand, program: str, reason: str) -> None:
-    directory = stand.workdir / "faulty"
-    directory.mkdir()
-    files = files_in(directory)
-    stand.setup(faulty_consumer(files))
-    before = snapshot([directory / "fullchain.pem", directory / "privkey.pem"])
+    files, before = stand.faulty_in_place()
     script = stand.workdir / "reload-script"
     script.write_text("#!/nonexistent/interpreter\nexit 0\n")
     script.chmod(0o755)
@@ -493,11 +494,7 @@ def test_a_missing_reload_program_is_named(stand: Stand, program: str, reason: s
 
 
 def test_a_failing_reload_reports_its_exit_code_and_output(stand: Stand) -> None:
-    directory = stand.workdir / "faulty"
-    directory.mkdir()
-    files = files_in(directory)
-    stand.setup(faulty_consumer(files))
-    before = snapshot([directory / "fullchain.pem", directory / "privkey.pem"])
+    files, before = stand.faulty_in_place()
     stand.renew()
     reload = ["sh", "-c", "echo 'Job for faulty.service failed: unit not active' >&2; exit 3"]
     result = stand.deploy(
@@ -515,11 +512,7 @@ def test_a_failing_reload_reports_its_exit_code_and_output(stand: Stand) -> None
 
 
 def test_a_failing_test_restores_the_previous_files_and_skips_the_reload(stand: Stand) -> None:
-    directory = stand.workdir / "faulty"
-    directory.mkdir()
-    files = files_in(directory)
-    stand.setup(faulty_consumer(files))
-    previous = snapshot([directory / "fullchain.pem", directory / "privkey.pem"])
+    files, previous = stand.faulty_in_place()
     marker = stand.workdir / "reloaded"
     stand.renew()
     result = stand.deploy(

@@ -93,6 +93,12 @@ class Layout:
     config: Path
     lineage: Path
 
+    def attacked_deploy(self) -> tuple[int, str, bool]:
+        """Deploy after an attack was planted: (exit code, output, whether the victim moved)."""
+        before = self.victim.fingerprint()
+        code, text = self.deploy()
+        return code, text, before != self.victim.fingerprint()
+
     def deploy(self) -> tuple[int, str]:
         out, err = self.base / "out.json", self.base / "err.txt"
         argv = [
@@ -154,11 +160,9 @@ def test_symlinks_planted_at_the_destination_are_replaced_not_written_through(
 ) -> None:
     attacker_does(attacker, PLANT_LINKS, str(layout.tls), str(layout.victim.directory))
     assert (layout.tls / "key.pem").is_symlink(), "the plant did not happen"
-    before = layout.victim.fingerprint()
 
-    code, text = layout.deploy()
+    code, text, changed = layout.attacked_deploy()
 
-    changed = before != layout.victim.fingerprint()
     record(AREA, cases=1, writes_through_links=int(changed), tracebacks=text.count("Traceback"))
     assert not changed
     assert code == 0, text
@@ -176,11 +180,9 @@ def test_a_planted_hard_link_keeps_its_target_unchanged(layout: Layout) -> None:
     target = layout.victim.directory / "key.pem"
     os.link(target, layout.tls / "key.pem")
     assert target.stat().st_nlink == 2, "the plant did not happen"
-    before = layout.victim.fingerprint()
 
-    code, text = layout.deploy()
+    code, text, changed = layout.attacked_deploy()
 
-    changed = before != layout.victim.fingerprint()
     record(AREA, cases=1, hard_link_targets_changed=int(changed))
     assert not changed
     assert code == 0, text
@@ -201,11 +203,9 @@ def test_a_directory_component_swapped_for_a_symlink_is_refused(
 ) -> None:
     attacker_does(attacker, SWAP_DIRECTORY, str(layout.service_dir), str(layout.victim.directory))
     assert (layout.service_dir / "tls").is_symlink(), "the swap did not happen"
-    before = layout.victim.fingerprint()
 
-    code, text = layout.deploy()
+    code, text, changed = layout.attacked_deploy()
 
-    changed = before != layout.victim.fingerprint()
     record(AREA, cases=1, writes_outside=int(changed), tracebacks=text.count("Traceback"))
     assert not changed
     assert code == 1

@@ -228,14 +228,9 @@ def parse_config(
         except yaml.MarkedYAMLError as e:
             if e.problem and "maximum nesting depth" in e.problem:
                 raise _nesting_error(source, e.problem_mark) from None
-            if len(text) > MAX_REPARSE_CHARS:
-                raise
-            # The pure-Python parser words its errors more helpfully.
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError:
-            if len(text) > MAX_REPARSE_CHARS:
-                raise
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            root = _reparse(text, e)
+        except yaml.YAMLError as e:
+            root = _reparse(text, e)
     except RecursionError:
         raise _nesting_error(source, None) from None
     except yaml.reader.ReaderError as e:
@@ -256,6 +251,18 @@ def parse_config(
     if isinstance(certbot_dirs, str):  # one directory given bare: not its characters
         certbot_dirs = (certbot_dirs,)
     return _Reader(source, certbot_dirs).config(root)
+
+
+def _reparse(text: str, error: yaml.YAMLError) -> Node | None:
+    """Parse again with the pure-Python parser, which words its errors more helpfully; or
+    raise libyaml's ``error`` where that parser is too slow (a big document) or fails in
+    its own way (it calls chr() on an out-of-range \\U escape)."""
+    if len(text) > MAX_REPARSE_CHARS:
+        raise error
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except (ValueError, OverflowError):
+        raise error from None
 
 
 def _nesting_error(source: str, mark: yaml.Mark | None) -> ConfigError:

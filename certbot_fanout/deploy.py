@@ -300,6 +300,16 @@ class _ConsumerRun:
         )
 
     def run(self) -> ConsumerResult:
+        try:
+            return self._run()
+        finally:
+            # Temp files a killed run left beside files that need no placing now. Done last:
+            # each syscall costs a GIL hand-off, and before the reload they would delay it.
+            if not self.options.dry_run:
+                for spec in self.consumer.files:
+                    self.fx.tidy(spec.path)
+
+    def _run(self) -> ConsumerResult:
         c = self.consumer
         try:
             self.stage_files()
@@ -363,8 +373,6 @@ class _ConsumerRun:
     def stage_files(self) -> None:
         for spec in self.consumer.files:
             desired = desired_file(spec, self.lineage)
-            if not self.options.dry_run:
-                self.fx.tidy(spec.path)
             current = self.fx.snapshot(spec.path)
             reasons = files.differences(desired, current)
             warning = None

@@ -3,11 +3,12 @@
 Every operation works relative to a file descriptor of the destination directory, and never
 follows a symlink at the final path component: a destination directory may be writable by the
 (less trusted) service user, who could otherwise plant a symlink or a hard link to redirect a
-key write. The directory itself is opened one component at a time from ``/`` with
-``O_NOFOLLOW``; a symlink met on the way is followed (by reading it, never by the kernel) only
-if root made it: it is owned by root, or it sits in a directory that only root can write. A
-service user who swaps a directory component for a symlink of their own is refused, not
-obeyed.
+key write. The directory itself is opened by the kernel and kept only if /proc says the
+descriptor is at exactly the path asked for (no symlink led there); otherwise it is opened one
+pinned component at a time from ``/``, and a symlink met on the way is followed (by reading
+it, never by the kernel) only if root made it: it is owned by root, or it sits in a directory
+that only root can write. A service user who swaps a directory component for a symlink of
+their own is refused, not obeyed.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def open_directory(directory: str, for_path: str | None = None) -> int:
             there are too many symlinks.
     """
     label = for_path or directory
+    plain = _open_if_plain(directory)
+    if plain is not None:
+        return plain
     fd = os.open("/", _DIRECTORY_FLAGS)
     walked: list[str] = []  # the directory opened so far, as followed
     pending = [c for c in directory.split("/") if c not in ("", ".")]
@@ -139,6 +143,24 @@ def open_directory(directory: str, for_path: str | None = None) -> int:
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_if_plain(directory: str) -> int | None:
+    """The common case, cheaply: let the kernel open ``directory``, then ask where the
+    descriptor is. Exactly ``directory``: no symlink led there, and it is pinned now, whatever
+    is renamed next. Anywhere else (a symlink on the way, even a trusted one, or a swap
+    during the open), or when /proc cannot tell: None, for the careful walk to decide."""
+    try:
+        fd = os.open(directory, _DIRECTORY_FLAGS)
+    except OSError:
+        return None  # the walk says why
+    try:
+        if os.readlink(f"/proc/self/fd/{fd}") == os.path.normpath(directory):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
 
 
 def _trust_symlink(dfd: int, link: os.stat_result, link_path: str, label: str) -> None:

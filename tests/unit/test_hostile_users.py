@@ -213,6 +213,27 @@ def test_a_directory_component_swapped_for_a_symlink_is_refused(
     assert "Traceback" not in text
 
 
+def test_a_component_above_the_destination_swapped_for_a_symlink_is_refused(
+    layout: Layout, attacker: pwd.struct_passwd
+) -> None:
+    # The kernel follows a symlink in the middle of a path even with O_NOFOLLOW.
+    inner = layout.tls / "inner"
+    inner.mkdir()
+    os.chown(inner, attacker.pw_uid, attacker.pw_gid)
+    (layout.victim.directory / "inner").mkdir()
+    (layout.victim.directory / "inner" / "key.pem").write_bytes(VICTIM_KEY)
+    layout.config.write_text(layout.config.read_text().replace(f"{layout.tls}/", f"{inner}/"))
+    attacker_does(attacker, SWAP_DIRECTORY, str(layout.service_dir), str(layout.victim.directory))
+    assert (layout.service_dir / "tls").is_symlink(), "the swap did not happen"
+
+    code, text, changed = layout.attacked_deploy()
+
+    record(AREA, cases=1, writes_outside=int(changed), tracebacks=text.count("Traceback"))
+    assert not changed
+    assert code == 1
+    assert f"refusing to follow {layout.service_dir}/tls: a symlink owned by {ATTACKER}" in text
+
+
 def test_roots_own_symlinks_along_the_path_are_still_followed(layout: Layout) -> None:
     # The administrator's layout (e.g. /etc/ssl -> /usr/share/...) keeps working.
     link = layout.base / "etc-tls"
@@ -284,14 +305,22 @@ print(swaps)
 """
 
 
-@pytest.mark.parametrize("attack", ["directory", "file"])
+@pytest.mark.parametrize("attack", ["directory", "middle", "file"])
 def test_racing_swaps_never_lead_a_write_outside(
     layout: Layout, attacker: pwd.struct_passwd, attack: str
 ) -> None:
-    """The attacker swaps links as fast as it can while root places the key again and again."""
+    """The attacker swaps links as fast as it can while root places the key again and again:
+    the destination directory itself, a directory above it, or links at the file names."""
+    destination = layout.tls
+    if attack == "middle":
+        destination = layout.tls / "inner"
+        destination.mkdir()
+        os.chown(destination, attacker.pw_uid, attacker.pw_gid)
+        (layout.victim.directory / "inner").mkdir()
+        (layout.victim.directory / "inner" / "key.pem").write_bytes(VICTIM_KEY)
     before = layout.victim.fingerprint()
     seconds = 1.5
-    if attack == "directory":
+    if attack in ("directory", "middle"):
         racer = as_attacker(
             attacker,
             RACE_DIRECTORY,
@@ -310,7 +339,7 @@ def test_racing_swaps_never_lead_a_write_outside(
     time.sleep(0.2)
     while time.monotonic() < deadline:
         try:
-            files.place(files.Desired(str(layout.tls / "key.pem"), uid, uid, 0o600, b"new key"))
+            files.place(files.Desired(str(destination / "key.pem"), uid, uid, 0o600, b"new key"))
             placements += 1
         except PlacementError as e:
             refusals.append(str(e))
@@ -330,6 +359,6 @@ def test_racing_swaps_never_lead_a_write_outside(
     assert unclear == []
     assert swaps > 500, "the attacker barely ran; the race proves nothing"
     assert placements > 20, (placements, refusals[:3])
-    if attack == "directory":
+    if attack != "file":
         met = sum("refusing to follow" in r for r in refusals)
         assert met > 20, "the swapped symlink was seldom met; the race proves little"

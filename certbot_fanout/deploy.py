@@ -208,9 +208,8 @@ def deploy_lineage(
             unproven = [
                 c.name for c in config.consumers_for(lineage.name) if c.reload and not c.verify
             ]
-            died = state.interrupted(state_path, unproven)
+            died = state.mark_pending(state_path, lineage.name, unproven)
             options = replace(options, interrupted=died)
-            state.mark_pending(state_path, lineage.name, [n for n in unproven if n not in died])
         result = deploy(config, lineage, options, effects)
         if state_path:
             record_result(state_path, result)

@@ -30,7 +30,7 @@ MAX_EXISTING_BYTES = 1 << 20
 MAX_SYMLINKS = 40  # as the kernel's own limit on a path walk
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_SUFFIX = ".fanout-"
-_TEMP_RE = re.compile(r"\.fanout-[0-9a-f]{12}\Z")
+_TEMP_TOKEN = re.compile(r"[0-9a-f]{12}")  # secrets.token_hex(6)
 
 
 class Kind(enum.Enum):
@@ -71,14 +71,14 @@ def _directory(path: str) -> Iterator[tuple[int, str]]:
     parent, name = os.path.split(path)
     if not name or not os.path.isabs(path):
         raise PlacementError(f"{path}: not an absolute file path")
-    dfd = open_directory(parent or "/", path)
+    dfd = _open_directory(parent or "/", path)
     try:
         yield dfd, name
     finally:
         os.close(dfd)
 
 
-def open_directory(directory: str, for_path: str | None = None) -> int:
+def _open_directory(directory: str, for_path: str | None = None) -> int:
     """An O_DIRECTORY file descriptor of absolute ``directory``, opened without letting anyone
     but root redirect the walk (see the module's doc). ``for_path`` names the file the
     directory is opened for, in messages.
@@ -193,7 +193,7 @@ def _remove_leftovers(dfd: int, name: str) -> None:
         stale = [
             e.name
             for e in entries
-            if e.name.startswith(prefix) and _TEMP_RE.search(e.name[len(name) + 1 :])
+            if e.name.startswith(prefix) and _TEMP_TOKEN.fullmatch(e.name[len(prefix) :])
         ]
     for leftover in stale:
         with contextlib.suppress(OSError):

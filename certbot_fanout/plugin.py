@@ -174,11 +174,11 @@ class Installer(
     def _load(self) -> Config:
         try:
             # Certbot's own --config-dir is off limits for consumer files, as is the default.
+            certbot_dirs = [DEFAULT_CERTBOT_DIR]
             config_dir = getattr(self.config, "config_dir", None)
-            certbot_dirs = dict.fromkeys(
-                [DEFAULT_CERTBOT_DIR, *([config_dir] if isinstance(config_dir, str) else [])]
-            )
-            return load_config(self._config_path(), certbot_dirs=tuple(certbot_dirs))
+            if isinstance(config_dir, str):
+                certbot_dirs.append(config_dir)
+            return load_config(self._config_path(), certbot_dirs=certbot_dirs)
         except FanoutError as e:
             raise errors.PluginError(f"certbot-fanout: {e}") from None
 

@@ -103,22 +103,20 @@ def save_state(path: str, records: dict[str, ConsumerRecord]) -> None:
         logger.debug("cannot write state file %s: %s", path, e)
 
 
-def mark_pending(path: str, certificate: str, names: Sequence[str]) -> None:
+def mark_pending(path: str, certificate: str, names: Sequence[str]) -> frozenset[str]:
     """Note, before a run touches them, the consumers that a crash could leave placed but not
-    reloaded; ``update_state`` clears the mark."""
+    reloaded (``update_state`` clears the mark); returns those of ``names`` still marked by a
+    run that never finished."""
     if not names:
-        return
+        return frozenset()
     records = load_state(path)
-    for name in names:
-        old = records.get(name, ConsumerRecord(certificate))
-        records[name] = dataclasses.replace(old, certificate=certificate, pending=True)
-    save_state(path, records)
-
-
-def interrupted(path: str, names: Sequence[str]) -> frozenset[str]:
-    """Those of ``names`` that a run began and never finished (see ``mark_pending``)."""
-    records = load_state(path)
-    return frozenset(name for name in names if name in records and records[name].pending)
+    died = frozenset(name for name in names if name in records and records[name].pending)
+    if len(died) < len(names):
+        for name in names:
+            old = records.get(name, ConsumerRecord(certificate))
+            records[name] = dataclasses.replace(old, certificate=certificate, pending=True)
+        save_state(path, records)
+    return died
 
 
 def update_state(

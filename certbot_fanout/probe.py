@@ -187,6 +187,10 @@ class _Plaintext:
         self.timeout = timeout
         self.buffer = bytearray()
         self.received = 0
+        # The part of the current answer (everything since the last request) already taken
+        # from the buffer: its size, and its first bytes for a message.
+        self.taken = 0
+        self.taken_head = b""
         self.stage = "greeting"
 
     def fail(self, problem: str) -> ProbeError:
@@ -194,8 +198,8 @@ class _Plaintext:
 
     def _fill(self) -> None:
         if not _wait(self.sock.fileno(), select.POLLIN, self.deadline):
-            n = len(self.buffer)
-            partial = f", only {n} byte{'s' * (n != 1)} of one: {self.shown()}" if n else ""
+            n = self.taken + len(self.buffer)
+            partial = f", only {n} byte{'s' * (n != 1)} of one: {self.so_far()}" if n else ""
             raise self.fail(f"no answer within {self.timeout:g} s{partial}")
         try:
             data = self.sock.recv(RECV_BYTES)
@@ -204,7 +208,7 @@ class _Plaintext:
         except OSError as e:
             raise self.fail(f"connection error: {e.strerror or e}") from None
         if not data:
-            after = f" after sending {self.shown()}" if self.buffer else ""
+            after = f" after sending {self.so_far()}" if self.taken or self.buffer else ""
             raise self.fail(f"the server closed the connection{after}")
         self.received += len(data)
         if self.received > MAX_PLAINTEXT_BYTES:
@@ -215,6 +219,18 @@ class _Plaintext:
         """What is buffered (after ``before``, already taken from it), for a message."""
         return _show(before + bytes(self.buffer[:80]), 60)
 
+    def so_far(self) -> str:
+        """The current answer as far as it came, for a message."""
+        return _show(self.taken_head + bytes(self.buffer[:80]), 60)
+
+    def _take(self, n: int) -> bytes:
+        data = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        self.taken += n
+        if len(self.taken_head) < 80:
+            self.taken_head += data[: 80 - len(self.taken_head)]
+        return data
+
     def begins(self) -> bytes:
         """The first bytes that are not white space, waiting for them."""
         while not self.buffer.lstrip():
@@ -222,6 +238,7 @@ class _Plaintext:
         return bytes(self.buffer.lstrip()[:1])
 
     def send(self, data: bytes) -> None:
+        self.taken, self.taken_head = 0, b""
         view = memoryview(data)
         while view:
             if not _wait(self.sock.fileno(), select.POLLOUT, self.deadline):
@@ -237,17 +254,12 @@ class _Plaintext:
         """One line without its CR LF."""
         while b"\n" not in self.buffer:
             self._fill()
-        end = self.buffer.index(b"\n")
-        text = bytes(self.buffer[:end]).rstrip(b"\r")
-        del self.buffer[: end + 1]
-        return text
+        return self._take(self.buffer.index(b"\n") + 1)[:-1].rstrip(b"\r")
 
     def exactly(self, n: int) -> bytes:
         while len(self.buffer) < n:
             self._fill()
-        data = bytes(self.buffer[:n])
-        del self.buffer[:n]
-        return data
+        return self._take(n)
 
     def until(self, *markers: bytes) -> tuple[bytes, bytes]:
         """Read until one of ``markers`` appears; return (text up to and including it, marker)."""
@@ -255,10 +267,7 @@ class _Plaintext:
             for marker in markers:
                 at = self.buffer.find(marker)
                 if at >= 0:
-                    end = at + len(marker)
-                    text = bytes(self.buffer[:end])
-                    del self.buffer[:end]
-                    return text, marker
+                    return self._take(at + len(marker)), marker
             self._fill()
 
     def ensure_nothing_pending(self) -> None:

@@ -128,10 +128,11 @@ class ScriptedPeer(_Loopback):
     """A loopback server that plays a plaintext script, then (on a ``tls`` step) serves
     ``cert``/``key`` over TLS on the same connection. Steps: ``("send", bytes)``,
     ``("line", b"")`` (read one line), ``("read", n)``, ``("recv", seconds)`` (whatever arrives
-    within that time, perhaps nothing), ``("drip", bytes)`` (one byte per ``drip_interval``
-    seconds, 0.2 unless given), ``("flood", bytes)`` (those bytes again and again, until the
-    client hangs up), ``("sleep", seconds)``, ``("close", b"")`` (hang up), ``("reset", b"")``
-    (hang up with a TCP RST), ``("tls", b"")``. Every step ends early when the peer is closed."""
+    within that time, perhaps nothing), ``("drip", bytes)`` (one byte at once, then one per
+    ``drip_interval`` seconds, 0.2 unless given), ``("flood", bytes)`` (those bytes again and
+    again, until the client hangs up), ``("sleep", seconds)``, ``("close", b"")`` (hang up),
+    ``("reset", b"")`` (hang up with a TCP RST), ``("tls", b"")``. Every step ends early when
+    the peer is closed."""
 
     def __init__(
         self,
@@ -170,8 +171,8 @@ class ScriptedPeer(_Loopback):
                         self.received.append(conn.recv(65536))
                 elif action == "drip":
                     assert isinstance(arg, bytes)
-                    for byte in arg:
-                        if self._stop.wait(self.drip_interval):
+                    for i, byte in enumerate(arg):
+                        if i and self._stop.wait(self.drip_interval):
                             return
                         conn.sendall(bytes([byte]))
                 elif action == "flood":

@@ -146,6 +146,22 @@ def test_every_dialect_has_a_negotiation() -> None:
             [("read", 8), ("send", b"SE"), ("tls", b"")],
             "possible STARTTLS injection",
         ),
+        # a message names what came of an answer, also when the probe has taken part of it
+        (
+            Dialect.SMTP,
+            [("send", b"220 mx\r\n"), ("line", b""), ("send", b"250-mx\r\n"), ("sleep", 5.0)],
+            r"EHLO: no answer within 1 s, only 8 bytes of one: '250-mx\\r\\n'$",
+        ),
+        (
+            Dialect.LDAP,
+            [("recv", 5.0), ("send", b"\x30\x0c"), ("sleep", 5.0)],
+            r"StartTLS request: no answer within 1 s, only 2 bytes of one: '0\\x0c'$",
+        ),
+        (
+            Dialect.IMAP,
+            [("send", b"* OK ready\r\n"), ("line", b""), ("send", b"* CAPABILITY\r\n")],
+            r"STARTTLS: the server closed the connection after sending '\* CAPABILITY\\r\\n'$",
+        ),
     ],
     ids=[
         "no-starttls-offered",
@@ -159,6 +175,9 @@ def test_every_dialect_has_a_negotiation() -> None:
         "postgres-ssl-off",
         "smtp-injection",
         "postgres-injection",
+        "smtp-half-a-reply",
+        "ldap-half-a-message",
+        "imap-line-then-close",
     ],
 )
 def test_hostile_starttls_peers_fail_at_their_stage_in_time(

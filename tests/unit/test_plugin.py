@@ -194,7 +194,7 @@ def test_generic_updates_repair_drift_and_fail_when_it_stays_broken(
         f"      - {{path: {svc.key}, content: privkey}}\n"
         f"    reload: {svc.reload_argv()!r}\n"
         f"    verify: [{{host: 127.0.0.1, port: {svc.port}, server_name: {NAME}}}]\n"
-        "    verify_timeout: 5\n"
+        "    verify_timeout: 2\n"
     )
     config = write_config("version: 1\nconsumers:\n" + block)
     p = plugin(config)

@@ -302,11 +302,14 @@ class _ConsumerRun:
         try:
             return self._run()
         finally:
-            # Temp files a killed run left beside files that need no placing now. Done last:
-            # each syscall costs a GIL hand-off, and before the reload they would delay it.
+            # Temp files a killed run left beside files that were not placed now (placing
+            # removes them). Done last: each syscall costs a GIL hand-off, and before the
+            # reload they would delay it.
             if not self.options.dry_run:
+                placed = {previous.path for previous in self.placed}
                 for spec in self.consumer.files:
-                    self.fx.tidy(spec.path)
+                    if spec.path not in placed:
+                        self.fx.tidy(spec.path)
 
     def _run(self) -> ConsumerResult:
         c = self.consumer

@@ -199,7 +199,7 @@ class _Plaintext:
     def _fill(self) -> None:
         if not _wait(self.sock.fileno(), select.POLLIN, self.deadline):
             n = self.taken + len(self.buffer)
-            partial = f", only {n} byte{'s' * (n != 1)} of one: {self.so_far()}" if n else ""
+            partial = f", only {n} byte{'s' * (n != 1)} of one: {self.shown()}" if n else ""
             raise self.fail(f"no answer within {self.timeout:g} s{partial}")
         try:
             data = self.sock.recv(RECV_BYTES)
@@ -208,19 +208,15 @@ class _Plaintext:
         except OSError as e:
             raise self.fail(f"connection error: {e.strerror or e}") from None
         if not data:
-            after = f" after sending {self.so_far()}" if self.taken or self.buffer else ""
+            after = f" after sending {self.shown()}" if self.taken or self.buffer else ""
             raise self.fail(f"the server closed the connection{after}")
         self.received += len(data)
         if self.received > MAX_PLAINTEXT_BYTES:
             raise self.fail(f"more than {MAX_PLAINTEXT_BYTES} bytes without the expected answer")
         self.buffer += data
 
-    def shown(self, before: bytes = b"") -> str:
-        """What is buffered (after ``before``, already taken from it), for a message."""
-        return _show(before + bytes(self.buffer[:80]), 60)
-
-    def so_far(self) -> str:
-        """The current answer as far as it came, for a message."""
+    def shown(self) -> str:
+        """The current answer as far as it came (parsed or still buffered), for a message."""
         return _show(self.taken_head + bytes(self.buffer[:80]), 60)
 
     def _take(self, n: int) -> bytes:
@@ -355,15 +351,23 @@ def _imap(talk: _Plaintext, name: str) -> None:
         raise talk.fail(f"the server refused STARTTLS: {_show(line)}")
 
 
-def _pop3(talk: _Plaintext, name: str) -> None:
-    greeting = talk.line()
-    if not greeting.startswith(b"+OK"):
-        raise talk.fail(f"expected '+OK', got {_show(greeting)}")
-    talk.stage = "STLS"
-    talk.send(b"STLS\r\n")
-    answer = talk.line()
-    if not answer.startswith(b"+OK"):
-        raise talk.fail(f"the server refused STLS: {_show(answer)}")
+def _greeting_then(
+    greeting: tuple[bytes, ...], want: str, command: bytes, go_ahead: bytes
+) -> Negotiate:
+    """A one-line greeting starting with one of ``greeting`` (``want`` in messages), then
+    ``command``, answered by a line starting with ``go_ahead`` (POP3, NNTP)."""
+
+    def negotiate(talk: _Plaintext, name: str) -> None:
+        line = talk.line()
+        if not line.startswith(greeting):
+            raise talk.fail(f"expected {want}, got {_show(line)}")
+        talk.stage = command.decode()
+        talk.send(command + b"\r\n")
+        answer = talk.line()
+        if not answer.startswith(go_ahead):
+            raise talk.fail(f"the server refused {talk.stage}: {_show(answer)}")
+
+    return negotiate
 
 
 def _ftp(talk: _Plaintext, name: str) -> None:
@@ -371,17 +375,6 @@ def _ftp(talk: _Plaintext, name: str) -> None:
     talk.stage = "AUTH TLS"
     talk.send(b"AUTH TLS\r\n")
     _expect_code(talk, 234)
-
-
-def _nntp(talk: _Plaintext, name: str) -> None:
-    greeting = talk.line()
-    if not greeting.startswith((b"200", b"201")):
-        raise talk.fail(f"expected 200 or 201, got {_show(greeting)}")
-    talk.stage = "STARTTLS"
-    talk.send(b"STARTTLS\r\n")
-    answer = talk.line()
-    if not answer.startswith(b"382"):
-        raise talk.fail(f"the server refused STARTTLS: {_show(answer)}")
 
 
 def _sieve(talk: _Plaintext, name: str) -> None:
@@ -438,7 +431,7 @@ def _postgres(talk: _Plaintext, name: str) -> None:
     if answer == b"N":
         raise talk.fail("the server refuses TLS (ssl = off?)")
     if answer != b"S":
-        raise talk.fail(f"expected 'S', got {talk.shown(answer)}")
+        raise talk.fail(f"expected 'S', got {talk.shown()}")
 
 
 # ExtendedRequest for StartTLS (RFC 4511 4.14.1), message ID 1.
@@ -471,7 +464,7 @@ def _ldap(talk: _Plaintext, name: str) -> None:
     talk.send(_LDAP_REQUEST)
     head = talk.exactly(2)
     if head[0] != 0x30:
-        raise talk.fail(f"expected an LDAP message, got {talk.shown(head)}")
+        raise talk.fail(f"expected an LDAP message, got {talk.shown()}")
     size = head[1]
     extra = b""
     if size & 0x80:
@@ -511,8 +504,7 @@ def _mysql(talk: _Plaintext, name: str) -> None:
     size = int.from_bytes(header[:3], "little")
     if size > MAX_PLAINTEXT_BYTES:
         raise talk.fail(
-            f"expected a MySQL handshake, got {talk.shown(header)} "
-            f"(a packet of {size} bytes, too large)"
+            f"expected a MySQL handshake, got {talk.shown()} (a packet of {size} bytes, too large)"
         )
     payload = talk.exactly(size)
     if payload[:1] == b"\xff":
@@ -542,9 +534,9 @@ _NEGOTIATE: dict[Dialect, Negotiate] = {
     Dialect.SMTP: _smtp(b"EHLO"),
     Dialect.LMTP: _smtp(b"LHLO"),
     Dialect.IMAP: _imap,
-    Dialect.POP3: _pop3,
+    Dialect.POP3: _greeting_then((b"+OK",), "'+OK'", b"STLS", b"+OK"),
     Dialect.FTP: _ftp,
-    Dialect.NNTP: _nntp,
+    Dialect.NNTP: _greeting_then((b"200", b"201"), "200 or 201", b"STARTTLS", b"382"),
     Dialect.SIEVE: _sieve,
     Dialect.XMPP: _xmpp(b"jabber:client"),
     Dialect.XMPP_SERVER: _xmpp(b"jabber:server"),

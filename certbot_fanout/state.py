@@ -129,11 +129,12 @@ def update_state(
 ) -> None:
     """Record that the consumers in ``deployed`` (name -> certificate SHA-256) were deployed and
     those in ``verified`` were proven current, at ``now``, and that the run is done with those
-    in ``finished``. Also removes the temporary files a killed writer of ``path`` left."""
-    files.remove_leftovers(path)
+    in ``finished``. Also removes the temporary files a killed writer of ``path`` left (by
+    writing it, or when there is nothing to write, on its own)."""
     records = load_state(path)
     done = [name for name in finished if name in records and records[name].pending]
     if not deployed and not verified and not done:
+        files.remove_leftovers(path)
         return
     for name in {*deployed, *verified, *done}:
         old = records.get(name, ConsumerRecord(certificate))

@@ -141,6 +141,16 @@ def public_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture
+def etc_dir() -> Iterator[Path]:
+    """A temporary directory under the real /etc (where discover looks), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="certbot-fanout-test-", dir="/etc"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def start_service(tmp_path: Path) -> Iterator[Callable[[str, Path], Service]]:
     """start(label, live_dir): a loopback TLS service serving copies of the lineage's files."""
     yield from start_service_fixture(tmp_path)

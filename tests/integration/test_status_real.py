@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -571,16 +569,6 @@ def test_check_names_real_problems_and_passes_a_clean_nginx(
 
 
 # --------------------------------------------------------------------------- 6. discover
-
-
-@pytest.fixture
-def etc_dir() -> Iterator[Path]:
-    """A temporary directory under /etc (where discover looks), removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="certbot-fanout-test-", dir="/etc"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_discover_finds_an_unmapped_stale_nginx_and_a_forgotten_copy_under_etc(

@@ -6,8 +6,7 @@ import io
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,16 +31,6 @@ def old_and_new(lineages: LineageFactory) -> tuple[Path, Path]:
         shutil.copyfile(live / name, old / name)
     lineages.renew(NAME, f"www.{NAME}")
     return live, old
-
-
-@pytest.fixture
-def etc_dir() -> Iterator[Path]:
-    """A directory under the real /etc, removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="certbot-fanout-test-", dir="/etc"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def run(lineages: LineageFactory, config: Path, *more: str) -> tuple[int, str]:

@@ -221,7 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
         "presets",
         help="list the presets and print what each expands to",
         description="List the built-in presets (preset: NAME on a consumer) and print the "
-        "fields each fills in; any field set on the consumer replaces the preset's.",
+        "fields each fills in; any field set on the consumer replaces the preset's. Each "
+        "preset is printed as a complete consumer entry, named after the preset and indented "
+        "to paste under `consumers:` in a map; with NAME, the whole output can be pasted. "
+        "With NAME and --map, a whole map (`version: 1`, `consumers:`) to write to a file, "
+        "e.g. `certbot-fanout presets nginx --certificate example.org --map > "
+        "/etc/certbot-fanout/consumers.yaml`.",
     )
     _common_options(presets, top=False)
     presets.add_argument("name", nargs="?", help="show only this preset")
@@ -230,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="example.org",
         metavar="NAME",
         help="lineage name to show in the paths (default: example.org)",
+    )
+    presets.add_argument(
+        "--map",
+        action="store_true",
+        help="print a whole map (version: 1, consumers:) with this one consumer",
     )
 
     demo = sub.add_parser(
@@ -342,22 +352,42 @@ def _setup_logging(verbose: bool, debug: bool) -> None:
 
 
 def _presets(args: argparse.Namespace, out: TextIO) -> int:
-    from certbot_fanout.presets import PRESETS
+    """The catalogue; with NAME, one consumer entry to paste under ``consumers:`` (all of the
+    output is YAML); with NAME and --map, a whole map that ``check`` reads as it stands."""
+    from certbot_fanout.presets import PRESETS, usable_certificate
+
+    def usage(message: str) -> int:
+        print(f"certbot-fanout: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
 
     if args.name and args.name not in PRESETS:
-        print(
-            f"certbot-fanout: error: unknown preset {args.name!r}; known: {', '.join(PRESETS)}",
-            file=sys.stderr,
+        return usage(f"unknown preset {args.name!r}; known: {', '.join(PRESETS)}")
+    if args.map and not args.name:
+        return usage("--map prints a map for one preset: give its NAME (presets lists them)")
+    cert = args.certificate
+    if not usable_certificate(cert):
+        return usage(
+            f"--certificate: expected a lineage name (letters, digits and . _ - + @), got {cert!r}"
         )
-        return EXIT_USAGE
-    chosen = [PRESETS[args.name]] if args.name else list(PRESETS.values())
-    width = max(len(p.name) for p in chosen)
-    for preset in chosen:
+    if args.name:
+        preset = PRESETS[args.name]
+        out.write(f"# preset: {preset.name}  (for certificate: {cert})\n# {preset.summary}\n")
+        if args.map:
+            out.write(
+                "# A whole map with this one consumer. Create the directories of its files, then "
+                "run: certbot-fanout check (with --config FILE for a map elsewhere)\n"
+            )
+            out.write(preset.whole_map(cert))
+        else:
+            out.write("# Paste under `consumers:` in the map (--map prints a whole map).\n")
+            out.write(preset.entry(cert))
+        return EXIT_OK
+    width = max(len(p) for p in PRESETS)
+    for preset in PRESETS.values():
         out.write(f"{preset.name:<{width}}  {preset.summary}\n")
-    for preset in chosen:
-        out.write(f"\n# preset: {preset.name}  (for certificate: {args.certificate})\n")
-        for line in preset.expand(args.certificate).splitlines():
-            out.write(f"  {line}\n")
+    for preset in PRESETS.values():
+        out.write(f"\n# preset: {preset.name}  (for certificate: {cert})\n")
+        out.write(preset.entry(cert))
     return EXIT_OK
 
 

@@ -23,7 +23,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from certbot_fanout.errors import ConfigError
-from certbot_fanout.presets import PRESETS
+from certbot_fanout.presets import CERTIFICATE_RE, PRESETS
 from certbot_fanout.probe import Dialect
 
 DEFAULT_CONFIG_PATH = "/etc/certbot-fanout/consumers.yaml"
@@ -58,8 +58,6 @@ _FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _MODE_RE = re.compile(r"^0?[0-7]{3}$")
-# A preset writes the certificate name into its paths (inside quoted YAML): only these.
-_PRESET_CERT_RE = re.compile(r"^[A-Za-z0-9._@+-]+$")
 
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
@@ -566,7 +564,7 @@ class _Reader:
                 f"unknown preset '{name}'; {extra}known presets: {', '.join(PRESETS)} "
                 "(certbot-fanout presets shows what each sets)",
             )
-        if not _PRESET_CERT_RE.match(certificate):
+        if not CERTIFICATE_RE.match(certificate):
             raise self.error(
                 node,
                 path,

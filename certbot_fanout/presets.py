@@ -7,7 +7,28 @@ as the user's map; ``{certificate}`` stands for the consumer's lineage name.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+
+import yaml
+
+# A preset writes the certificate name into its paths (inside quoted YAML): only these.
+CERTIFICATE_RE = re.compile(r"^[A-Za-z0-9._@+-]+$")
+
+
+def usable_certificate(name: str) -> bool:
+    """Whether a lineage name can go into a preset's paths (and is a lineage name at all)."""
+    return bool(CERTIFICATE_RE.match(name)) and name not in (".", "..")
+
+
+def _scalar(text: str) -> str:
+    """``text`` as a YAML scalar that reads back as that string (quoted only when needed)."""
+    try:
+        plain = yaml.safe_load(text) == text
+    except yaml.YAMLError:
+        plain = False
+    return text if plain else json.dumps(text)
 
 
 @dataclass(frozen=True)
@@ -18,6 +39,18 @@ class Preset:
 
     def expand(self, certificate: str) -> str:
         return self.template.replace("{certificate}", certificate)
+
+    def entry(self, certificate: str) -> str:
+        """A complete consumer entry (named after the preset) with every field the preset
+        fills in, indented to paste under ``consumers:`` in a map."""
+        fields = "".join(
+            f"    {line}\n" if line else "\n" for line in self.expand(certificate).splitlines()
+        )
+        return f"  {self.name}:\n    certificate: {_scalar(certificate)}\n{fields}"
+
+    def whole_map(self, certificate: str) -> str:
+        """A whole map (``version: 1``) whose one consumer is :meth:`entry`."""
+        return f"version: 1\nconsumers:\n{self.entry(certificate)}"
 
 
 PRESETS: dict[str, Preset] = {

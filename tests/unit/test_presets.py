@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from certbot_fanout.cli import main
-from certbot_fanout.config import Consumer, Part, parse_config
+from certbot_fanout.config import Consumer, Part, load_config, parse_config
 from certbot_fanout.errors import ConfigError
 from certbot_fanout.presets import PRESETS, Preset
 
@@ -154,3 +155,61 @@ def test_presets_command_lists_and_expands() -> None:
     assert "/etc/postfix/tls/mail.test.pem" in out.getvalue()
     assert "nginx" not in out.getvalue()
     assert main(["presets", "nope"], environ={}, stdout=io.StringIO()) == 2
+
+
+def presets_output(*argv: str) -> str:
+    out = io.StringIO()
+    assert main(["presets", *argv], environ={}, stdout=out) == 0
+    return out.getvalue()
+
+
+@pytest.mark.usefixtures("service_accounts")
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_map_output_is_a_map_check_reads_as_it_stands(name: str, tmp_path: Path) -> None:
+    path = tmp_path / "consumers.yaml"
+    path.write_text(presets_output(name, "--certificate", CERT, "--map"))
+    out = io.StringIO()
+    argv = ["check", "--no-probe", "--config", str(path), "--config-dir", str(tmp_path / "le")]
+    code = main(argv, environ={}, stdout=out)
+    lines = out.getvalue().splitlines()
+    # The map is valid: what check finds is about this host (no such lineage here, no such
+    # directories or programs), never the map itself.
+    assert code in (0, 1), lines
+    assert not any("the map is not valid" in line for line in lines), lines
+    assert re.match(rf"^(OK: |\d+ problem\(s\) in ){re.escape(str(path))}", lines[-1]), lines
+    assert f"PROBLEM: certificate {CERT}: " in lines[0], "the lineage is a host finding"
+    consumer = load_config(str(path)).consumers
+    assert [(c.name, c.certificate) for c in consumer] == [(name, CERT)]
+    assert consumer[0] == replace(expand(name), name=name), "the same as preset: NAME"
+
+
+@pytest.mark.usefixtures("service_accounts")
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_entry_pastes_under_consumers(name: str) -> None:
+    text = presets_output(name, "--certificate", CERT)
+    config = parse_config("version: 1\nconsumers:\n" + text, "pasted.yaml")
+    assert config.consumers == (replace(expand(name), name=name),)
+
+
+@pytest.mark.usefixtures("service_accounts")
+def test_every_entry_of_the_catalogue_pastes_and_the_certificate_is_quoted_when_needed() -> None:
+    text = presets_output("--certificate", "1.0")
+    entries = text.split("\n# preset: ")[1:]
+    assert len(entries) == len(PRESETS)
+    for name, entry in zip(PRESETS, entries, strict=True):
+        config = parse_config(f"version: 1\nconsumers:\n#{entry}", "pasted.yaml")
+        assert [(c.name, c.certificate) for c in config.consumers] == [(name, "1.0")]
+
+
+def test_presets_refuses_what_it_cannot_print(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["presets", "--map"], environ={}, stdout=io.StringIO()) == 2
+    assert "--map prints a map for one preset: give its NAME" in capsys.readouterr().err
+    for bad in ("a b", "..", 'x"y', "a/b"):
+        assert main(["presets", "nginx", "--certificate", bad], environ={}) == 2
+        assert "--certificate: expected a lineage name" in capsys.readouterr().err
+
+
+def test_readme_shows_what_presets_prints() -> None:
+    readme = (ROOT / "README.md").read_text()
+    (shown,) = re.findall(r"```yaml\n(# preset: postfix .*?)```", readme, re.S)
+    assert shown == presets_output("postfix", "--certificate", "mail.example.org")

@@ -12,9 +12,12 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from certbot_fanout import __version__
+
+if TYPE_CHECKING:
+    from certbot_fanout.config import Config
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -392,13 +395,13 @@ def _presets(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
-    from certbot_fanout.config import Config, load_config
+    from certbot_fanout.config import Config
     from certbot_fanout.discover import discover
     from certbot_fanout.report import render_discover_text
 
     path = _config_path(args, env)
     if os.path.exists(path) or args.config or not args.cert_name:
-        config = load_config(path, certbot_dirs=_certbot_dirs(args))
+        config = _load_map(args, env, _certbot_dirs(args))
     else:  # looking for a certificate before any map exists is fine
         config = Config(path, ())
     report = discover(config, args.config_dir, args.cert_name, args.path)
@@ -408,11 +411,13 @@ def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> 
 
 def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from certbot_fanout.check import run_checks
-    from certbot_fanout.config import load_config
-    from certbot_fanout.errors import ConfigError
+    from certbot_fanout.errors import ConfigError, ConfigNotFound
 
     try:
-        config = load_config(_config_path(args, env), certbot_dirs=_certbot_dirs(args))
+        config = _load_map(args, env, _certbot_dirs(args))
+    except ConfigNotFound as e:
+        print(f"PROBLEM: {e}", file=out)
+        return EXIT_FAILED
     except ConfigError as e:
         print(f"PROBLEM: the map is not valid: {e}", file=out)
         return EXIT_FAILED
@@ -435,6 +440,48 @@ def _config_path(args: argparse.Namespace, env: Mapping[str, str]) -> str:
     return str(args.config or default_config_path(env))
 
 
+def _load_map(
+    args: argparse.Namespace, env: Mapping[str, str], certbot_dirs: Sequence[str]
+) -> Config:
+    """The map, or (when there is none) one message, the same in every command, that says
+    which file was looked for, why that one, and how to begin writing it."""
+    from certbot_fanout.config import load_config
+    from certbot_fanout.errors import ConfigNotFound
+
+    path = _config_path(args, env)
+    try:
+        return load_config(path, certbot_dirs=certbot_dirs)
+    except ConfigNotFound:
+        raise ConfigNotFound(_no_map_message(path, args, env), path) from None
+
+
+def _no_map_message(path: str, args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    import shlex
+
+    from certbot_fanout.config import CONFIG_ENV
+
+    if args.config:
+        origin = "named by --config"
+    elif env.get(CONFIG_ENV):
+        origin = f"named by ${CONFIG_ENV}"
+    else:
+        origin = f"the default path; --config FILE or ${CONFIG_ENV} names another"
+    directory = os.path.dirname(os.path.abspath(path))
+    mkdir = "" if os.path.isdir(directory) else f"  mkdir -p {shlex.quote(directory)}\n"
+    check = "certbot-fanout check" + (f" --config {shlex.quote(path)}" if args.config else "")
+    return (
+        f"config file not found: no consumer map there yet ({origin})\n"
+        "To begin one, write a whole map for a preset there (`certbot-fanout presets` lists "
+        "them):\n"
+        f"{mkdir}"
+        f"  certbot-fanout presets NAME --certificate CERT --map > {shlex.quote(path)}\n"
+        "or let discover find what already uses a certificate, with an entry to paste for "
+        "each find:\n"
+        "  certbot-fanout discover --cert-name CERT\n"
+        f"then see whether a deploy would work: {check}"
+    )
+
+
 def _certbot_dirs(args: argparse.Namespace, live: str | None = None) -> tuple[str, ...]:
     """Certbot's config dirs, whose own directories no consumer file may be placed in:
     --config-dir, and the one a lineage (``DIR/live/NAME``, as certbot's hook gives it) is in."""
@@ -455,7 +502,6 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
     import time
 
     from certbot_fanout import files
-    from certbot_fanout.config import load_config
     from certbot_fanout.errors import FanoutError
     from certbot_fanout.report import (
         render_prometheus,
@@ -471,7 +517,7 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
         probe=not args.no_probe,
     )
     try:
-        config = load_config(_config_path(args, env), certbot_dirs=_certbot_dirs(args))
+        config = _load_map(args, env, _certbot_dirs(args))
         state_path = _state_path(args)
         if args.repair:
             report = check_and_repair(config, state_path, options, args.lock_file)
@@ -500,7 +546,6 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
 
 
 def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
-    from certbot_fanout.config import load_config
     from certbot_fanout.deploy import DeployOptions, deploy_lineage
     from certbot_fanout.errors import FanoutError
     from certbot_fanout.lineage import lineage_dir
@@ -518,7 +563,7 @@ def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
             f"or ${HOOK_ENV} (set by certbot for deploy hooks)"
         )
     live = os.path.abspath(live)
-    config = load_config(_config_path(args, env), certbot_dirs=_certbot_dirs(args, live))
+    config = _load_map(args, env, _certbot_dirs(args, live))
     options = DeployOptions(force=args.force, dry_run=args.dry_run, jobs=args.jobs)
     result = deploy_lineage(
         config, live, options, lock_path=args.lock_file, state_path=_state_path(args)

@@ -22,7 +22,7 @@ from typing import TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from certbot_fanout.errors import ConfigError
+from certbot_fanout.errors import ConfigError, ConfigNotFound
 from certbot_fanout.presets import CERTIFICATE_RE, PRESETS
 from certbot_fanout.probe import Dialect
 
@@ -162,13 +162,14 @@ def load_config(path: str, *, certbot_dirs: Sequence[str] = (DEFAULT_CERTBOT_DIR
     in their ``live/``, ``archive/``, ``keys/``, ``renewal/`` or ``accounts/`` is refused.
 
     Raises:
+        ConfigNotFound: there is no file at ``path``.
         ConfigError: the file cannot be read or does not follow schema version 1.
     """
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(
+        raise ConfigNotFound(
             "config file not found (set --config or $CERTBOT_FANOUT_CONFIG)", path
         ) from None
     except IsADirectoryError:

@@ -41,6 +41,10 @@ class ConfigError(FanoutError):
         return ": ".join([*parts, self.message])
 
 
+class ConfigNotFound(ConfigError):
+    """There is no consumer map at the path (a newcomer's first run, or a mistyped path)."""
+
+
 class LineageError(FanoutError):
     """The Certbot lineage is missing, unreadable or inconsistent."""
 

@@ -277,3 +277,84 @@ def test_quiet_hook_prints_nothing_for_an_unused_certificate(
     }
     assert run(["deploy", "--quiet"], env) == (0, "")
     assert run(["deploy"], env)[1].endswith("uses certificate x.test; nothing to do\n")
+
+
+NO_MAP_COMMANDS = {  # each command's documented exit code for a config error
+    "check": (["check", "--no-probe"], 1),
+    "deploy": (["deploy", "--cert-name", "x.test"], 2),
+    "status": (["status", "--no-probe"], 3),
+    "discover": (["discover"], 2),
+}
+
+
+def _no_map(
+    argv: list[str], environ: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> tuple[int, str]:
+    """A command's answer to a missing map, without its channel's prefix (PROBLEM:, UNKNOWN:,
+    certbot-fanout: error:), which each command keeps for a config error."""
+    out = io.StringIO()
+    code = main([*argv, "--config-dir", str(tmp_path / "le")], environ=environ, stdout=out)
+    text = out.getvalue() + capsys.readouterr().err
+    assert "Traceback" not in text and "not valid" not in text, text
+    for prefix in ("PROBLEM: ", "UNKNOWN: ", "certbot-fanout: error: "):
+        if text.startswith(prefix):
+            return code, text.removeprefix(prefix)
+    raise AssertionError(f"no known prefix: {text!r}")
+
+
+@pytest.mark.parametrize(
+    "origin", ["--config", "$CERTBOT_FANOUT_CONFIG", "default"], ids=["option", "env", "default"]
+)
+def test_a_missing_map_gets_one_message_that_says_how_to_begin(
+    origin: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from certbot_fanout.config import DEFAULT_CONFIG_PATH
+
+    path = str(tmp_path / "no" / "consumers.yaml")
+    more: list[str] = []
+    environ: dict[str, str] = {}
+    if origin == "--config":
+        more = ["--config", path]
+    elif origin == "$CERTBOT_FANOUT_CONFIG":
+        environ = {"CERTBOT_FANOUT_CONFIG": path}
+    else:
+        if os.path.lexists(DEFAULT_CONFIG_PATH):
+            pytest.skip(f"{DEFAULT_CONFIG_PATH} exists on this host")
+        path = DEFAULT_CONFIG_PATH
+    messages = {}
+    for command, (argv, expected_code) in NO_MAP_COMMANDS.items():
+        code, message = _no_map([*argv, *more], environ, capsys, tmp_path)
+        assert code == expected_code, (command, message)
+        messages[command] = message
+    assert len(set(messages.values())) == 1, messages
+    message = messages["check"]
+    first = message.splitlines()[0]
+    assert first.startswith(f"{path}: config file not found: no consumer map there yet (")
+    if origin == "default":
+        assert "(the default path; --config FILE or $CERTBOT_FANOUT_CONFIG names another)" in first
+    else:
+        assert first.endswith(f"(named by {origin})")
+    assert "`certbot-fanout presets` lists them" in message
+    assert f"  certbot-fanout presets NAME --certificate CERT --map > {path}\n" in message
+    assert "  certbot-fanout discover --cert-name CERT\n" in message
+    check = "certbot-fanout check" + (f" --config {path}" if origin == "--config" else "")
+    assert message.endswith(f"then see whether a deploy would work: {check}\n")
+    if origin != "default":
+        assert f"  mkdir -p {tmp_path / 'no'}\n" in message
+
+
+def test_the_commands_a_missing_map_suggests_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the message tells a newcomer to run works: the preset's map is written, and
+    discover looks for a certificate before any map exists."""
+    path = tmp_path / "consumers.yaml"
+    out = io.StringIO()
+    assert main(["presets", "nginx", "--certificate", "x.test", "--map"], {}, out) == 0
+    path.write_text(out.getvalue())
+    from certbot_fanout.config import load_config
+
+    assert [c.certificate for c in load_config(str(path)).consumers] == ["x.test"]
+    capsys.readouterr()
+    assert main(["discover", "--help"]) == 0
+    assert "--cert-name NAME" in capsys.readouterr().out

@@ -49,7 +49,8 @@ def run_checks(config: Config, config_dir: str, probe: bool = True) -> CheckRepo
     for consumer in config.consumers:
         problems.extend(_check_consumer(consumer, lineages.get(consumer.certificate), probe))
     return CheckReport(
-        problems=tuple(problems),
+        # Each distinct problem once: files in one missing directory share its problem.
+        problems=tuple(dict.fromkeys(problems)),
         consumers=len(config.consumers),
         files=sum(len(c.files) for c in config.consumers),
         endpoints=sum(len(c.verify) for c in config.consumers),

@@ -424,9 +424,9 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int
     report = run_checks(config, args.config_dir, probe=not args.no_probe)
     for problem in report.problems:
         print(f"PROBLEM: {problem}", file=out)
-    scope = f"{report.consumers} consumers, {report.files} files, {report.endpoints} endpoints" + (
-        "" if report.probed else " (not probed)"
-    )
+    counts = {"consumer": report.consumers, "file": report.files, "endpoint": report.endpoints}
+    scope = ", ".join(f"{n} {word}" if n == 1 else f"{n} {word}s" for word, n in counts.items())
+    scope += "" if report.probed else " (not probed)"
     if report.problems:
         print(f"{len(report.problems)} problem(s) in {config.source} ({scope})", file=out)
         return EXIT_FAILED

@@ -53,7 +53,7 @@ consumers:
         )
         code, lines = run(config, lineages)
     assert code == 0, lines
-    assert lines == [f"OK: {config} checks out (1 consumers, 2 files, 1 endpoints)"]
+    assert lines == [f"OK: {config} checks out (1 consumer, 2 files, 1 endpoint)"]
 
 
 @needs_root
@@ -143,3 +143,50 @@ def test_an_invalid_map_is_a_problem_not_a_crash(
         f"PROBLEM: the map is not valid: {config}:4:5: consumers.web.certificat: unknown key "
         "'certificat'; did you mean 'certificate'?"
     ]
+
+
+def test_a_problem_shared_by_several_files_is_reported_once(
+    lineages: LineageFactory, write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    lineages.issue(NAME)
+    missing = tmp_path / "missing"
+    config = write_config(
+        f"""\
+version: 1
+consumers:
+  web:
+    certificate: {NAME}
+    files:
+      - {{path: {missing}/fullchain.pem, content: fullchain}}
+      - {{path: {missing}/privkey.pem, content: privkey}}
+      - {{path: {missing}/cert.pem, content: cert}}
+  mail:
+    certificate: {NAME}
+    files:
+      - {{path: {missing}/mail.pem, content: [privkey, fullchain]}}
+"""
+    )
+    code, lines = run(config, lineages, "--no-probe")
+    assert code == 1
+    problem = f"the directory {missing} does not exist; create it"
+    # Once per consumer that needs it, not once per file.
+    assert [line.split(": ", 2)[1] for line in lines if problem in line] == ["web", "mail"]
+    assert lines[-1] == (
+        f"2 problem(s) in {config} (2 consumers, 4 files, 0 endpoints (not probed))"
+    ), lines
+
+
+def test_counts_are_pluralised(
+    lineages: LineageFactory, write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    lineages.issue(NAME)
+    (tmp_path / "tls").mkdir()
+    config = write_config(
+        f"version: 1\nconsumers:\n  web:\n    certificate: {NAME}\n"
+        f"    files: [{{path: {tmp_path}/tls/cert.pem, content: cert}}]\n"
+        "    verify: [{host: 127.0.0.1, port: 1}]\n"
+    )
+    assert run(config, lineages, "--no-probe") == (
+        0,
+        [f"OK: {config} checks out (1 consumer, 1 file, 1 endpoint (not probed))"],
+    )

@@ -33,6 +33,10 @@ _TEMP_SUFFIX = ".fanout-"
 _TEMP_TOKEN = re.compile(r"[0-9a-f]{12}")  # secrets.token_hex(6)
 
 
+# Why a file is to be placed: there is none at its path (a deploy's text says "new file").
+MISSING_REASON = "missing"
+
+
 class Kind(enum.Enum):
     MISSING = "missing"
     FILE = "file"
@@ -266,7 +270,7 @@ def _read_all(fd: int, limit: int) -> bytes:
 def differences(desired: Desired, current: Snapshot) -> list[str]:
     """Why ``current`` is not ``desired``, in words; empty when nothing needs doing."""
     if current.kind is Kind.MISSING:
-        return ["missing"]
+        return [MISSING_REASON]
     if desired.target is not None:
         if current.kind is not Kind.SYMLINK:
             return ["a regular file where a symlink belongs"]

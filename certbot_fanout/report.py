@@ -6,6 +6,7 @@ import datetime
 import json
 from typing import TYPE_CHECKING, Any
 
+from certbot_fanout import files
 from certbot_fanout.deploy import (
     ConsumerResult,
     DeployResult,
@@ -21,6 +22,10 @@ if TYPE_CHECKING:  # discover's imports stay off the deploy hook's path
     from certbot_fanout.discover import DiscoverReport, Find
 
 JSON_VERSION = 1
+
+# A reason a file was (or would be) placed, as it reads after "placed PATH": what was there
+# before. JSON keeps the reasons themselves.
+_BEFORE = {files.MISSING_REASON: "new file"}
 
 
 def _ms(seconds: float) -> str:
@@ -65,7 +70,7 @@ def _consumer_lines(
     for f in c.files:
         if detail and f.changed:
             verb = "would place" if c.outcome is Outcome.PLANNED else "placed"
-            reasons = ", ".join(f.reasons) or "forced"
+            reasons = ", ".join(_BEFORE.get(r, r) for r in f.reasons) or "forced"
             lines.append(f"{indent}{verb} {f.path} ({reasons})")
         if f.warning:
             lines.append(f"{indent}warning: {f.path}: {f.warning}")
@@ -229,6 +234,10 @@ def render_json(result: DeployResult) -> str:
 # -- status ----------------------------------------------------------------------------------
 
 STATUS_JSON_VERSION = 1
+
+# A reason a file was (or would be) placed, as it reads after "placed PATH": what was there
+# before. JSON keeps the reasons themselves.
+_BEFORE = {files.MISSING_REASON: "new file"}
 
 
 def _when(ts: float | None) -> str:

@@ -6,6 +6,7 @@ consumer's reload appends to a marker file and sends that signal, so tests can c
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import threading
@@ -468,3 +469,25 @@ def test_a_consumer_without_files_is_reloaded_only_while_it_serves_the_old_certi
     blind = text.split("    verify:")[0]  # nothing shows what it serves: every deploy reloads
     assert deploy(config_of(blind), new).consumers[0].reload_reason == "no files of its own"
     assert svc.reloads() == 2
+
+
+def test_a_file_that_did_not_exist_reads_as_a_new_file(
+    lineages: LineageFactory, tmp_path: Path
+) -> None:
+    live, _ = lineages.issue(NAME)
+    (tmp_path / "etc").mkdir()
+    placed = tmp_path / "etc" / "fullchain.pem"
+    text = f"  a:\n    certificate: {NAME}\n    files:\n      - {{path: {placed}, content: cert}}\n"
+    lineage = read_lineage(str(live))
+    plan = render_text(deploy(config_of(text), lineage, DeployOptions(dry_run=True)))
+    assert f"would place {placed} (new file)" in plan
+    result = deploy(config_of(text), lineage)
+    done = render_text(result, verbose=True)
+    assert f"placed {placed} (new file)" in done
+    assert "missing" not in plan + done
+    # JSON keeps the reason as it was: the file was missing before.
+    (file_json,) = json.loads(render_json(result))["consumers"][0]["files"]
+    assert file_json["reasons"] == ["missing"] and file_json["changed"] is True
+    placed.write_text("old")
+    again = render_text(deploy(config_of(text), lineage), verbose=True)
+    assert f"placed {placed} (content differs)" in again

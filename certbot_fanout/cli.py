@@ -248,8 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="a self-contained demonstration (no root, no network, leaves nothing)",
-        description="Build a throwaway CA and lineage, start two loopback TLS services, renew, "
-        "and deploy with the real code path; then show a stale consumer being caught.",
+        description="Build a throwaway CA and lineage, start three loopback TLS services, "
+        "renew, and deploy with the real code path: two turn to the new certificate, and the "
+        "third, which reads a copy nobody wrote down, is caught.",
     )
     _common_options(demo, top=False)
     return parser

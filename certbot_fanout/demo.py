@@ -21,6 +21,7 @@ from certbot_fanout.lineage import fingerprint
 from certbot_fanout.probe import fetch_leaf
 
 NAME = "demo.test"
+_WORDS = ("no", "one", "two", "three", "four", "five", "six")
 
 
 class _Service:
@@ -185,9 +186,19 @@ def run_demo(out: TextIO) -> int:
             )
             services.append(stale)
             old_fp = _fp(old)
-            say("2. Three loopback TLS services start, each from its own copy of the certificate:")
-            say(f"     web         127.0.0.1:{web.port}  (stands in for nginx)")
-            say(f"     federation  127.0.0.1:{fed.port}  (stands in for Synapse on 8448)")
+            roles = {
+                web.label: "stands in for nginx",
+                fed.label: "stands in for Synapse on 8448",
+                stale.label: "a second listener, set up by hand; not in the map yet",
+            }
+            count = _WORDS[len(services)] if len(services) < len(_WORDS) else str(len(services))
+            say(
+                f"2. {count.capitalize()} loopback TLS services start, each from its own copy of "
+                "the certificate:"
+            )
+            width = max(len(svc.label) for svc in services)
+            for svc in services:
+                say(f"     {svc.label:<{width}}  127.0.0.1:{svc.port}  ({roles[svc.label]})")
             for svc in services:
                 if svc.serves() != old_fp:
                     raise RuntimeError(f"{svc.label} does not serve the first certificate")

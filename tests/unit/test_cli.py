@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,10 +20,12 @@ from _lineages import LineageFactory
 from _servers import Peer
 
 import certbot_fanout
-from certbot_fanout.cli import main
+from certbot_fanout import demo
+from certbot_fanout.cli import build_parser, main
 from certbot_fanout.lineage import read_lineage
 
 NAME = "cli.test"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(argv: list[str], environ: dict[str, str] | None = None) -> tuple[int, str]:
@@ -196,6 +201,7 @@ def _leftovers() -> set[str]:
 
 
 def _demo_processes() -> list[str]:
+    """The demo's own service processes (other tests start the same server elsewhere)."""
     found = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
@@ -203,19 +209,74 @@ def _demo_processes() -> list[str]:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"certbot_fanout._demo_server" in cmdline:
+            if b"certbot_fanout._demo_server" in cmdline and b"certbot-fanout-demo-" in cmdline:
                 found.append(pid)
     return found
 
 
-def test_demo_in_process_passes_and_leaves_nothing() -> None:
+@dataclass
+class DemoRun:
+    code: int
+    out: str
+    started: list[tuple[str, int]]  # (label, port) of every service the demo started
+    leftovers_before: set[str]
+
+
+@pytest.fixture(scope="module")
+def demo_run() -> DemoRun:
+    """One in-process demo run, shared; it records every service the demo starts."""
+    started: list[tuple[str, int]] = []
+
+    class Recorded(demo._Service):
+        def __init__(self, workdir: str, label: str, cert: str, key: str) -> None:
+            super().__init__(workdir, label, cert, key)
+            started.append((label, self.port))
+
     before = _leftovers()
-    code, out = run(["demo"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(demo, "_Service", Recorded)
+        code, out = run(["demo"])
+    return DemoRun(code, out, started, before)
+
+
+def test_demo_in_process_passes_and_leaves_nothing(demo_run: DemoRun) -> None:
+    code, out = demo_run.code, demo_run.out
     assert code == 0, out
     assert "Demo passed" in out
     assert "federation-stale  FAILED" in out and "serves another certificate" in out
-    assert _leftovers() == before
+    assert _leftovers() == demo_run.leftovers_before
     assert _demo_processes() == []
+
+
+NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+
+
+def test_demo_says_how_many_services_it_starts_and_lists_each(demo_run: DemoRun) -> None:
+    lines = demo_run.out.splitlines()
+    (step,) = [i for i, line in enumerate(lines) if line.startswith("2. ")]
+    said = re.match(r"2\. (\w+) loopback TLS services start", lines[step])
+    assert said, lines[step]
+    listed = []
+    for line in lines[step + 1 :]:
+        row = re.match(r"^ {5}(\S+) +127\.0\.0\.1:(\d+)  \(", line)
+        if not row:
+            break
+        listed.append((row[1], int(row[2])))
+    assert len(demo_run.started) == 3
+    assert NUMBERS[said[1].lower()] == len(listed) == len(demo_run.started)
+    assert listed == demo_run.started
+    # Every service the demo talks about later is one of those it listed.
+    assert {int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", demo_run.out)} == {
+        port for _, port in listed
+    }
+    # The command's help and the README's quick start say the same number.
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    demo_help = commands.choices["demo"]
+    assert f"start {said[1].lower()} loopback TLS services" in " ".join(
+        str(demo_help.description).split()
+    )
+    quick_start = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ")[0]
+    assert f"starts {said[1].lower()} loopback TLS services" in " ".join(quick_start.split())
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to nobody needs root")

@@ -1,8 +1,8 @@
 """Shared fixtures, the integration marker, and the rule that CI runs every integration test.
 
 Tests under tests/integration/ are marked ``integration`` automatically. With
-CERTBOT_FANOUT_REQUIRE_INTEGRATION=1 (set by ./dev test and CI), a skipped integration test,
-or a run in which no integration test passed, fails the session.
+CERTBOT_FANOUT_REQUIRE_INTEGRATION=1 (set by ./dev test and CI), a skipped test (unit or
+integration), or a run in which no integration test passed, fails the session.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from _lineages import LineageFactory
+from _public import PublicInstall, install_public, public_dir
 from _services import Service, start_service_fixture
 from hypothesis import settings
 
@@ -59,11 +60,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if "integration" not in report.keywords:
-        return
-    if report.skipped:
+    if report.skipped and not hasattr(report, "wasxfail"):
         _skipped.append(report.nodeid)
-    elif report.when == "call" and report.passed:
+    elif report.when == "call" and report.passed and "integration" in report.keywords:
         _passed.append(report.nodeid)
 
 
@@ -81,8 +80,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     if _skipped:
         terminalreporter.write_line(
-            f"{REQUIRE_ENV}=1: {len(_skipped)} integration test(s) were skipped; "
-            "every integration test must run here:",
+            f"{REQUIRE_ENV}=1: {len(_skipped)} test(s) were skipped; every test must run here:",
             red=True,
         )
         for nodeid in _skipped:
@@ -132,10 +130,20 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
 @pytest.fixture
 def public_tmp() -> Iterator[Path]:
     """A temp dir that every user can traverse (pytest's own tmp_path base is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="certbot-fanout-test-"))
-    path.chmod(0o755)
+    path = public_dir()
     try:
         yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def public_install() -> Iterator[PublicInstall]:
+    """The package under test, copied where every user can read it, for tests that run
+    certbot-fanout as another user (the checkout itself may be in a 0700 home)."""
+    path = public_dir()
+    try:
+        yield install_public(path)
     finally:
         shutil.rmtree(path, ignore_errors=True)
 

@@ -16,6 +16,8 @@ import subprocess
 import urllib.parse
 from pathlib import Path
 
+from _public import public_dir
+
 from ._proc import (
     ChildDaemon,
     accepts,
@@ -24,7 +26,6 @@ from ._proc import (
     find_binary,
     free_port,
     owned_dir,
-    public_dir,
     read_pid,
     retry_if_port_taken,
     run_checked,

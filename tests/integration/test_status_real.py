@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _public import PublicInstall
 from prometheus_client.parser import text_string_to_metric_families
 
 from certbot_fanout._pki import ThrowawayCA
@@ -278,7 +279,11 @@ def test_status_warns_and_goes_critical_at_expiry_thresholds(fleet: Fleet) -> No
 
 
 def test_status_unknown_when_the_map_cannot_be_read(
-    certbot: Certbot, fanout_bin: Path, tmp_path: Path, public_tmp: Path
+    certbot: Certbot,
+    fanout_bin: Path,
+    tmp_path: Path,
+    public_tmp: Path,
+    public_install: PublicInstall,
 ) -> None:
     """Exit 3 (UNKNOWN), with a reason and no traceback: the map is a directory; the map is
     invalid YAML; the map names a lineage that is not there; and the map is a root-only file
@@ -308,7 +313,14 @@ def test_status_unknown_when_the_map_cannot_be_read(
     secret = public_tmp / "consumers.yaml"
     secret.write_text(f"version: 1\nconsumers:\n  web: {{certificate: {CERT_NAME}}}\n")
     secret.chmod(0o600)
-    argv = [RUNUSER_BIN, "-u", "nobody", "--", *fanout.argv("status", config=secret)]
+    argv = [
+        RUNUSER_BIN,
+        "-u",
+        "nobody",
+        "--",
+        *public_install.argv(),
+        *fanout.argv("status", config=secret)[1:],
+    ]
     argv[argv.index("--state-file") + 1] = str(public_tmp / "state.json")
     as_nobody = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 

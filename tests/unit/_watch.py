@@ -1,8 +1,10 @@
 """Watch a directory with inotify and lstat every entry the moment an event names it.
 
 Run as a separate process (so the GIL of the process under test cannot delay it):
-``python _watch.py DIR OUT``. It creates ``OUT.ready`` once watching, and on SIGTERM writes one
-JSON line per observation to OUT: ``[name, mode, uid, gid, size]``.
+``python _watch.py DIR OUT [--live]``. It creates ``OUT.ready`` once watching, and on SIGTERM
+reads every event still queued, then writes one JSON line per observation to OUT:
+``[name, mode, uid, gid, size]``. With ``--live`` it also prints each observation to stdout the
+moment it is made, so a placer under test can wait until a state of its file has been seen.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ _HEADER = struct.Struct("iIII")
 
 def main() -> int:
     directory, out = sys.argv[1], sys.argv[2]
+    live = sys.argv[3:] == ["--live"]
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
     if fd < 0:
@@ -44,8 +47,11 @@ def main() -> int:
         pass
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    while not stop:
-        if not poller.poll(50):
+    while True:
+        # After SIGTERM, drain: the events of every step that came before it are queued already.
+        if not poller.poll(0 if stop else 50):
+            if stop:
+                break
             continue
         try:
             data = os.read(fd, 65536)
@@ -60,7 +66,10 @@ def main() -> int:
                 st = os.lstat(os.path.join(directory, name.decode()))
             except FileNotFoundError:
                 continue
-            seen.append((name.decode(), st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_size))
+            row = (name.decode(), st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_size)
+            seen.append(row)
+            if live:
+                print(json.dumps(row), flush=True)
     with open(out, "w") as f:
         for row in seen:
             f.write(json.dumps(row) + "\n")

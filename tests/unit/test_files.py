@@ -213,10 +213,49 @@ def test_reader_problem_follows_the_whole_path(public_tmp: Path) -> None:
 # -- the key is never readable by others, at any instant, even under umask 000 ------------------
 
 
+Row = list[int | str]
+
+
+class Watcher:
+    """The inotify watcher process (``_watch.py --live``): what it has seen so far, and a way to
+    wait until it has seen a given state."""
+
+    def __init__(self, proc: subprocess.Popen[str], out: Path) -> None:
+        self.proc, self.out = proc, out
+
+    def wait_until_seen(self, wanted: Callable[[Row], bool], timeout: float = 10.0) -> Row:
+        """Block until the watcher reports an observation for which ``wanted`` is true. A placer
+        that calls this between its steps holds each state until it has been seen: the control
+        cannot be missed however busy the machine is."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            assert line, "the watcher stopped"
+            row: Row = json.loads(line)
+            if wanted(row):
+                return row
+        raise AssertionError(f"the watcher did not see the state within {timeout} s")
+
+    def rows(self) -> list[Row]:
+        """Stop the watcher (it reads every event already queued first) and return all rows."""
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.communicate(timeout=10)
+        return [json.loads(line) for line in self.out.read_text().splitlines()]
+
+
 @contextlib.contextmanager
-def watching(directory: Path, out: Path) -> Iterator[Callable[[], list[list[int | str]]]]:
+def watching(directory: Path, out: Path) -> Iterator[Watcher]:
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("_watch.py")), str(directory), str(out)]
+        [
+            sys.executable,
+            str(Path(__file__).with_name("_watch.py")),
+            str(directory),
+            str(out),
+            "--live",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     ready = Path(str(out) + ".ready")
     deadline = time.monotonic() + 10
@@ -224,47 +263,51 @@ def watching(directory: Path, out: Path) -> Iterator[Callable[[], list[list[int 
         assert proc.poll() is None and time.monotonic() < deadline, "watcher did not start"
         time.sleep(0.01)
     ready.unlink()
-
-    def rows() -> list[list[int | str]]:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
-        return [json.loads(line) for line in out.read_text().splitlines()]
-
     try:
-        yield rows
+        yield Watcher(proc, out)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.communicate()
 
 
-def _naive_place(d: files.Desired) -> None:
-    # What a hand-written hook does: create, write, then fix owner and mode.
+def _safe_place(d: files.Desired, watcher: Watcher) -> None:
+    files.place(d)
+
+
+def _naive_place(d: files.Desired, watcher: Watcher) -> None:
+    # What a hand-written hook does: create, write, then fix owner and mode. It waits until the
+    # watcher has seen the written file before fixing it, so the exposure is seen every time.
     with open(d.path, "wb") as f:
         f.write(d.data or b"")
         f.flush()
         os.fsync(f.fileno())
+    # Each placement's data has its own length, so an observation left over from an earlier
+    # placement cannot stand in for this one.
+    size, name = len(d.data or b""), os.path.basename(d.path)
+    watcher.wait_until_seen(lambda row: row[0] == name and row[4] == size and row[2] != d.uid)
     os.chown(d.path, d.uid, d.gid)
     os.chmod(d.path, d.mode)
 
 
-def _exposures(rows: list[list[int | str]], uid: int) -> list[list[int | str]]:
+def _exposures(rows: list[Row], uid: int) -> list[Row]:
     """Observed states in which key bytes existed while others (or a wrong owner) could read."""
     return [row for row in rows if int(row[4]) > 0 and (int(row[1]) & 0o077 or int(row[2]) != uid)]
 
 
 @needs_root
-@pytest.mark.parametrize(("placer", "safe"), [(files.place, True), (_naive_place, False)])
+@pytest.mark.parametrize(("placer", "safe"), [(_safe_place, True), (_naive_place, False)])
 def test_key_never_readable_by_others_under_umask_000(
-    tmp_path: Path, placer: Callable[[files.Desired], None], safe: bool
+    tmp_path: Path, placer: Callable[[files.Desired, Watcher], None], safe: bool
 ) -> None:
-    """The watcher lstats each entry on every inotify event; the naive placer proves it sees."""
+    """The watcher lstats each entry on every inotify event; the naive placer, which holds each
+    written file until the watcher has seen it, proves that it sees."""
     uid, gid = nobody()
     directory = tmp_path / "tls"
     directory.mkdir(mode=0o755)
     old_umask = os.umask(0)
     try:
-        with watching(directory, tmp_path / "seen.jsonl") as rows:
+        with watching(directory, tmp_path / "seen.jsonl") as watcher:
             for i in range(60):
                 placer(
                     files.Desired(
@@ -272,12 +315,13 @@ def test_key_never_readable_by_others_under_umask_000(
                         uid=uid,
                         gid=gid,
                         mode=0o600,
-                        data=KEY + str(i).encode(),
-                    )
+                        data=KEY + b"#" * i,
+                    ),
+                    watcher,
                 )
                 if not safe:
                     (directory / "key.pem").unlink()
-            seen = rows()
+            seen = watcher.rows()
     finally:
         os.umask(old_umask)
     assert len(seen) >= 60, "the watcher saw too little to prove anything"
@@ -285,4 +329,5 @@ def test_key_never_readable_by_others_under_umask_000(
     if safe:
         assert exposed == []
     else:
-        assert exposed, "the watcher failed to see a naive placer expose the key"
+        # Each of the 60 placements was held until seen: at least one exposure each.
+        assert len(exposed) >= 60, f"the watcher saw {len(exposed)} exposures in 60 placements"

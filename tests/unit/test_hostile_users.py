@@ -14,7 +14,6 @@ import os
 import pwd
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from _lineages import LineageFactory
+from _public import python_for_anyone
 from _tally import record
 
 from certbot_fanout import files
@@ -51,9 +51,10 @@ def attacker() -> Iterator[pwd.struct_passwd]:
 
 
 def as_attacker(user: pwd.struct_passwd, code: str, *args: str) -> subprocess.Popen[bytes]:
-    """Run ``code`` (Python) as the attacker, with no supplementary groups."""
+    """Run ``code`` (Python) as the attacker, with no supplementary groups, on an interpreter
+    the attacker can reach wherever the checkout lives."""
     return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
+        [python_for_anyone(), "-I", "-c", code, *args],
         user=user.pw_uid,
         group=user.pw_gid,
         extra_groups=[],

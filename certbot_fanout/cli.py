@@ -256,13 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_DAYS = 99999  # --warn-days and --crit-days; a certificate lives for months, not centuries
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < 100000:
-        raise argparse.ArgumentTypeError("expected a number of days, 0 or more")
+    if not 0 <= value <= MAX_DAYS:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(
+            f"expected a number of days from 0 to {MAX_DAYS}, got {text!r}"
+        )
     return value
 
 

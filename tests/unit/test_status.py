@@ -187,3 +187,22 @@ def test_no_probe_checks_files_only(site: Site, lineages: LineageFactory) -> Non
     code, out = site.run("status", "--no-probe")
     assert code == 0, out
     assert "not probed" in out
+
+
+def test_expiry_thresholds_out_of_range_say_the_real_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "consumers.yaml"
+    config.write_text("version: 1\n")
+    base = ["status", "--config", str(config), "--no-probe"]
+    for option in ("--warn-days", "--crit-days"):
+        for bad in ("100000", "-1", "nan", "inf"):
+            assert main([*base, option, bad], environ={}, stdout=io.StringIO()) == 3
+            err = capsys.readouterr().err
+            assert f"argument {option}: expected a number of days from 0 to 99999, got '{bad}'" in (
+                err
+            )
+        for good in ("0", "0.5", "99999"):
+            out = io.StringIO()
+            assert main([*base, option, good], environ={}, stdout=out) == 0, capsys.readouterr()
+            assert out.getvalue().startswith("OK: no consumer in the map")

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from certbot_fanout import __version__
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+STATUS_UNKNOWN = 3  # status follows the monitoring-plugins convention: a usage error is UNKNOWN
 
 HOOK_ENV = "RENEWED_LINEAGE"
 
@@ -90,8 +91,31 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """A parser whose usage errors exit with its own command's code for one (``status``, a
+    monitoring check, says UNKNOWN); the top-level parser knows its sub-commands' parsers."""
+
+    def __init__(self, *args: Any, usage_exit_code: int = EXIT_USAGE, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.usage_exit_code = usage_exit_code
+        self.commands: dict[str, _Parser] = {}
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(self.usage_exit_code, f"{self.prog}: error: {message}\n")
+
+    def parse_command_line(self, argv: Sequence[str]) -> argparse.Namespace:
+        """``parse_args``, except that arguments no parser took are refused by the parser of
+        the sub-command they were given with (and so with its usage exit code)."""
+        args, extras = self.parse_known_args(argv)
+        if extras:
+            parser = self.commands.get(args.command or "", self)
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return args
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(
         prog="certbot-fanout",
         description=_DESCRIPTION,
         epilog=_EPILOG,
@@ -99,9 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _common_options(parser, top=True)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    deploy = sub.add_parser(
+    def add_command(name: str, **kwargs: Any) -> _Parser:
+        command: _Parser = commands.add_parser(name, **kwargs)
+        parser.commands[name] = command
+        return command
+
+    deploy = add_command(
         "deploy",
         help="deploy one lineage to its consumers",
         description="Deploy one lineage to every consumer of it: place, test, reload, verify.",
@@ -138,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="consumers handled at once (default: 128)",
     )
 
-    check = sub.add_parser(
+    check = add_command(
         "check",
         help="preflight: find what would make a deploy fail on this host; changes nothing",
         description="Check the map and this host: the map is valid, each lineage reads, every "
@@ -152,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-probe", action="store_true", help="do not connect to the verify endpoints"
     )
 
-    status = sub.add_parser(
+    status = add_command(
         "status",
+        usage_exit_code=STATUS_UNKNOWN,
         help="prove every consumer is current now; a monitoring check (exit 0-3)",
         description="For every consumer of every certificate in the map: are its files the "
         "lineage's current content, owner and mode, and does each endpoint serve the current "
@@ -193,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-probe", action="store_true", help="check files and expiry only; connect to nothing"
     )
 
-    discover = sub.add_parser(
+    discover = add_command(
         "discover",
         help="find services and copies that carry a certificate but are not in the map",
         description="Look for what carries a lineage's certificate but is missing from the "
@@ -220,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also scan this directory for PEM files (repeatable)",
     )
 
-    presets = sub.add_parser(
+    presets = add_command(
         "presets",
         help="list the presets and print what each expands to",
         description="List the built-in presets (preset: NAME on a consumer) and print the "
@@ -245,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a whole map (version: 1, consumers:) with this one consumer",
     )
 
-    demo = sub.add_parser(
+    demo = add_command(
         "demo",
         help="a self-contained demonstration (no root, no network, leaves nothing)",
         description="Build a throwaway CA and lineage, start three loopback TLS services, "
@@ -292,17 +322,17 @@ def main(
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(args_list)
-    except SystemExit as e:  # argparse exits 2 on usage errors, 0 for --help/--version
-        code = int(e.code or 0) if isinstance(e.code, int) else EXIT_USAGE
-        if code == EXIT_USAGE and "status" in args_list:
-            return 3  # a monitoring check's usage error is UNKNOWN, not CRITICAL
-        return code
+        args = parser.parse_command_line(args_list)
+    except SystemExit as e:  # a usage error (the command's code for one), or --help/--version
+        return int(e.code or 0) if isinstance(e.code, int) else EXIT_USAGE
 
     _setup_logging(args.verbose, args.debug)
     if args.command is None:
         if env.get(HOOK_ENV):
-            args = parser.parse_args([*args_list, "deploy"])
+            try:
+                args = parser.parse_command_line([*args_list, "deploy"])
+            except SystemExit as e:
+                return int(e.code or 0) if isinstance(e.code, int) else EXIT_USAGE
         else:
             parser.print_usage(sys.stderr)
             print(

@@ -419,3 +419,31 @@ def test_the_commands_a_missing_map_suggests_exist(
     capsys.readouterr()
     assert main(["discover", "--help"]) == 0
     assert "--cert-name NAME" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "prog"),
+    [
+        (["deploy", "--cert-name", "status", "--bogus"], 2, "certbot-fanout deploy"),
+        (["deploy", "--lineage", "/x/status", "status", "--bogus"], 2, "certbot-fanout deploy"),
+        (["status", "--bogus"], 3, "certbot-fanout status"),
+        (["--bogus", "status"], 3, "certbot-fanout status"),
+        (["status", "--no-probe", "extra"], 3, "certbot-fanout status"),
+        (["check", "--config", "status", "--bogus"], 2, "certbot-fanout check"),
+        (["discover", "--path", "status", "--bogus"], 2, "certbot-fanout discover"),
+        (["--bogus"], 2, "certbot-fanout"),
+        (["--config", "status", "--bogus"], 2, "certbot-fanout"),
+    ],
+)
+def test_a_usage_error_exits_with_the_code_of_the_command_given(
+    argv: list[str], code: int, prog: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sub-command that was parsed decides, not whether the word status appears."""
+    assert run(argv) == (code, "")
+    err = capsys.readouterr().err
+    assert f"{prog}: error: unrecognized arguments: " in err and "Traceback" not in err
+
+
+def test_a_usage_error_in_hook_mode_is_deploys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--bogus"], {"RENEWED_LINEAGE": "/x/live/status"})[0] == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

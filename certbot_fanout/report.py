@@ -283,11 +283,12 @@ def render_status_text(report: StatusReport) -> str:
             ends = "not probed"
         else:
             ends = f"{bad} of {len(c.endpoints)} WRONG" if bad else f"{len(c.endpoints)} current"
-        expires = (
-            f"{c.expires:%Y-%m-%d} ({c.days_left:.0f} d)"
-            if c.expires and c.days_left is not None
-            else "?"
-        )
+        if c.expires is None or c.days_left is None:
+            expires = "?"
+        elif c.days_left < 0:
+            expires = f"{c.expires:%Y-%m-%d} (expired {-c.days_left:.0f} d ago)"
+        else:
+            expires = f"{c.expires:%Y-%m-%d} ({c.days_left:.0f} d)"
         deployed = _when(c.record.last_deployed if c.record else None)
         rows.append((c.name, c.certificate, files_cell, ends, expires, deployed, c.level.name))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -415,10 +416,16 @@ def render_prometheus(report: StatusReport, now: float) -> str:
 # -- discover --------------------------------------------------------------------------------
 
 
+def _expires(not_after: datetime.datetime) -> str:
+    """``expires DATE``, or ``expired DATE`` once that is past."""
+    past = not_after.tzinfo is not None and not_after < datetime.datetime.now(datetime.UTC)
+    return f"{'expired' if past else 'expires'} {not_after:%Y-%m-%d}"
+
+
 def _find_line(f: Find) -> str:
     state = "current" if f.current else "STALE"
     what = (
-        f"{state}: serial {f.served.serial}, expires {f.served.not_after:%Y-%m-%d}"
+        f"{state}: serial {f.served.serial}, {_expires(f.served.not_after)}"
         if not f.reads_live
         else "reads certbot's live/ directly"
     )
@@ -437,7 +444,7 @@ def render_discover_text(report: DiscoverReport) -> str:
     for name, lineage in report.lineages.items():
         lines.append(
             f"certbot-fanout discover: {name} ({', '.join(lineage.cert.names)}), current serial "
-            f"{lineage.cert.serial}, expires {lineage.cert.not_after:%Y-%m-%d}"
+            f"{lineage.cert.serial}, {_expires(lineage.cert.not_after)}"
         )
     lines.append(
         f"  {report.listeners} listening sockets probed, {report.scanned_files} files read, "

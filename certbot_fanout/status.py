@@ -172,7 +172,11 @@ def _check_consumer(
     expires = min((c.not_after for c in served), default=lineage.cert.not_after)
     days_left = (expires.timestamp() - now) / 86400
     what = "the certificate served" if served else "the certificate"
-    when = f"{what} expires {expires:%Y-%m-%d %H:%M} UTC (in {days_left:.1f} days)"
+    when = (
+        f"{what} expires {expires:%Y-%m-%d %H:%M} UTC (in {days_left:.1f} days)"
+        if days_left >= 0
+        else f"{what} expired {-days_left:.1f} days ago ({expires:%Y-%m-%d %H:%M} UTC)"
+    )
     if days_left <= options.crit_days:
         problems.append((Level.CRITICAL, when))
     elif days_left <= options.warn_days:

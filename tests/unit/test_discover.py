@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import os
 import re
@@ -16,6 +17,7 @@ from _servers import Peer
 from certbot_fanout.cli import main
 from certbot_fanout.config import parse_config
 from certbot_fanout.discover import discover, listening_sockets
+from certbot_fanout.report import render_discover_text
 
 NAME = "disc.test"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="writes a file under /etc")
@@ -177,3 +179,30 @@ def test_the_scan_is_bounded_and_safe(
     )
     assert [f.where for f in report.finds] == [str(scan / "a" / "copy.crt")]
     assert report.scanned_files == 2  # big.pem and copy.crt: the fifo and symlinks are not opened
+
+
+def test_an_expired_copy_reads_as_expired(lineages: LineageFactory, tmp_path: Path) -> None:
+    from certbot_fanout._pki import write_lineage
+
+    now = datetime.datetime.now(datetime.UTC)
+    expired = lineages.ca.issue([NAME], days=2, not_before=now - datetime.timedelta(days=3))
+    write_lineage(str(lineages.config_dir), NAME, expired)
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    (copies / "old.pem").write_bytes(expired.cert_pem)
+    empty_proc = tmp_path / "proc-net"
+    empty_proc.mkdir()
+    report = discover(
+        parse_config("version: 1\n"),
+        str(lineages.config_dir),
+        [NAME],
+        roots=[str(copies)],
+        proc_net=str(empty_proc),
+        service_configs={},
+    )
+    text = render_discover_text(report)
+    day = f"{now - datetime.timedelta(days=1):%Y-%m-%d}"
+    assert f"current serial {report.lineages[NAME].cert.serial}, expired {day}" in text
+    (line,) = [line for line in text.splitlines() if line.startswith(f"  file      {copies}/")]
+    assert f"current: serial {report.lineages[NAME].cert.serial}, expired {day}" in line
+    assert "expires" not in text

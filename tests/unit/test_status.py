@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import os
@@ -206,3 +207,29 @@ def test_expiry_thresholds_out_of_range_say_the_real_range(
             out = io.StringIO()
             assert main([*base, option, good], environ={}, stdout=out) == 0, capsys.readouterr()
             assert out.getvalue().startswith("OK: no consumer in the map")
+
+
+def test_an_expired_certificate_says_how_long_ago(lineages: LineageFactory, tmp_path: Path) -> None:
+    from certbot_fanout._pki import write_lineage
+
+    now = datetime.datetime.now(datetime.UTC)
+    expired = lineages.ca.issue([NAME], days=2, not_before=now - datetime.timedelta(days=3))
+    write_lineage(str(lineages.config_dir), NAME, expired)
+    config = tmp_path / "consumers.yaml"
+    config.write_text(f"version: 1\nconsumers:\n  web:\n    certificate: {NAME}\n")
+    argv = ["status", "--no-probe", "--config", str(config)]
+    argv += ["--config-dir", str(lineages.config_dir), "--state-file", str(tmp_path / "state")]
+    out = io.StringIO()
+    assert main(argv, environ={}, stdout=out) == 2
+    text = out.getvalue()
+    not_after = now - datetime.timedelta(days=1)
+    assert f"web: the certificate expired 1.0 days ago ({not_after:%Y-%m-%d} " in text, text
+    (row,) = [line for line in text.splitlines() if line.startswith("web ")]
+    assert f"{not_after:%Y-%m-%d} (expired 1 d ago)" in row
+    assert "in -" not in text and "(-" not in text
+
+    json_out = io.StringIO()
+    assert main([*argv, "--json"], environ={}, stdout=json_out) == 2
+    (web,) = json.loads(json_out.getvalue())["consumers"]
+    assert -1.01 < web["days_left"] < -0.99, "JSON keeps the number as it is"
+    assert any("expired 1.0 days ago" in p for p in web["problems"])

@@ -78,6 +78,13 @@ def fingerprint(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def serial_hex(serial: int) -> str:
+    """A serial number as ``openssl x509 -serial`` prints it: uppercase hex in whole bytes
+    (``05``, ``0ABC``), with a minus sign for the negative ones some old certificates have."""
+    digits = format(abs(serial), "X")
+    return ("-" if serial < 0 else "") + digits.zfill(len(digits) + len(digits) % 2)
+
+
 def cert_info(cert: x509.Certificate) -> CertInfo:
     """Summarise a certificate; the first name is the common name if it is also a SAN."""
     der = cert.public_bytes(serialization.Encoding.DER)
@@ -95,7 +102,7 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
         not_after = cert.not_valid_after.replace(tzinfo=datetime.UTC)
     return CertInfo(
         subject=cert.subject.rfc4514_string() or "(empty subject)",
-        serial=format(cert.serial_number, "X"),
+        serial=serial_hex(cert.serial_number),
         not_after=not_after,
         fingerprint=fingerprint(der),
         names=tuple(names),

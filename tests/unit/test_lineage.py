@@ -6,7 +6,10 @@ import datetime
 import hashlib
 import ipaddress
 import os
+import shutil
+import subprocess
 import threading
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -14,6 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 from certbot_fanout._pki import Issued, ThrowawayCA
@@ -78,7 +82,7 @@ def test_reads_every_part_through_relative_symlinks(lineages: Lineages) -> None:
     der = cert.public_bytes(serialization.Encoding.DER)
     assert lineage.cert == CertInfo(
         subject="CN=example.org",
-        serial=format(cert.serial_number, "X"),
+        serial=openssl_serial(live / "cert.pem"),
         not_after=cert.not_valid_after_utc,
         fingerprint=hashlib.sha256(der).hexdigest(),
         names=("example.org", "www.example.org"),
@@ -455,3 +459,67 @@ def test_split_pem_certs_keeps_the_order(ca: ThrowawayCA) -> None:
         ca.root.public_bytes(serialization.Encoding.DER),
     ]
     assert split_pem_certs(b"") == []
+
+
+# -- serial numbers, as openssl prints them ---------------------------------------------------
+
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+
+
+def openssl_serial(pem: Path) -> str:
+    """What ``openssl x509 -noout -serial`` says, without its ``serial=``."""
+    out = subprocess.run(
+        ["openssl", "x509", "-noout", "-serial", "-in", str(pem)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.startswith("serial="), out
+    return out.strip().removeprefix("serial=")
+
+
+@pytest.fixture(scope="module")
+def openssl_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    key = tmp_path_factory.mktemp("openssl") / "key.pem"
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    key.write_bytes(pem)
+    return key
+
+
+@needs_openssl
+@pytest.mark.parametrize(
+    ("serial", "printed"),
+    [
+        (0x5, "05"),  # one hex digit
+        (0xABC, "0ABC"),  # odd length
+        (0xC0FFEE, "C0FFEE"),
+        (0x80, "80"),  # DER holds 00 80 (the top bit is set); openssl prints the value
+        (0xFF, "FF"),
+        (0x0FFF_FFFF_FFFF_FFFF_FFFF_FFFF_FFFF_FFFF_FFFF_FFFF, "0F" + "F" * 38),  # 39 digits
+        (0x7FFF_FFFF_FFFF_FFFF_FFFF_FFFF_FFFF_FFFF_FFFF_FFFF, "7F" + "F" * 38),
+        (0x8000_0000_0000_0000_0000_0000_0000_0000_0000_0000, "80" + "0" * 38),
+        (1, "01"),
+        (0, "00"),
+        (-5, "-05"),  # negative serials exist in old certificates
+        (-0x80, "-80"),
+        (-0xABC, "-0ABC"),
+    ],
+)
+def test_serials_print_as_openssl_prints_them(
+    serial: int, printed: str, openssl_key: Path, tmp_path: Path
+) -> None:
+    pem = tmp_path / "cert.pem"
+    argv = ["openssl", "req", "-x509", "-key", str(openssl_key), "-subj", "/CN=serial.test"]
+    argv += ["-days", "1", "-set_serial", str(serial), "-out", str(pem)]
+    subprocess.run(argv, capture_output=True, check=True)
+    with warnings.catch_warnings():  # cryptography warns about zero and negative serials
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        cert = x509.load_pem_x509_certificate(pem.read_bytes())
+        assert cert.serial_number == serial
+        shown = cert_info(cert).serial
+    assert openssl_serial(pem) == printed
+    assert shown == printed

@@ -283,6 +283,8 @@ def inside(root: Path, binds: list[Path], log: Path) -> int:
             )
             assert proc.stdout is not None
             for line in proc.stdout:
+                if line.startswith(b"==> "):  # dev's steps, stamped: the timings of each
+                    line = f"[+{time.monotonic() - started:6.1f} s] ".encode() + line
                 sys.stdout.buffer.write(line)
                 sys.stdout.flush()
                 out.write(line)
@@ -369,6 +371,7 @@ def main() -> int:
     root = work / "root"
     log = work / "run.log"
     code = 1
+    lines: list[str] = []
     proc: subprocess.Popen[bytes] | None = None
     try:
         tarball = bare_root(cache, apt_options())
@@ -409,11 +412,11 @@ def main() -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        lines = log_lines(log)  # read before the teardown removes it
         left = teardown(work, root)
-    results = summary(log)
-    say(f"{results}; whole run {time.monotonic() - total:.1f} s")
+    say(f"{summary(lines)}; whole run {time.monotonic() - total:.1f} s")
     # The suite's own closing line, last, so that whoever reads the end of the log sees it.
-    closing = [line for line in log_lines(log) if PYTEST_CLOSING.match(line)]
+    closing = [line for line in lines if PYTEST_CLOSING.match(line)]
     if closing:
         print(closing[-1], flush=True)
     if left:
@@ -449,9 +452,8 @@ def log_lines(log: Path) -> list[str]:
     return log.read_text(errors="replace").splitlines() if log.exists() else []
 
 
-def summary(log: Path) -> str:
+def summary(lines: list[str]) -> str:
     parts = []
-    lines = log_lines(log)
     text = "\n".join(lines)
     for line in lines:
         if line.startswith("@@ "):

@@ -18,6 +18,7 @@ from _lineages import LineageFactory
 from cryptography import x509
 
 from certbot_fanout._pki import Issued, ThrowawayCA
+from certbot_fanout.lineage import serial_hex
 from certbot_fanout.probe import Dialect
 
 from .stack import (
@@ -106,8 +107,8 @@ def pem_der(pem: bytes) -> bytes:
 
 
 def pem_serial(pem: bytes) -> str:
-    """The serial as certbot-fanout prints it (uppercase hex, no separators)."""
-    return format(x509.load_pem_x509_certificate(pem).serial_number, "X")
+    """The serial as certbot-fanout (and ``openssl x509 -serial``) prints it."""
+    return serial_hex(x509.load_pem_x509_certificate(pem).serial_number)
 
 
 def self_made(ca: ThrowawayCA) -> tuple[bytes, bytes, str]:

@@ -574,10 +574,10 @@ def test_check_names_real_problems_and_passes_a_clean_nginx(
         f"cannot enter {locked} (mode 0700, owner root)"
     ) in found.stdout
     assert not any(ln.startswith("PROBLEM: web:") for ln in lines), found.stdout
-    scope = "(4 consumers, 4 files, 1 endpoints)"
+    scope = "(4 consumers, 4 files, 1 endpoint)"
     assert f"4 problem(s) in {fanout.config} {scope}\n" in found.stdout, found.stdout
     assert passed.returncode == 0, explain(passed)
-    assert passed.stdout == f"OK: {clean} checks out (1 consumers, 2 files, 1 endpoints)\n"
+    assert passed.stdout == f"OK: {clean} checks out (1 consumer, 2 files, 1 endpoint)\n"
 
 
 # --------------------------------------------------------------------------- 6. discover

@@ -32,7 +32,7 @@ from certbot_fanout.config import (
     load_config,
 )
 from certbot_fanout.deploy import DeployOptions, DeployResult, Effects, deploy_lineage
-from certbot_fanout.errors import FanoutError
+from certbot_fanout.errors import ConfigNotFound, FanoutError
 from certbot_fanout.report import failure_summary, render_status_text, render_text
 from certbot_fanout.state import default_state_path
 from certbot_fanout.status import Level, StatusOptions, check_and_repair, restrict
@@ -179,6 +179,13 @@ class Installer(
             if isinstance(config_dir, str):
                 certbot_dirs.append(config_dir)
             return load_config(self._config_path(), certbot_dirs=certbot_dirs)
+        except ConfigNotFound:
+            path = self._config_path()
+            raise errors.PluginError(
+                f"certbot-fanout: no consumer map at {path} (--fanout-config FILE names "
+                f"another); begin one with: certbot-fanout presets NAME --certificate CERT "
+                f"--map > {path}"
+            ) from None
         except FanoutError as e:
             raise errors.PluginError(f"certbot-fanout: {e}") from None
 

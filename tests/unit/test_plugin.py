@@ -69,6 +69,17 @@ def test_prepare_never_raises_for_a_missing_or_broken_map(
     plugin(write_config("version: 1\nconsumers: [\n")).prepare()
 
 
+def test_a_missing_map_names_the_plugins_own_option_and_how_to_begin(tmp_path: Path) -> None:
+    absent, live = tmp_path / "absent.yaml", tmp_path / "live" / NAME
+    lineage = SimpleNamespace(cert_path=f"{live}/cert.pem")
+    with pytest.raises(errors.PluginError) as err:
+        plugin(absent).renew_deploy(lineage)  # type: ignore[arg-type]
+    message = str(err.value)
+    assert f"no consumer map at {absent} (--fanout-config FILE names another)" in message
+    assert f"certbot-fanout presets NAME --certificate CERT --map > {absent}" in message
+    assert "--config " not in message
+
+
 def test_get_all_names(tmp_path: Path, write_config: Callable[[str], Path]) -> None:
     p = plugin(write_config(map_text(tmp_path)))
     assert set(p.get_all_names()) == {NAME, f"www.{NAME}"}

@@ -360,6 +360,9 @@ def main() -> int:
     if dirty:
         say(f"uncommitted changes are not tested: testing commit {commit[:12]}")
     total = time.monotonic()
+    # A CI runner's SIGTERM (or ^C) must still tear everything down: raise, so `finally` runs.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupted)
     cache = Path(os.environ.get("CERTBOT_FANOUT_FRESH_CACHE", "/var/cache/certbot-fanout-fresh"))
     timeout = float(os.environ.get("CERTBOT_FANOUT_FRESH_TIMEOUT", "4800"))
     work = Path(
@@ -420,9 +423,12 @@ def main() -> int:
     if closing:
         print(closing[-1], flush=True)
     if left:
-        say(f"FAILED: left behind: {left}")
         return 1
     return 0 if code == 0 else 1
+
+
+def interrupted(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def teardown(work: Path, root: Path) -> str:
@@ -445,6 +451,10 @@ def teardown(work: Path, root: Path) -> str:
         run(["rm", "-rf", "--one-file-system", str(work)])
     else:
         left.append(f"{work} kept")
+    if left:
+        say(f"FAILED: left behind: {'; '.join(left)}")
+    else:
+        say(f"torn down: no process or mount left, {work} removed")
     return "; ".join(left)
 
 

@@ -14,12 +14,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, Self
-
-from _public import public_dir
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -487,6 +486,13 @@ def write_owned(path: Path, data: bytes, uid: int, gid: int, mode: int) -> Path:
     path.write_bytes(data)
     os.chown(path, uid, gid)
     path.chmod(mode)
+    return path
+
+
+def public_dir(prefix: str) -> Path:
+    """A fresh temp dir, 0755, so every service account can traverse it. The caller removes it."""
+    path = Path(tempfile.mkdtemp(prefix=prefix)).resolve()
+    path.chmod(0o755)
     return path
 
 

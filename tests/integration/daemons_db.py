@@ -16,8 +16,6 @@ import subprocess
 import urllib.parse
 from pathlib import Path
 
-from _public import public_dir
-
 from ._proc import (
     ChildDaemon,
     accepts,
@@ -26,6 +24,7 @@ from ._proc import (
     find_binary,
     free_port,
     owned_dir,
+    public_dir,
     read_pid,
     retry_if_port_taken,
     run_checked,

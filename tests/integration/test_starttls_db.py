@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 from _lineages import LineageFactory
-from _public import public_dir
 
 from certbot_fanout._pki import ThrowawayCA
 from certbot_fanout.probe import Dialect, fetch_served
 
+from ._proc import public_dir
 from .daemons_db import (
     INITDB_BIN,
     LDAPMODIFY_BIN,

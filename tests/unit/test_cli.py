@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 from _lineages import LineageFactory
+from _public import PublicInstall
 from _servers import Peer
 
-import certbot_fanout
 from certbot_fanout import demo
 from certbot_fanout.cli import build_parser, main
 from certbot_fanout.lineage import read_lineage
@@ -280,37 +280,22 @@ def test_demo_says_how_many_services_it_starts_and_lists_each(demo_run: DemoRun)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to nobody needs root")
-@pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs Debian's python3")
-def test_demo_passes_as_an_unprivileged_user(tmp_path: Path) -> None:
+def test_demo_passes_as_an_unprivileged_user(public_install: PublicInstall) -> None:
     """The demo as nobody, on Debian's own python3 and its python3-cryptography/yaml."""
-    public = Path(tempfile.mkdtemp(prefix="certbot-fanout-pkg-"))
-    try:
-        public.chmod(0o755)
-        package = Path(certbot_fanout.__file__).parent
-        shutil.copytree(
-            package, public / "certbot_fanout", ignore=shutil.ignore_patterns("__pycache__")
-        )
-        for path in public.rglob("*"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        proc = subprocess.run(
-            [
-                shutil.which("runuser") or "/usr/sbin/runuser",
-                "-u",
-                "nobody",
-                "--",
-                "/usr/bin/python3",
-                "-m",
-                "certbot_fanout",
-                "demo",
-            ],
-            cwd=public,
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(public)},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        shutil.rmtree(public, ignore_errors=True)
+    proc = subprocess.run(
+        [
+            shutil.which("runuser") or "/usr/sbin/runuser",
+            "-u",
+            "nobody",
+            "--",
+            *public_install.argv("demo"),
+        ],
+        cwd=public_install.directory,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Demo passed" in proc.stdout
     assert "Traceback" not in proc.stderr

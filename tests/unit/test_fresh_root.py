@@ -49,10 +49,10 @@ def test_pip_values_come_from_files_and_the_environment(
     fresh: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conf = tmp_path / "pip.conf"
-    conf.write_text("[global]\nfind-links = /opt/w\n[install]\nconstraint = /etc/c.txt\n")
+    conf.write_text("[global]\nfind-links = /srv/wheels\n[install]\nconstraint = /etc/c.txt\n")
     monkeypatch.setenv("PIP_CERT", "/etc/ssl/certs/ca-certificates.crt")
     values = fresh.pip_values([conf])
-    assert {"/opt/w", "/etc/c.txt", "/etc/ssl/certs/ca-certificates.crt"} <= set(values)
+    assert {"/srv/wheels", "/etc/c.txt", "/etc/ssl/certs/ca-certificates.crt"} <= set(values)
 
 
 def test_the_summary_says_each_command_and_which_did_not_finish(fresh: ModuleType) -> None:

@@ -296,7 +296,6 @@ def inside(root: Path, binds: list[Path], log: Path) -> int:
             failed += code != 0
             # Whatever the command left running dies here, before the next one starts.
             kill_all_but_me()
-    run(["umount", "-R", str(root / "proc")], stderr=subprocess.DEVNULL)
     for mounted in reversed(mounts_under(root)):
         subprocess.run(["umount", "-l", str(mounted)], check=False)
     return 1 if failed else 0

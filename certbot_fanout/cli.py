@@ -286,6 +286,15 @@ def build_parser() -> _Parser:
     return parser
 
 
+def _parse(parser: _Parser, argv: Sequence[str]) -> argparse.Namespace | int:
+    """The parsed command line, or the exit code when argparse ends it: a usage error (the
+    command's code for one), or 0 after --help/--version."""
+    try:
+        return parser.parse_command_line(argv)
+    except SystemExit as e:
+        return int(e.code or 0) if isinstance(e.code, int) else EXIT_USAGE
+
+
 MAX_DAYS = 99999  # --warn-days and --crit-days; a certificate lives for months, not centuries
 
 
@@ -321,18 +330,16 @@ def main(
     out = stdout or sys.stdout
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    try:
-        args = parser.parse_command_line(args_list)
-    except SystemExit as e:  # a usage error (the command's code for one), or --help/--version
-        return int(e.code or 0) if isinstance(e.code, int) else EXIT_USAGE
+    args = _parse(parser, args_list)
+    if isinstance(args, int):
+        return args
 
     _setup_logging(args.verbose, args.debug)
     if args.command is None:
         if env.get(HOOK_ENV):
-            try:
-                args = parser.parse_command_line([*args_list, "deploy"])
-            except SystemExit as e:
-                return int(e.code or 0) if isinstance(e.code, int) else EXIT_USAGE
+            args = _parse(parser, [*args_list, "deploy"])
+            if isinstance(args, int):
+                return args
         else:
             parser.print_usage(sys.stderr)
             print(

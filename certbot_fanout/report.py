@@ -235,10 +235,6 @@ def render_json(result: DeployResult) -> str:
 
 STATUS_JSON_VERSION = 1
 
-# A reason a file was (or would be) placed, as it reads after "placed PATH": what was there
-# before. JSON keeps the reasons themselves.
-_BEFORE = {files.MISSING_REASON: "new file"}
-
 
 def _when(ts: float | None) -> str:
     if ts is None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from certbot_fanout import __version__
+from certbot_fanout.model import DEFAULT_CERTBOT_DIR, DEFAULT_JOBS
 
 if TYPE_CHECKING:
     from certbot_fanout.config import Config
@@ -60,8 +61,8 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     parser.add_argument(
         "--config-dir",
         metavar="DIR",
-        default=default("/etc/letsencrypt"),
-        help="Certbot's configuration directory (default: /etc/letsencrypt)",
+        default=default(DEFAULT_CERTBOT_DIR),
+        help=f"Certbot's configuration directory (default: {DEFAULT_CERTBOT_DIR})",
     )
     parser.add_argument(
         "--lock-file",
@@ -162,9 +163,9 @@ def build_parser() -> _Parser:
     deploy.add_argument(
         "--jobs",
         type=_positive_int,
-        default=128,
+        default=DEFAULT_JOBS,
         metavar="N",
-        help="consumers handled at once (default: 128)",
+        help=f"consumers handled at once (default: {DEFAULT_JOBS})",
     )
 
     check = add_command(

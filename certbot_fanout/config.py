@@ -23,11 +23,10 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from certbot_fanout.errors import ConfigError, ConfigNotFound
+from certbot_fanout.model import DEFAULT_CERTBOT_DIR, Dialect
 from certbot_fanout.presets import CERTIFICATE_RE, PRESETS
-from certbot_fanout.probe import Dialect
 
 DEFAULT_CONFIG_PATH = "/etc/certbot-fanout/consumers.yaml"
-DEFAULT_CERTBOT_DIR = "/etc/letsencrypt"
 # Certbot's own directories under its config dir: never a place for a consumer's file.
 CERTBOT_OWNED = ("live", "archive", "keys", "renewal", "accounts")
 CONFIG_ENV = "CERTBOT_FANOUT_CONFIG"

@@ -27,10 +27,10 @@ from certbot_fanout.lineage import (
     read_lineage,
 )
 from certbot_fanout.lock import default_lock_path, run_lock
+from certbot_fanout.model import DEFAULT_JOBS
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_JOBS = 128
 PROBE_ATTEMPT_TIMEOUT = 10.0
 SETTLE_SECONDS = 1.0
 _FIRST_RETRY_DELAY = 0.02
@@ -46,9 +46,7 @@ class Effects:
     place: Callable[[files.Desired], None] = files.place
     restore: Callable[[files.Snapshot], None] = files.restore
     run: Callable[[Sequence[str], float, str], commands.CommandResult] = commands.run_command
-    fetch: Callable[[str, int, str | None, float, probe.Dialect | None], probe.Served] = (
-        probe.fetch_served
-    )
+    fetch: probe.Fetch = probe.fetch_served
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 
@@ -451,7 +449,7 @@ def poll_endpoint(ep: Endpoint, lineage: Lineage, fx: Effects, deadline: float) 
 def probe_endpoint(
     ep: Endpoint,
     lineage: Lineage,
-    fetch: Callable[[str, int, str | None, float, probe.Dialect | None], probe.Served],
+    fetch: probe.Fetch,
     timeout: float,
 ) -> EndpointResult:
     """One look at what ``ep`` serves: ok when it is the lineage's certificate (and, unless

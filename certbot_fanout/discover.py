@@ -28,6 +28,7 @@ from certbot_fanout import probe
 from certbot_fanout.config import Config, Endpoint
 from certbot_fanout.errors import FanoutError, ProbeError
 from certbot_fanout.lineage import CertInfo, Lineage, cert_info, lineage_dir, read_lineage
+from certbot_fanout.model import Dialect
 
 SCAN_ROOTS = ("/etc", "/var/lib", "/opt", "/srv", "/usr/local/etc")
 NEVER_SCAN = ("/proc", "/sys", "/dev", "/run")
@@ -37,19 +38,19 @@ TIME_BUDGET = 40.0
 PROBE_TIMEOUT = 2.0
 
 STARTTLS_PORTS = {
-    21: probe.Dialect.FTP,
-    24: probe.Dialect.LMTP,
-    25: probe.Dialect.SMTP,
-    110: probe.Dialect.POP3,
-    119: probe.Dialect.NNTP,
-    143: probe.Dialect.IMAP,
-    389: probe.Dialect.LDAP,
-    587: probe.Dialect.SMTP,
-    3306: probe.Dialect.MYSQL,
-    4190: probe.Dialect.SIEVE,
-    5222: probe.Dialect.XMPP,
-    5269: probe.Dialect.XMPP_SERVER,
-    5432: probe.Dialect.POSTGRES,
+    21: Dialect.FTP,
+    24: Dialect.LMTP,
+    25: Dialect.SMTP,
+    110: Dialect.POP3,
+    119: Dialect.NNTP,
+    143: Dialect.IMAP,
+    389: Dialect.LDAP,
+    587: Dialect.SMTP,
+    3306: Dialect.MYSQL,
+    4190: Dialect.SIEVE,
+    5222: Dialect.XMPP,
+    5269: Dialect.XMPP_SERVER,
+    5432: Dialect.POSTGRES,
 }
 
 # service -> (config files (globs), pattern whose last group is a path)
@@ -119,7 +120,7 @@ class Find:
     via: str = ""  # for "config": which service's file names it
     port: int = 0
     host: str = ""
-    starttls: probe.Dialect | None = None
+    starttls: Dialect | None = None
     holds_key: bool = False
     certs_in_file: int = 0
     reads_live: bool = False  # a service config pointing into certbot's live/ directory
@@ -148,7 +149,7 @@ def discover(
     proc_net: str = "/proc/net",
     service_configs: Mapping[str, tuple[tuple[str, ...], re.Pattern[str]]] | None = None,
     fetch: Callable[
-        [str, int, str | None, float, probe.Dialect | None], probe.Served
+        [str, int, str | None, float, Dialect | None], probe.Served
     ] = probe.fetch_served,
     time_budget: float = TIME_BUDGET,
 ) -> DiscoverReport:
@@ -271,7 +272,7 @@ def _listeners(
     config: Config,
     report: DiscoverReport,
     proc_net: str,
-    fetch: Callable[[str, int, str | None, float, probe.Dialect | None], probe.Served],
+    fetch: probe.Fetch,
 ) -> list[Find]:
     sockets = listening_sockets(proc_net)
     report.listeners = len(sockets)

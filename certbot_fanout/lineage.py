@@ -15,7 +15,6 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from certbot_fanout.config import Part
 from certbot_fanout.errors import LineageError
 
-DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
 MAX_PEM_BYTES = 1 << 20
 
 _PEM_FILES = {

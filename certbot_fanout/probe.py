@@ -9,7 +9,6 @@ the timeout. Plaintext the server sends after its go-ahead is refused (a STARTTL
 from __future__ import annotations
 
 import contextlib
-import enum
 import functools
 import select
 import socket
@@ -20,25 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from certbot_fanout.errors import ProbeError
+from certbot_fanout.model import Dialect
 
 MAX_PLAINTEXT_BYTES = 64 * 1024
 RECV_BYTES = 4096  # one plaintext read
 _EHLO_NAME = b"localhost"
-
-
-class Dialect(enum.Enum):
-    SMTP = "smtp"
-    LMTP = "lmtp"
-    IMAP = "imap"
-    POP3 = "pop3"
-    FTP = "ftp"
-    NNTP = "nntp"
-    SIEVE = "sieve"
-    XMPP = "xmpp"
-    XMPP_SERVER = "xmpp-server"
-    POSTGRES = "postgres"
-    LDAP = "ldap"
-    MYSQL = "mysql"
 
 
 @dataclass(frozen=True)
@@ -48,6 +33,11 @@ class Served:
 
     leaf: bytes
     chain: tuple[bytes, ...]
+
+
+# What deploy, status and discover call to learn what an endpoint serves: fetch_served, or a
+# test's stand-in. Arguments: host, port, server name (SNI), timeout in seconds, STARTTLS dialect.
+Fetch = Callable[[str, int, str | None, float, Dialect | None], Served]
 
 
 @functools.cache

@@ -11,14 +11,12 @@ from __future__ import annotations
 import datetime
 import enum
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from certbot_fanout import files, probe
 from certbot_fanout.config import Config, Consumer
 from certbot_fanout.deploy import (
-    DEFAULT_JOBS,
     SETTLE_SECONDS,
     DeployOptions,
     Effects,
@@ -30,12 +28,11 @@ from certbot_fanout.deploy import (
 )
 from certbot_fanout.errors import FanoutError, PlacementError
 from certbot_fanout.lineage import CertInfo, Lineage, lineage_dir, read_lineage
+from certbot_fanout.model import DEFAULT_CERTBOT_DIR, DEFAULT_JOBS
 from certbot_fanout.state import ConsumerRecord, load_state
 
 DEFAULT_WARN_DAYS = 21.0
 DEFAULT_CRIT_DAYS = 7.0
-
-Fetch = Callable[[str, int, str | None, float, probe.Dialect | None], probe.Served]
 
 
 class Level(enum.IntEnum):
@@ -87,7 +84,7 @@ class StatusReport:
 
 @dataclass(frozen=True)
 class StatusOptions:
-    config_dir: str = "/etc/letsencrypt"
+    config_dir: str = DEFAULT_CERTBOT_DIR
     warn_days: float = DEFAULT_WARN_DAYS
     crit_days: float = DEFAULT_CRIT_DAYS
     probe: bool = True
@@ -98,7 +95,7 @@ def check_status(
     config: Config,
     state_path: str | None,
     options: StatusOptions = StatusOptions(),
-    fetch: Fetch = probe.fetch_served,
+    fetch: probe.Fetch = probe.fetch_served,
     now: float | None = None,
 ) -> StatusReport:
     """Check every consumer of every certificate in ``config``; changes nothing."""
@@ -137,7 +134,7 @@ def _check_consumer(
     lineage: Lineage | str,
     record: ConsumerRecord | None,
     options: StatusOptions,
-    fetch: Fetch,
+    fetch: probe.Fetch,
     now: float,
 ) -> ConsumerStatus:
     start = time.monotonic()

@@ -19,7 +19,7 @@ from cryptography import x509
 
 from certbot_fanout._pki import Issued, ThrowawayCA
 from certbot_fanout.lineage import serial_hex
-from certbot_fanout.probe import Dialect
+from certbot_fanout.model import Dialect
 
 from .stack import (
     Certbot,

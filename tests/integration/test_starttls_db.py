@@ -24,7 +24,8 @@ import pytest
 from _lineages import LineageFactory
 
 from certbot_fanout._pki import ThrowawayCA
-from certbot_fanout.probe import Dialect, fetch_served
+from certbot_fanout.model import Dialect
+from certbot_fanout.probe import fetch_served
 
 from ._proc import public_dir
 from .daemons_db import (

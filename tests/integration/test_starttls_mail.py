@@ -26,7 +26,8 @@ import pytest
 from _lineages import LineageFactory
 
 from certbot_fanout._pki import ThrowawayCA
-from certbot_fanout.probe import Dialect, fetch_served
+from certbot_fanout.model import Dialect
+from certbot_fanout.probe import fetch_served
 
 from ._proc import public_tempdir
 from .daemons_mail import (

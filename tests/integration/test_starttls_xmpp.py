@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from certbot_fanout.lineage import chain_problem, fingerprint, read_lineage
-from certbot_fanout.probe import Dialect, fetch_served
+from certbot_fanout.model import Dialect
+from certbot_fanout.probe import fetch_served
 
 from ._proc import write_owned
 from .conftest import CERT_NAME

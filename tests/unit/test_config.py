@@ -27,7 +27,7 @@ from certbot_fanout.config import (
     parse_config,
 )
 from certbot_fanout.errors import ConfigError
-from certbot_fanout.probe import Dialect
+from certbot_fanout.model import Dialect
 
 WriteConfig = Callable[[str], Path]
 SOURCE = "consumers.yaml"

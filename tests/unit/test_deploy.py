@@ -25,7 +25,8 @@ from certbot_fanout.deploy import DeployOptions, Effects, Outcome, Stage, deploy
 from certbot_fanout.errors import LockError, PlacementError
 from certbot_fanout.lineage import Lineage, read_lineage
 from certbot_fanout.lock import run_lock
-from certbot_fanout.probe import Dialect, Served
+from certbot_fanout.model import Dialect
+from certbot_fanout.probe import Served
 from certbot_fanout.report import render_json, render_text
 
 NAME = "svc.test"

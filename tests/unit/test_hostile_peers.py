@@ -41,7 +41,8 @@ from certbot_fanout import deploy as deploy_module
 from certbot_fanout.errors import ProbeError
 from certbot_fanout.lineage import fingerprint, read_lineage
 from certbot_fanout.model import Dialect
-from certbot_fanout.probe import MAX_PLAINTEXT_BYTES, RECV_BYTES, fetch_served
+from certbot_fanout.probe import fetch_served
+from certbot_fanout.starttls.talk import MAX_PLAINTEXT_BYTES, RECV_BYTES
 
 NAME = "hostile.test"
 TIMEOUT = 1.5  # more than one drip interval, so the one-byte-a-second peer is cut off mid-stream

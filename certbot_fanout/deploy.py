@@ -391,7 +391,7 @@ class _ConsumerRun:
 
     def _run(self) -> ConsumerResult:
         """Place, then (when :func:`why_reload` says so) test and reload, then verify; a failed
-        step before the reload puts the files back."""
+        placement, test or reload puts the files back."""
         try:
             self.stage_files()
         except PlacementError as e:

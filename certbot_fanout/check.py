@@ -47,7 +47,7 @@ def run_checks(config: Config, config_dir: str, probe: bool = True) -> CheckRepo
             lineages[name] = None
             problems.append(Problem(f"certificate {name}", f"{e}; no deploy can succeed"))
     for consumer in config.consumers:
-        problems.extend(_check_consumer(consumer, lineages.get(consumer.certificate), probe))
+        problems.extend(_preflight_consumer(consumer, lineages.get(consumer.certificate), probe))
     return CheckReport(
         # Each distinct problem once: files in one missing directory share its problem.
         problems=tuple(dict.fromkeys(problems)),
@@ -58,7 +58,8 @@ def run_checks(config: Config, config_dir: str, probe: bool = True) -> CheckRepo
     )
 
 
-def _check_consumer(consumer: Consumer, lineage: Lineage | None, probe: bool) -> list[Problem]:
+def _preflight_consumer(consumer: Consumer, lineage: Lineage | None, probe: bool) -> list[Problem]:
+    """What would break a deploy to ``consumer``: its files, its commands, its endpoints."""
     found: list[str] = []
     for spec in consumer.files:
         found.extend(_check_file(spec, lineage))

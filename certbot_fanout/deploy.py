@@ -42,13 +42,11 @@ class Effects:
     """The side effects a deploy needs; the defaults touch the real system."""
 
     snapshot: Callable[[str], files.Snapshot] = files.snapshot
-    tidy: Callable[[str], None] = files.remove_leftovers
     place: Callable[[files.Desired], None] = files.place
     restore: Callable[[files.Snapshot], None] = files.restore
     run: Callable[[Sequence[str], float, str], commands.CommandResult] = commands.run_command
     fetch: probe.Fetch = probe.fetch_served
     sleep: Callable[[float], None] = time.sleep
-    clock: Callable[[], float] = time.monotonic
 
 
 @dataclass(frozen=True)
@@ -137,6 +135,88 @@ class DeployResult:
         return tuple(c for c in self.consumers if c.outcome is Outcome.FAILED)
 
 
+class ReloadReason(enum.Enum):
+    """Why a consumer is tested and reloaded; each value is the words a deploy shows."""
+
+    FORCED = "forced"
+    FILES_CHANGED = "files changed"
+    # Nothing to compare: the service reads live/ itself and nothing shows what it serves, so
+    # the renewal is the change. (With endpoints, what they serve decides.)
+    NO_FILES = "no files of its own"
+    # Nothing shows what it serves, and the last run died before it was done with it.
+    INTERRUPTED = "the last run was interrupted"
+    # Its files are current, but an endpoint (named before these words) serves something else.
+    NOT_SERVING = "not serving the current certificate"
+
+
+class Step(enum.Enum):
+    """What a consumer's run does once its files are placed."""
+
+    RELOAD = "reload"  # test and reload (for a reason), then verify
+    SETTLE = "settle"  # first ask its endpoints, for SETTLE_SECONDS, what they serve
+    CURRENT = "current"  # they all serve the current certificate: nothing more to do
+    VERIFY = "verify"  # no reload: verify what its endpoints serve, if it has any
+
+
+@dataclass(frozen=True)
+class ReloadFacts:
+    """What the reload decision rests on, for one consumer whose files were just placed."""
+
+    files_changed: bool
+    has_files: bool
+    has_endpoints: bool
+    has_reload: bool
+    force: bool = False
+    dry_run: bool = False
+    interrupted: bool = False  # the last run died before it was done with this consumer
+    # After the settle probe: the endpoints not serving the current certificate (empty when
+    # they all do). None before it, or without one.
+    stale: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ReloadDecision:
+    step: Step
+    reason: ReloadReason | None = None
+    endpoint: str = ""  # with NOT_SERVING: the endpoint that serves something else
+
+    @property
+    def text(self) -> str:
+        """The reason in words, as a deploy's output shows it; empty without a reload."""
+        if self.reason is ReloadReason.NOT_SERVING:
+            return f"{self.endpoint} {self.reason.value}"
+        return self.reason.value if self.reason else ""
+
+
+def why_reload(facts: ReloadFacts) -> ReloadDecision:
+    """Whether (and why) to test and reload a consumer, or first to ask its endpoints: the
+    product's core policy, and a pure function of ``facts``.
+
+    A consumer is reloaded when forced, when a file changed, or when nothing but the renewal
+    can show it is due (no files and no endpoints; or no endpoints and an interrupted last
+    run). A consumer with current files, endpoints and a reload command is reloaded only if
+    an endpoint still serves something else after the settle probe (never in a dry run, which
+    probes nothing).
+    """
+    if facts.force:
+        return ReloadDecision(Step.RELOAD, ReloadReason.FORCED)
+    if facts.files_changed:
+        return ReloadDecision(Step.RELOAD, ReloadReason.FILES_CHANGED)
+    if not facts.has_endpoints:
+        if not facts.has_files:
+            return ReloadDecision(Step.RELOAD, ReloadReason.NO_FILES)
+        if facts.interrupted:
+            return ReloadDecision(Step.RELOAD, ReloadReason.INTERRUPTED)
+        return ReloadDecision(Step.VERIFY)
+    if not facts.has_reload or facts.dry_run:
+        return ReloadDecision(Step.VERIFY)
+    if facts.stale is None:
+        return ReloadDecision(Step.SETTLE)
+    if facts.stale:
+        return ReloadDecision(Step.RELOAD, ReloadReason.NOT_SERVING, facts.stale[0])
+    return ReloadDecision(Step.CURRENT)
+
+
 def desired_file(spec: FileSpec, lineage: Lineage) -> files.Desired:
     if spec.link:
         return files.Desired(
@@ -161,7 +241,7 @@ def deploy(
     effects: Effects = Effects(),
 ) -> DeployResult:
     """Deploy ``lineage`` to every consumer of it in ``config``, in parallel."""
-    start = effects.clock()
+    start = time.monotonic()
     consumers = config.consumers_for(lineage.name)
     results: list[ConsumerResult] = []
     if consumers:
@@ -173,7 +253,7 @@ def deploy(
         expected=lineage.cert,
         consumers=tuple(results),
         dry_run=options.dry_run,
-        seconds=effects.clock() - start,
+        seconds=time.monotonic() - start,
     )
 
 
@@ -231,7 +311,7 @@ def record_result(state_path: str, result: DeployResult) -> None:
 def _guarded(
     consumer: Consumer, lineage: Lineage, options: DeployOptions, effects: Effects
 ) -> ConsumerResult:
-    start = effects.clock()
+    start = time.monotonic()
     run = None
     try:
         run = _ConsumerRun(consumer, lineage, options, effects)
@@ -251,7 +331,7 @@ def _guarded(
             outcome=Outcome.FAILED,
             failed_stage=Stage.INTERNAL,
             error=error,
-            seconds=effects.clock() - start,
+            seconds=time.monotonic() - start,
         )
 
 
@@ -265,7 +345,7 @@ class _ConsumerRun:
         self.lineage = lineage
         self.options = options
         self.fx = effects
-        self.start = effects.clock()
+        self.start = time.monotonic()
         self.file_results: list[FileResult] = []
         self.placed: list[files.Snapshot] = []
         self.tested = False
@@ -293,7 +373,7 @@ class _ConsumerRun:
             failed_stage=stage,
             error=error,
             rolled_back=rolled_back,
-            seconds=self.fx.clock() - self.start,
+            seconds=time.monotonic() - self.start,
         )
 
     def run(self) -> ConsumerResult:
@@ -307,63 +387,88 @@ class _ConsumerRun:
                 placed = {previous.path for previous in self.placed}
                 for spec in self.consumer.files:
                     if spec.path not in placed:
-                        self.fx.tidy(spec.path)
+                        files.remove_leftovers(spec.path)
 
     def _run(self) -> ConsumerResult:
-        c = self.consumer
+        """Place, then (when :func:`why_reload` says so) test and reload, then verify; a failed
+        placement, test or reload puts the files back."""
         try:
             self.stage_files()
         except PlacementError as e:
             return self.rollback(Stage.PLACE, str(e))
-
-        changed = any(f.changed for f in self.file_results)
-        if self.options.force:
-            self.reload_reason = "forced"
-        elif changed:
-            self.reload_reason = "files changed"
-        elif not c.files and not c.verify:
-            # Nothing to compare: the service reads live/ itself and nothing shows what it
-            # serves, so the renewal is the change. (With endpoints, what they serve decides.)
-            self.reload_reason = "no files of its own"
-        elif c.name in self.options.interrupted and not c.verify:
-            # Nothing shows what it serves, and the last run died before it was done with it.
-            self.reload_reason = "the last run was interrupted"
-
-        if self.options.dry_run:
-            self.tested = bool(c.test) and bool(self.reload_reason)
-            self.reloaded = bool(c.reload) and bool(self.reload_reason)
-            return self.result(Outcome.PLANNED)
-
-        if not self.reload_reason and c.verify and c.reload:
+        decision = why_reload(self.facts())
+        if decision.step is Step.SETTLE:
             # Files are current; if the service still serves something else, reload to repair.
             # A reload moments ago (a deploy hook before the installer, nginx's old workers
             # draining) can still show the old certificate briefly: give it a moment first.
-            current = self.verify(within=SETTLE_SECONDS)
-            stale = [r for r in current if not r.ok]
-            if not stale:
+            current = self.poll(within=SETTLE_SECONDS)
+            decision = why_reload(self.facts(stale=tuple(r.label for r in current if not r.ok)))
+            if decision.step is Step.CURRENT:
                 return self.result(Outcome.OK, current)
-            self.reload_reason = f"{stale[0].label} not serving the current certificate"
-
-        if self.reload_reason:
-            if c.test:
-                try:
-                    self.fx.run(c.test, c.reload_timeout, "test")
-                    self.tested = True
-                except CommandError as e:
-                    self.tested = True
-                    return self.rollback(Stage.TEST, str(e))
-            if c.reload:
-                try:
-                    self.fx.run(c.reload, c.reload_timeout, "reload")
-                    self.reloaded = True
-                except CommandError as e:
-                    # Put the files back, as after a failed test: the service's state is
-                    # unknown, and files left current would hide from the next run (and from
-                    # `status`) that this consumer was never reloaded onto them.
-                    return self.rollback(Stage.RELOAD, str(e))
+        self.reload_reason = decision.text
+        if self.options.dry_run:
+            return self.plan(decision)
+        if decision.step is Step.RELOAD:
+            for step in (self.test, self.reload):
+                failed = step()
+                if failed is not None:
+                    return failed
             self.committed = True
+        return self.verify()
 
-        endpoints = self.verify()
+    def facts(self, stale: tuple[str, ...] | None = None) -> ReloadFacts:
+        c = self.consumer
+        return ReloadFacts(
+            files_changed=any(f.changed for f in self.file_results),
+            has_files=bool(c.files),
+            has_endpoints=bool(c.verify),
+            has_reload=bool(c.reload),
+            force=self.options.force,
+            dry_run=self.options.dry_run,
+            interrupted=c.name in self.options.interrupted,
+            stale=stale,
+        )
+
+    def plan(self, decision: ReloadDecision) -> ConsumerResult:
+        """A dry run's result: what would be tested and reloaded, nothing done."""
+        reload = decision.step is Step.RELOAD
+        self.tested = bool(self.consumer.test) and reload
+        self.reloaded = bool(self.consumer.reload) and reload
+        return self.result(Outcome.PLANNED)
+
+    def test(self) -> ConsumerResult | None:
+        """Run the consumer's test command, if any; the failed result (rolled back) if it
+        fails."""
+        c = self.consumer
+        if not c.test:
+            return None
+        try:
+            self.fx.run(c.test, c.reload_timeout, "test")
+        except CommandError as e:
+            self.tested = True
+            return self.rollback(Stage.TEST, str(e))
+        self.tested = True
+        return None
+
+    def reload(self) -> ConsumerResult | None:
+        """Run the consumer's reload command, if any; the failed result (rolled back) if it
+        fails."""
+        c = self.consumer
+        if not c.reload:
+            return None
+        try:
+            self.fx.run(c.reload, c.reload_timeout, "reload")
+        except CommandError as e:
+            # Put the files back, as after a failed test: the service's state is unknown, and
+            # files left current would hide from the next run (and from `status`) that this
+            # consumer was never reloaded onto them.
+            return self.rollback(Stage.RELOAD, str(e))
+        self.reloaded = True
+        return None
+
+    def verify(self) -> ConsumerResult:
+        """The result: OK when every endpoint serves the lineage's certificate in time."""
+        endpoints = self.poll()
         bad = [r for r in endpoints if not r.ok]
         if bad:
             error = "; ".join(r.error or r.label for r in bad)
@@ -414,29 +519,29 @@ class _ConsumerRun:
         rolled_back = bool(self.placed) and not problems
         return self.result(Outcome.FAILED, stage=stage, error=error, rolled_back=rolled_back)
 
-    def verify(self, within: float | None = None) -> tuple[EndpointResult, ...]:
+    def poll(self, within: float | None = None) -> tuple[EndpointResult, ...]:
         """Poll every endpoint until it serves the lineage's cert or the consumer's
         verify_timeout ends (a reload is rarely instant), or ``within`` seconds if shorter."""
         wait = self.consumer.verify_timeout
         if within is not None:
             wait = min(wait, within)
-        deadline = self.fx.clock() + wait
+        deadline = time.monotonic() + wait
         return tuple(
             poll_endpoint(ep, self.lineage, self.fx, deadline) for ep in self.consumer.verify
         )
 
 
 def poll_endpoint(ep: Endpoint, lineage: Lineage, fx: Effects, deadline: float) -> EndpointResult:
-    """Probe ``ep`` until it serves the lineage's certificate or ``deadline`` (on ``fx.clock``)
-    passes; at least once, backing off from 20 ms to 0.5 s between attempts."""
-    start = fx.clock()
+    """Probe ``ep`` until it serves the lineage's certificate or ``deadline`` (on the monotonic
+    clock) passes; at least once, backing off from 20 ms to 0.5 s between attempts."""
+    start = time.monotonic()
     delay = _FIRST_RETRY_DELAY
     attempts = 0
     while True:
         attempts += 1
-        timeout = min(max(deadline - fx.clock(), 1.0), PROBE_ATTEMPT_TIMEOUT)
+        timeout = min(max(deadline - time.monotonic(), 1.0), PROBE_ATTEMPT_TIMEOUT)
         result = probe_endpoint(ep, lineage, fx.fetch, timeout)
-        now = fx.clock()
+        now = time.monotonic()
         if result.ok or now + delay >= deadline:
             error = result.error
             if error and now - start >= 1.0:

@@ -43,6 +43,32 @@ class Kind(enum.Enum):
     SYMLINK = "symlink"
 
 
+class DifferenceKind(enum.Enum):
+    """What is wrong with what a path holds: decisions (``status``'s severity) rest on this,
+    never on the words of a :class:`Difference`'s message."""
+
+    MISSING = "missing"  # nothing at the path
+    NOT_A_SYMLINK = "not-a-symlink"  # a regular file where a symlink belongs
+    SYMLINK_TARGET = "symlink-target"  # a symlink to somewhere else
+    NOT_A_COPY = "not-a-copy"  # a symlink where a copy belongs
+    CONTENT = "content"
+    OWNER = "owner"
+    GROUP = "group"
+    MODE = "mode"
+    UNREADABLE = "unreadable"  # what is at the path cannot be inspected (see snapshot)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way a path is not what it should be: its kind, and the words that say so."""
+
+    kind: DifferenceKind
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @dataclass(frozen=True)
 class Desired:
     """What a path should be: a regular file with ``data``, or a symlink to ``target``."""
@@ -267,28 +293,41 @@ def _read_all(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def differences(desired: Desired, current: Snapshot) -> list[str]:
-    """Why ``current`` is not ``desired``, in words; empty when nothing needs doing."""
+def compare(desired: Desired, current: Snapshot) -> list[Difference]:
+    """How ``current`` is not ``desired``; empty when nothing needs doing."""
     if current.kind is Kind.MISSING:
-        return [MISSING_REASON]
+        return [Difference(DifferenceKind.MISSING, MISSING_REASON)]
     if desired.target is not None:
         if current.kind is not Kind.SYMLINK:
-            return ["a regular file where a symlink belongs"]
+            return [
+                Difference(DifferenceKind.NOT_A_SYMLINK, "a regular file where a symlink belongs")
+            ]
         if current.target != desired.target:
-            return [f"symlink points to {current.target}"]
+            return [
+                Difference(DifferenceKind.SYMLINK_TARGET, f"symlink points to {current.target}")
+            ]
         return []
     if current.kind is Kind.SYMLINK:
-        return [f"a symlink (to {current.target}) where a copy belongs"]
+        where = f"a symlink (to {current.target}) where a copy belongs"
+        return [Difference(DifferenceKind.NOT_A_COPY, where)]
     found = []
     if current.data != desired.data:
-        found.append("content differs")
+        found.append(Difference(DifferenceKind.CONTENT, "content differs"))
     if current.uid != desired.uid:
-        found.append(f"owner {_user(current.uid)}, expected {_user(desired.uid)}")
+        owner = f"owner {_user(current.uid)}, expected {_user(desired.uid)}"
+        found.append(Difference(DifferenceKind.OWNER, owner))
     if current.gid != desired.gid:
-        found.append(f"group {_group(current.gid)}, expected {_group(desired.gid)}")
+        group = f"group {_group(current.gid)}, expected {_group(desired.gid)}"
+        found.append(Difference(DifferenceKind.GROUP, group))
     if current.mode != desired.mode:
-        found.append(f"mode {current.mode:04o}, expected {desired.mode:04o}")
+        mode = f"mode {current.mode:04o}, expected {desired.mode:04o}"
+        found.append(Difference(DifferenceKind.MODE, mode))
     return found
+
+
+def differences(desired: Desired, current: Snapshot) -> list[str]:
+    """Why ``current`` is not ``desired``, in words (the messages of :func:`compare`)."""
+    return [d.message for d in compare(desired, current)]
 
 
 def place(desired: Desired) -> None:

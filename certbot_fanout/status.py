@@ -11,11 +11,12 @@ from __future__ import annotations
 import datetime
 import enum
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from certbot_fanout import files, probe
-from certbot_fanout.config import Config, Consumer
+from certbot_fanout import files
+from certbot_fanout.config import Config, Consumer, FileSpec
 from certbot_fanout.deploy import (
     SETTLE_SECONDS,
     DeployOptions,
@@ -40,6 +41,27 @@ class Level(enum.IntEnum):
     WARNING = 1
     CRITICAL = 2
     UNKNOWN = 3
+
+
+# How serious each kind of file difference is. A copy that is not the lineage's (or not there,
+# or unreadable) is stale: CRITICAL. A wrong owner, group or mode still holds the current
+# certificate: a WARNING. Every kind is here (a test checks), so a new one cannot be forgotten.
+FILE_SEVERITY: Mapping[files.DifferenceKind, Level] = {
+    files.DifferenceKind.MISSING: Level.CRITICAL,
+    files.DifferenceKind.NOT_A_SYMLINK: Level.CRITICAL,
+    files.DifferenceKind.SYMLINK_TARGET: Level.CRITICAL,
+    files.DifferenceKind.NOT_A_COPY: Level.CRITICAL,
+    files.DifferenceKind.CONTENT: Level.CRITICAL,
+    files.DifferenceKind.OWNER: Level.WARNING,
+    files.DifferenceKind.GROUP: Level.WARNING,
+    files.DifferenceKind.MODE: Level.WARNING,
+    files.DifferenceKind.UNREADABLE: Level.CRITICAL,
+}
+
+
+def file_level(found: list[files.Difference]) -> Level:
+    """The level of a file with the differences ``found``: the worst of their kinds."""
+    return max((FILE_SEVERITY[d.kind] for d in found), default=Level.OK)
 
 
 @dataclass(frozen=True)
@@ -95,12 +117,10 @@ def check_status(
     config: Config,
     state_path: str | None,
     options: StatusOptions = StatusOptions(),
-    fetch: probe.Fetch = probe.fetch_served,
-    now: float | None = None,
 ) -> StatusReport:
     """Check every consumer of every certificate in ``config``; changes nothing."""
     start = time.monotonic()
-    now = time.time() if now is None else now
+    now = time.time()
     records = load_state(state_path) if state_path else {}
     lineages: dict[str, Lineage | str] = {}
     for name in config.certificates:
@@ -110,10 +130,9 @@ def check_status(
             lineages[name] = str(e)
 
     def one(consumer: Consumer) -> ConsumerStatus:
-        return _check_consumer(
-            consumer, lineages[consumer.certificate], records.get(consumer.name),
-            options, fetch, now,
-        )  # fmt: skip
+        return _consumer_status(
+            consumer, lineages[consumer.certificate], records.get(consumer.name), options, now
+        )
 
     results: list[ConsumerStatus] = []
     if config.consumers:
@@ -129,67 +148,80 @@ def check_status(
     )
 
 
-def _check_consumer(
+def _consumer_status(
     consumer: Consumer,
     lineage: Lineage | str,
     record: ConsumerRecord | None,
     options: StatusOptions,
-    fetch: probe.Fetch,
     now: float,
 ) -> ConsumerStatus:
+    """One consumer's files, endpoints and expiry, each problem found at its level."""
     start = time.monotonic()
     if isinstance(lineage, str):
         return ConsumerStatus(consumer, Level.UNKNOWN, (lineage,), record=record)
     problems: list[tuple[Level, str]] = []
     file_results = []
     for spec in consumer.files:
-        desired = desired_file(spec, lineage)
-        try:
-            reasons = files.differences(desired, files.snapshot(spec.path))
-        except PlacementError as e:
-            reasons = [str(e)]
-        file_results.append(FileResult(spec.path, bool(reasons), tuple(reasons)))
-        if reasons:
-            stale = not all(r.startswith(("owner ", "group ", "mode ")) for r in reasons)
-            problems.append(
-                (Level.CRITICAL if stale else Level.WARNING, f"{spec.path}: {', '.join(reasons)}")
-            )
-    endpoints: list[EndpointResult] = []
-    if options.probe:
-        fx = Effects(fetch=fetch)
-        for ep in consumer.verify:
-            # A service reloaded a moment ago may still answer from an old worker: a stale
-            # answer is only believed after SETTLE_SECONDS of asking again.
-            result = poll_endpoint(ep, lineage, fx, fx.clock() + SETTLE_SECONDS)
-            endpoints.append(result)
-            if not result.ok:
-                problems.append((Level.CRITICAL, result.error or ep.label))
+        result, level = _file_status(spec, lineage)
+        file_results.append(result)
+        if result.changed:
+            problems.append((level, f"{spec.path}: {', '.join(result.reasons)}"))
+    endpoints = _probe_endpoints(consumer, lineage) if options.probe else ()
+    problems.extend((Level.CRITICAL, e.error or e.label) for e in endpoints if not e.ok)
+    expires, days_left, expiry = _expiry(endpoints, lineage, options, now)
+    if expiry is not None:
+        problems.append(expiry)
+    return ConsumerStatus(
+        consumer=consumer,
+        level=max((lvl for lvl, _ in problems), default=Level.OK),
+        problems=tuple(text for _, text in problems),
+        files=tuple(file_results),
+        endpoints=endpoints,
+        expires=expires,
+        days_left=days_left,
+        record=record,
+        seconds=time.monotonic() - start,
+    )
 
+
+def _file_status(spec: FileSpec, lineage: Lineage) -> tuple[FileResult, Level]:
+    """How the file at ``spec.path`` is not what a deploy of ``lineage`` would place, and the
+    level of its worst difference."""
+    try:
+        found = files.compare(desired_file(spec, lineage), files.snapshot(spec.path))
+    except PlacementError as e:
+        found = [files.Difference(files.DifferenceKind.UNREADABLE, str(e))]
+    reasons = tuple(d.message for d in found)
+    return FileResult(spec.path, bool(found), reasons), file_level(found)
+
+
+def _probe_endpoints(consumer: Consumer, lineage: Lineage) -> tuple[EndpointResult, ...]:
+    """What each endpoint serves. A service reloaded a moment ago may still answer from an
+    old worker: a stale answer is only believed after SETTLE_SECONDS of asking again."""
+    fx = Effects()
+    return tuple(
+        poll_endpoint(ep, lineage, fx, time.monotonic() + SETTLE_SECONDS) for ep in consumer.verify
+    )
+
+
+def _expiry(
+    endpoints: tuple[EndpointResult, ...], lineage: Lineage, options: StatusOptions, now: float
+) -> tuple[datetime.datetime, float, tuple[Level, str] | None]:
+    """When the certificate served (or, unprobed, the lineage's) expires, in how many days,
+    and the problem that is when it is within the critical or the warning window."""
     served = [e.served for e in endpoints if e.served is not None]
     expires = min((c.not_after for c in served), default=lineage.cert.not_after)
     days_left = (expires.timestamp() - now) / 86400
+    if days_left > options.crit_days and days_left > options.warn_days:
+        return expires, days_left, None
     what = "the certificate served" if served else "the certificate"
     when = (
         f"{what} expires {expires:%Y-%m-%d %H:%M} UTC (in {days_left:.1f} days)"
         if days_left >= 0
         else f"{what} expired {-days_left:.1f} days ago ({expires:%Y-%m-%d %H:%M} UTC)"
     )
-    if days_left <= options.crit_days:
-        problems.append((Level.CRITICAL, when))
-    elif days_left <= options.warn_days:
-        problems.append((Level.WARNING, when))
-    level = max((lvl for lvl, _ in problems), default=Level.OK)
-    return ConsumerStatus(
-        consumer=consumer,
-        level=level,
-        problems=tuple(text for _, text in problems),
-        files=tuple(file_results),
-        endpoints=tuple(endpoints),
-        expires=expires,
-        days_left=days_left,
-        record=record,
-        seconds=time.monotonic() - start,
-    )
+    level = Level.CRITICAL if days_left <= options.crit_days else Level.WARNING
+    return expires, days_left, (level, when)
 
 
 def repair(
@@ -198,7 +230,6 @@ def repair(
     state_path: str | None,
     options: StatusOptions = StatusOptions(),
     lock_path: str | None = None,
-    deploy_options: DeployOptions | None = None,
 ) -> tuple[list[str], list[str]]:
     """Redeploy, through the deploy path, every consumer that drifted. Returns the names of the
     consumers redeployed successfully and one message per failure."""
@@ -211,7 +242,7 @@ def repair(
             result = deploy_lineage(
                 subset,
                 lineage_dir(options.config_dir, certificate),
-                deploy_options or DeployOptions(),
+                DeployOptions(),
                 lock_path=lock_path,
                 state_path=state_path,
             )

@@ -16,18 +16,13 @@ from certbot_fanout.config import (
     CONFIG_ENV,
     DEFAULT_CONFIG_PATH,
     MAX_CONFIG_BYTES,
-    MAX_NODES,
-    Config,
-    Consumer,
-    Endpoint,
-    FileSpec,
-    Part,
     default_config_path,
     load_config,
     parse_config,
 )
 from certbot_fanout.errors import ConfigError
-from certbot_fanout.model import Dialect
+from certbot_fanout.model import Config, Consumer, Dialect, Endpoint, FileSpec, Part
+from certbot_fanout.yamlnode import MAX_NODES
 
 WriteConfig = Callable[[str], Path]
 SOURCE = "consumers.yaml"
@@ -1871,3 +1866,4 @@ def test_a_preset_takes_an_ordinary_certificate_name(certificate: str) -> None:
         parse_config(_with_consumer_key("preset: nginx").replace("example.org", certificate))
     )
     assert consumer.files[0].path == f"/etc/nginx/tls/{certificate}/fullchain.pem"
+

@@ -8,10 +8,10 @@ import socket
 import stat
 from dataclasses import dataclass
 
-from certbot_fanout.config import Config, Consumer, FileSpec
 from certbot_fanout.errors import FanoutError
 from certbot_fanout.files import enter_problem, reader_problem
 from certbot_fanout.lineage import Lineage, lineage_dir, read_lineage
+from certbot_fanout.model import Config, Consumer, FileSpec
 
 CONNECT_TIMEOUT = 5.0
 # certbot runs hooks (and systemd runs units) with the sbin directories on PATH.

@@ -18,7 +18,7 @@ from certbot_fanout import __version__
 from certbot_fanout.model import DEFAULT_CERTBOT_DIR, DEFAULT_JOBS
 
 if TYPE_CHECKING:
-    from certbot_fanout.config import Config
+    from certbot_fanout.model import Config
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -439,8 +439,8 @@ def _presets(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
-    from certbot_fanout.config import Config
     from certbot_fanout.discover import discover
+    from certbot_fanout.model import Config
     from certbot_fanout.report import render_discover_text
 
     path = _config_path(args, env)

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from certbot_fanout import commands, files, probe, state
-from certbot_fanout.config import Config, Consumer, Endpoint, FileSpec
 from certbot_fanout.errors import CommandError, PlacementError, ProbeError
 from certbot_fanout.lineage import (
     CertInfo,
@@ -27,7 +26,7 @@ from certbot_fanout.lineage import (
     read_lineage,
 )
 from certbot_fanout.lock import default_lock_path, run_lock
-from certbot_fanout.model import DEFAULT_JOBS
+from certbot_fanout.model import DEFAULT_JOBS, Config, Consumer, Endpoint, FileSpec
 
 logger = logging.getLogger(__name__)
 

@@ -25,10 +25,9 @@ from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 
 from certbot_fanout import probe
-from certbot_fanout.config import Config, Endpoint
 from certbot_fanout.errors import FanoutError, ProbeError
 from certbot_fanout.lineage import CertInfo, Lineage, cert_info, lineage_dir, read_lineage
-from certbot_fanout.model import Dialect
+from certbot_fanout.model import Config, Dialect, Endpoint
 
 SCAN_ROOTS = ("/etc", "/var/lib", "/opt", "/srv", "/usr/local/etc")
 NEVER_SCAN = ("/proc", "/sys", "/dev", "/run")

@@ -12,8 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from certbot_fanout.config import Part
 from certbot_fanout.errors import LineageError
+from certbot_fanout.model import Part
 
 MAX_PEM_BYTES = 1 << 20
 

@@ -1,8 +1,16 @@
-"""The data model: what the map says, as frozen values. No I/O, no YAML, no sockets."""
+"""The data model: what the map says, as frozen values. No I/O, no YAML, no sockets.
+
+The lineage parts a placed file holds (:class:`Part`), the files (:class:`FileSpec`), the
+endpoints that must serve the certificate (:class:`Endpoint`, :class:`Dialect`), the
+consumers (:class:`Consumer`) and the whole map (:class:`Config`), with the plain constants
+they need: defaults and limits for the timeouts, Certbot's default directory and the default
+job count.
+"""
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 # Certbot's default --config-dir: live/, archive/ and renewal/ live under it.
 DEFAULT_CERTBOT_DIR = "/etc/letsencrypt"
@@ -10,8 +18,16 @@ DEFAULT_CERTBOT_DIR = "/etc/letsencrypt"
 # How many consumers deploy and status handle at once (--jobs).
 DEFAULT_JOBS = 128
 
+# Seconds a consumer's reload and the verification of its endpoints may take, unless the map
+# says otherwise; a timeout in the map is more than 0 and at most MAX_TIMEOUT (a day).
+DEFAULT_RELOAD_TIMEOUT = 60.0
+DEFAULT_VERIFY_TIMEOUT = 60.0
+MAX_TIMEOUT = 86400.0
+
 
 class Dialect(enum.Enum):
+    """A STARTTLS protocol: what an endpoint speaks before the TLS handshake."""
+
     SMTP = "smtp"
     LMTP = "lmtp"
     IMAP = "imap"
@@ -24,3 +40,76 @@ class Dialect(enum.Enum):
     POSTGRES = "postgres"
     LDAP = "ldap"
     MYSQL = "mysql"
+
+
+class Part(enum.Enum):
+    """A piece of the lineage that a placed file can hold."""
+
+    CERT = "cert"
+    CHAIN = "chain"
+    FULLCHAIN = "fullchain"
+    PRIVKEY = "privkey"
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One file a consumer reads: a copy of some lineage parts, or a symlink into live/."""
+
+    path: str
+    content: tuple[Part, ...]
+    owner: int
+    group: int
+    mode: int
+    link: bool = False
+    owner_name: str = "root"
+    group_name: str = "root"
+
+    @property
+    def holds_key(self) -> bool:
+        return Part.PRIVKEY in self.content
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A place where the consumer must serve the lineage's certificate (and its chain)."""
+
+    host: str
+    port: int
+    server_name: str | None = None
+    starttls: Dialect | None = None
+    check_chain: bool = True
+
+    @property
+    def label(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A service that terminates TLS with one lineage's certificate."""
+
+    name: str
+    certificate: str
+    files: tuple[FileSpec, ...] = ()
+    test: tuple[str, ...] | None = None
+    reload: tuple[str, ...] | None = None
+    verify: tuple[Endpoint, ...] = ()
+    reload_timeout: float = DEFAULT_RELOAD_TIMEOUT
+    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated consumer map."""
+
+    source: str
+    consumers: tuple[Consumer, ...]
+
+    def consumers_for(self, certificate: str) -> tuple[Consumer, ...]:
+        return tuple(c for c in self.consumers if c.certificate == certificate)
+
+    @property
+    def certificates(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c.certificate for c in self.consumers))

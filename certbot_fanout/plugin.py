@@ -26,13 +26,12 @@ from certbot.plugins import common
 
 from certbot_fanout import commands, files
 from certbot_fanout.config import (
-    Config,
     default_config_path,
     load_config,
 )
 from certbot_fanout.deploy import DeployOptions, DeployResult, Effects, deploy_lineage
 from certbot_fanout.errors import ConfigNotFound, FanoutError
-from certbot_fanout.model import DEFAULT_CERTBOT_DIR
+from certbot_fanout.model import DEFAULT_CERTBOT_DIR, Config
 from certbot_fanout.report import failure_summary, render_status_text, render_text
 from certbot_fanout.state import default_state_path
 from certbot_fanout.status import Level, StatusOptions, check_and_repair, restrict

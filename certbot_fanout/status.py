@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from certbot_fanout import files
-from certbot_fanout.config import Config, Consumer, FileSpec
 from certbot_fanout.deploy import (
     SETTLE_SECONDS,
     DeployOptions,
@@ -29,7 +28,7 @@ from certbot_fanout.deploy import (
 )
 from certbot_fanout.errors import FanoutError, PlacementError
 from certbot_fanout.lineage import CertInfo, Lineage, lineage_dir, read_lineage
-from certbot_fanout.model import DEFAULT_CERTBOT_DIR, DEFAULT_JOBS
+from certbot_fanout.model import DEFAULT_CERTBOT_DIR, DEFAULT_JOBS, Config, Consumer, FileSpec
 from certbot_fanout.state import ConsumerRecord, load_state
 
 DEFAULT_WARN_DAYS = 21.0

@@ -16,18 +16,14 @@ from certbot_fanout.config import (
     CONFIG_ENV,
     DEFAULT_CONFIG_PATH,
     MAX_CONFIG_BYTES,
-    MAX_NODES,
-    Config,
-    Consumer,
-    Endpoint,
-    FileSpec,
-    Part,
     default_config_path,
     load_config,
     parse_config,
 )
 from certbot_fanout.errors import ConfigError
-from certbot_fanout.model import Dialect
+from certbot_fanout.model import Config, Consumer, Dialect, Endpoint, FileSpec, Part
+from certbot_fanout.presets import PRESETS, Preset
+from certbot_fanout.yamlnode import MAX_NODES
 
 WriteConfig = Callable[[str], Path]
 SOURCE = "consumers.yaml"
@@ -1871,3 +1867,39 @@ def test_a_preset_takes_an_ordinary_certificate_name(certificate: str) -> None:
         parse_config(_with_consumer_key("preset: nginx").replace("example.org", certificate))
     )
     assert consumer.files[0].path == f"/etc/nginx/tls/{certificate}/fullchain.pem"
+
+
+@pytest.mark.parametrize(
+    ("template", "field", "key_path", "words"),
+    [
+        (
+            "files:\n  - {path: /srv/{certificate}.pem, content: cert, group: cf-no-such-group}\n",
+            "files",
+            "files[0].group",
+            ("unknown group 'cf-no-such-group'",),
+        ),
+        ("reload: 'systemctl reload svc | tee'\n", "reload", "reload", ("'|'",)),
+        ("verify_timeout: 0\n", "verify_timeout", "verify_timeout", ("more than 0",)),
+    ],
+)
+@pytest.mark.parametrize("name", ["web", "mail.example.org"])
+def test_a_preset_error_names_the_field_to_set_and_points_at_the_preset_line(
+    monkeypatch: pytest.MonkeyPatch,
+    template: str,
+    field: str,
+    key_path: str,
+    words: tuple[str, ...],
+    name: str,
+) -> None:
+    # The field comes from the place of the value, not from the words of a path: a consumer
+    # name with dots in it does not shift it.
+    monkeypatch.setitem(PRESETS, "ghost", Preset("ghost", "a service not installed", template))
+    text = _with_consumer_key("preset: ghost").replace("  web:", f"  {name}:")
+    error = _reject(text)
+    _assert_error(
+        error,
+        _after(text, "preset: "),
+        f"consumers.{name}.{key_path}",
+        *words,
+        f"(from preset ghost: install that service first, or set '{field}' yourself)",
+    )

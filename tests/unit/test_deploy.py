@@ -20,12 +20,12 @@ from _servers import Peer
 from _services import Service
 
 from certbot_fanout import files
-from certbot_fanout.config import Config, Part, parse_config
+from certbot_fanout.config import parse_config
 from certbot_fanout.deploy import DeployOptions, Effects, Outcome, Stage, deploy
 from certbot_fanout.errors import LockError, PlacementError
 from certbot_fanout.lineage import Lineage, read_lineage
 from certbot_fanout.lock import run_lock
-from certbot_fanout.model import Dialect
+from certbot_fanout.model import Config, Dialect, Part
 from certbot_fanout.probe import Served
 from certbot_fanout.report import render_json, render_text
 

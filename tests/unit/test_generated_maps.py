@@ -31,14 +31,9 @@ from hypothesis import strategies as st
 
 from certbot_fanout._pki import ThrowawayCA, write_lineage
 from certbot_fanout.cli import main
-from certbot_fanout.config import (
-    MAX_CONFIG_BYTES,
-    MAX_TIMEOUT,
-    Config,
-    decode_config,
-    parse_config,
-)
+from certbot_fanout.config import MAX_CONFIG_BYTES, decode_config, parse_config
 from certbot_fanout.errors import ConfigError
+from certbot_fanout.model import MAX_TIMEOUT, Config
 
 AREA = "generated maps (Hypothesis)"
 SOURCE = "generated.yaml"

@@ -22,7 +22,6 @@ from cryptography.x509.oid import NameOID
 
 from certbot_fanout._pki import Issued, ThrowawayCA
 from certbot_fanout.cli import main
-from certbot_fanout.config import Part
 from certbot_fanout.errors import LineageError
 from certbot_fanout.lineage import (
     MAX_PEM_BYTES,
@@ -34,6 +33,7 @@ from certbot_fanout.lineage import (
     read_lineage,
     split_pem_certs,
 )
+from certbot_fanout.model import Part
 
 
 class Lineages(Protocol):

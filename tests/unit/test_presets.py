@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from certbot_fanout.cli import main
-from certbot_fanout.config import Consumer, Part, load_config, parse_config
+from certbot_fanout.config import load_config, parse_config
 from certbot_fanout.errors import ConfigError
+from certbot_fanout.model import Consumer, Part
 from certbot_fanout.presets import PRESETS, Preset
 
 ROOT = Path(__file__).resolve().parents[2]

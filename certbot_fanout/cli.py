@@ -441,7 +441,7 @@ def _presets(args: argparse.Namespace, out: TextIO) -> int:
 def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from certbot_fanout.config import Config
     from certbot_fanout.discover import discover
-    from certbot_fanout.report import render_discover_text
+    from certbot_fanout.render_discover import render_discover_text
 
     path = _config_path(args, env)
     if os.path.exists(path) or args.config or not args.cert_name:
@@ -547,9 +547,9 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
 
     from certbot_fanout import files
     from certbot_fanout.errors import FanoutError
-    from certbot_fanout.report import (
-        render_prometheus,
+    from certbot_fanout.render_status import (
         render_status_json,
+        render_status_prometheus,
         render_status_text,
     )
     from certbot_fanout.status import Level, StatusOptions, check_and_repair, check_status
@@ -571,7 +571,7 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
         print(f"UNKNOWN: {e}", file=out)
         return int(Level.UNKNOWN)
     if args.prometheus:
-        data = render_prometheus(report, time.time()).encode()
+        data = render_status_prometheus(report, time.time()).encode()
         try:
             files.place(
                 files.Desired(
@@ -593,7 +593,7 @@ def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
     from certbot_fanout.deploy import DeployOptions, deploy_lineage
     from certbot_fanout.errors import FanoutError
     from certbot_fanout.lineage import lineage_dir
-    from certbot_fanout.report import render_json, render_text
+    from certbot_fanout.render_deploy import render_deploy_json, render_deploy_text
 
     if args.lineage:
         live = args.lineage
@@ -621,6 +621,10 @@ def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
             file=out,
         )
         return EXIT_OK
-    out.write(render_json(result) if args.json else render_text(result, verbose=args.verbose))
+    out.write(
+        render_deploy_json(result)
+        if args.json
+        else render_deploy_text(result, verbose=args.verbose)
+    )
     out.flush()
     return EXIT_FAILED if result.failed else EXIT_OK

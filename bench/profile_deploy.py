@@ -31,7 +31,7 @@ from fanout_bench import NAME, Bench, Processes, _workspace
 from certbot_fanout import commands, deploy, files, probe
 from certbot_fanout.config import load_config
 from certbot_fanout.lineage import read_lineage
-from certbot_fanout.report import render_json
+from certbot_fanout.render_deploy import render_deploy_json
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -311,7 +311,7 @@ def main() -> int:
             config, lineage = load_config(bench.config(n)), read_lineage(bench.live)
             result = deploy.deploy(config, lineage)
             start = time.monotonic()
-            render_json(result)
+            render_deploy_json(result)
             print(f"  {'render_json':<14} {(time.monotonic() - start) * 1000:6.1f} ms")
         finally:
             if bench.fifo_fd >= 0:

@@ -142,16 +142,38 @@ def render_manpage(
         The page, ready for ``man -l``.
     """
     parser = parser or build_parser()
-    if date is None:
-        epoch = os.environ.get("SOURCE_DATE_EPOCH")
-        when = datetime.datetime.fromtimestamp(int(epoch) if epoch else _now(), tz=datetime.UTC)
-        date = when.date()
+    lines = [
+        *_head(parser, date or _page_date()),
+        *_description(parser),
+        *_options(parser),
+        *_commands(parser),
+        *_exit_status(parser),
+        *_facts(),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _page_date() -> datetime.date:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = datetime.datetime.fromtimestamp(int(epoch) if epoch else _now(), tz=datetime.UTC)
+    return when.date()
+
+
+def _own_actions(
+    sub: argparse.ArgumentParser, common: set[str], documented: bool = False
+) -> list[argparse.Action]:
+    """A sub-command's actions other than the options every command takes."""
+    return [
+        a
+        for a in sub._actions
+        if not set(a.option_strings) & common and (not documented or _documented(a))
+    ]
+
+
+def _head(parser: argparse.ArgumentParser, date: datetime.date) -> list[str]:
+    """The title, NAME and SYNOPSIS: the top-level usage, then each sub-command's."""
     summary = (_package_summary or "").strip().rstrip(".")
     summary = summary[:1].lower() + summary[1:]
-    top = _formatter(parser)
-    common = _common_option_strings(parser)
-    subcommands = _subcommands(parser)
-
     lines = [
         f'.TH CERTBOT\\-FANOUT 1 "{date.isoformat()}" "{escape(PROG)} {escape(__version__)}" '
         '"User Commands"',
@@ -165,48 +187,63 @@ def render_manpage(
         f".B {escape(PROG)}",
         _usage(parser, parser._actions),
     ]
-    for name, sub, _ in subcommands:
-        own = [a for a in sub._actions if not set(a.option_strings) & common]
-        usage = _usage(sub, own)
+    common = _common_option_strings(parser)
+    for name, sub, _ in _subcommands(parser):
+        usage = _usage(sub, _own_actions(sub, common))
         lines += [".br", f'.B "{escape(PROG)} {escape(name)}"', *([usage] if usage else [])]
+    return lines
 
-    lines.append(".SH DESCRIPTION")
+
+def _description(parser: argparse.ArgumentParser) -> list[str]:
+    lines = [".SH DESCRIPTION"]
     _emit_paragraphs(lines, parser.description)
+    return lines
 
-    lines.append(".SH OPTIONS")
-    lines.append(
-        "These options may be given before or after the command; every command takes them."
-    )
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    """The options every command takes (the top-level parser's)."""
+    lines = [
+        ".SH OPTIONS",
+        "These options may be given before or after the command; every command takes them.",
+    ]
+    top = _formatter(parser)
     for action in parser._actions:
         if _documented(action):
             lines += _item(top, action)
+    return lines
 
-    lines.append(".SH COMMANDS")
-    for name, sub, one_line in subcommands:
+
+def _commands(parser: argparse.ArgumentParser) -> list[str]:
+    """One subsection per sub-command: its description, its own options, its exit codes."""
+    lines = [".SH COMMANDS"]
+    common = _common_option_strings(parser)
+    for name, sub, one_line in _subcommands(parser):
         lines += [f'.SS "{escape(name)}"']
         _emit_paragraphs(lines, sub.description or one_line)
-        own = [a for a in sub._actions if _documented(a) and not set(a.option_strings) & common]
         formatter = _formatter(sub)
-        for action in own:
+        for action in _own_actions(sub, common, documented=True):
             lines += _item(formatter, action)
         if sub.epilog and sub.epilog != parser.epilog:
             lines.append(".PP")
             _emit_paragraphs(lines, sub.epilog)
+    return lines
 
-    lines.append(".SH EXIT STATUS")
+
+def _exit_status(parser: argparse.ArgumentParser) -> list[str]:
+    lines = [".SH EXIT STATUS"]
     _emit_paragraphs(lines, parser.epilog)
-    lines.append(".PP")
-    lines.append("Each other command states its own exit codes above.")
+    return [*lines, ".PP", "Each other command states its own exit codes above."]
 
-    lines.append(".SH ENVIRONMENT")
+
+def _facts() -> list[str]:
+    """ENVIRONMENT, FILES and SEE ALSO: what the parser cannot know."""
+    lines = [".SH ENVIRONMENT"]
     for variable, meaning in _ENVIRONMENT:
         lines += [".TP", f".B {escape(variable)}", _text_line(escape(meaning))]
     lines.append(".SH FILES")
     for path, meaning in _FILES:
         lines += [".TP", f".I {escape(path)}", _text_line(escape(meaning))]
-    lines.append(".SH SEE ALSO")
-    lines += _SEE_ALSO
-    return "\n".join(lines) + "\n"
+    return [*lines, ".SH SEE ALSO", *_SEE_ALSO]
 
 
 def _now() -> float:

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from certbot_fanout import __version__
@@ -337,37 +337,14 @@ def main(
 
     _setup_logging(args.verbose, args.debug)
     if args.command is None:
-        if env.get(HOOK_ENV):
-            args = _parse(parser, [*args_list, "deploy"])
-            if isinstance(args, int):
-                return args
-        else:
-            parser.print_usage(sys.stderr)
-            print(
-                "certbot-fanout: error: give a sub-command (see --help); "
-                f"run bare only as a certbot deploy hook, with ${HOOK_ENV} set",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
+        args = _bare(parser, args_list, env)
+        if isinstance(args, int):
+            return args
 
     from certbot_fanout.errors import FanoutError
 
     try:
-        if args.command == "deploy":
-            return _deploy(args, env, out)
-        if args.command == "discover":
-            return _discover(args, env, out)
-        if args.command == "check":
-            return _check(args, env, out)
-        if args.command == "status":
-            return _status(args, env, out)
-        if args.command == "presets":
-            return _presets(args, out)
-        if args.command == "demo":
-            from certbot_fanout.demo import run_demo
-
-            return run_demo(out)
-        raise AssertionError(f"unhandled command {args.command}")
+        return _COMMANDS[args.command](args, env, out)
     except FanoutError as e:
         print(f"certbot-fanout: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -389,6 +366,21 @@ def main(
         return EXIT_FAILED
 
 
+def _bare(
+    parser: _Parser, args_list: list[str], env: Mapping[str, str]
+) -> argparse.Namespace | int:
+    """No sub-command: a deploy hook's run (``$RENEWED_LINEAGE`` set) deploys; else usage."""
+    if env.get(HOOK_ENV):
+        return _parse(parser, [*args_list, "deploy"])
+    parser.print_usage(sys.stderr)
+    print(
+        "certbot-fanout: error: give a sub-command (see --help); "
+        f"run bare only as a certbot deploy hook, with ${HOOK_ENV} set",
+        file=sys.stderr,
+    )
+    return EXIT_USAGE
+
+
 def _setup_logging(verbose: bool, debug: bool) -> None:
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
@@ -398,7 +390,7 @@ def _setup_logging(verbose: bool, debug: bool) -> None:
     logger.propagate = False
 
 
-def _presets(args: argparse.Namespace, out: TextIO) -> int:
+def _presets(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     """The catalogue; with NAME, one consumer entry to paste under ``consumers:`` (all of the
     output is YAML); with NAME and --map, a whole map that ``check`` reads as it stands."""
     from certbot_fanout.presets import PRESETS, usable_certificate
@@ -441,7 +433,7 @@ def _presets(args: argparse.Namespace, out: TextIO) -> int:
 def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from certbot_fanout.discover import discover
     from certbot_fanout.model import Config
-    from certbot_fanout.report import render_discover_text
+    from certbot_fanout.render_discover import render_discover_text
 
     path = _config_path(args, env)
     if os.path.exists(path) or args.config or not args.cert_name:
@@ -547,9 +539,9 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
 
     from certbot_fanout import files
     from certbot_fanout.errors import FanoutError
-    from certbot_fanout.report import (
-        render_prometheus,
+    from certbot_fanout.render_status import (
         render_status_json,
+        render_status_prometheus,
         render_status_text,
     )
     from certbot_fanout.status import Level, StatusOptions, check_and_repair, check_status
@@ -571,7 +563,7 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
         print(f"UNKNOWN: {e}", file=out)
         return int(Level.UNKNOWN)
     if args.prometheus:
-        data = render_prometheus(report, time.time()).encode()
+        data = render_status_prometheus(report, time.time()).encode()
         try:
             files.place(
                 files.Desired(
@@ -593,7 +585,7 @@ def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
     from certbot_fanout.deploy import DeployOptions, deploy_lineage
     from certbot_fanout.errors import FanoutError
     from certbot_fanout.lineage import lineage_dir
-    from certbot_fanout.report import render_json, render_text
+    from certbot_fanout.render_deploy import render_deploy_json, render_deploy_text
 
     if args.lineage:
         live = args.lineage
@@ -621,6 +613,29 @@ def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
             file=out,
         )
         return EXIT_OK
-    out.write(render_json(result) if args.json else render_text(result, verbose=args.verbose))
+    out.write(
+        render_deploy_json(result)
+        if args.json
+        else render_deploy_text(result, verbose=args.verbose)
+    )
     out.flush()
     return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def _demo(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    from certbot_fanout.demo import run_demo
+
+    return run_demo(out)
+
+
+# Each sub-command's handler: the parsed arguments, the environment and the output in, the
+# exit code out. build_parser defines the same names.
+_Handler = Callable[[argparse.Namespace, Mapping[str, str], TextIO], int]
+_COMMANDS: dict[str, _Handler] = {
+    "deploy": _deploy,
+    "check": _check,
+    "status": _status,
+    "discover": _discover,
+    "presets": _presets,
+    "demo": _demo,
+}

@@ -5,10 +5,17 @@ lineage's name as SNI, STARTTLS by well-known port); certificate paths named in 
 configuration of common services; and PEM files under the usual directories. Certbot's own
 directory is skipped, symlinks are never followed, large and special files are never read, and
 no key material is ever printed: only paths and certificate summaries.
+
+:func:`discover` returns a :class:`DiscoverReport`: each :class:`Find` says how it was found
+(:class:`FindKind`) and carries the facts of its kind (the listener, the configuration line that
+names it, what the copy holds and as whom), so rendering it (``render_discover``) reads nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import enum
 import glob
 import ipaddress
 import os
@@ -17,9 +24,10 @@ import socket
 import stat
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
@@ -52,54 +60,61 @@ STARTTLS_PORTS = {
     5432: Dialect.POSTGRES,
 }
 
-# service -> (config files (globs), pattern whose last group is a path)
-SERVICE_CONFIGS: dict[str, tuple[tuple[str, ...], re.Pattern[str]]] = {
-    "nginx": (
+
+class ServiceConfig(NamedTuple):
+    """Where a service keeps its configuration, and how that names a certificate's path."""
+
+    globs: tuple[str, ...]  # its configuration files
+    pattern: re.Pattern[str]  # a line that names a path; the path is the last group
+
+
+SERVICE_CONFIGS: Mapping[str, ServiceConfig] = {
+    "nginx": ServiceConfig(
         ("/etc/nginx/**/*.conf", "/etc/nginx/sites-enabled/*", "/etc/nginx/nginx.conf"),
         re.compile(
             r"^\s*ssl_(?:certificate|certificate_key|trusted_certificate)\s+['\"]?([^;'\"\s]+)",
             re.M,
         ),
     ),
-    "apache": (
+    "apache": ServiceConfig(
         ("/etc/apache2/**/*.conf", "/etc/apache2/sites-enabled/*", "/etc/httpd/**/*.conf"),
         re.compile(
             r"^\s*SSLCertificate(?:File|KeyFile|ChainFile)\s+['\"]?([^'\"\s]+)", re.M | re.I
         ),
     ),
-    "haproxy": (
+    "haproxy": ServiceConfig(
         ("/etc/haproxy/*.cfg", "/etc/haproxy/**/*.cfg"),
         re.compile(r"\bcrt\s+([^\s]+)"),
     ),
-    "postfix": (
+    "postfix": ServiceConfig(
         ("/etc/postfix/main.cf",),
         re.compile(r"^\s*smtpd?_tls_(?:cert_file|key_file|chain_files)\s*=\s*([^\s,]+)", re.M),
     ),
-    "dovecot": (
+    "dovecot": ServiceConfig(
         ("/etc/dovecot/*.conf", "/etc/dovecot/**/*.conf"),
         re.compile(r"^\s*ssl_(?:cert|key|server_cert_file|server_key_file)\s*=\s*<?\s*(\S+)", re.M),
     ),
-    "synapse": (
+    "synapse": ServiceConfig(
         ("/etc/matrix-synapse/*.yaml", "/etc/matrix-synapse/**/*.yaml"),
         re.compile(r"^\s*tls_(?:certificate|private_key)_path\s*:\s*['\"]?([^'\"\s]+)", re.M),
     ),
-    "prosody": (
+    "prosody": ServiceConfig(
         ("/etc/prosody/*.lua", "/etc/prosody/**/*.lua"),
         re.compile(r"\b(?:certificate|key)\s*=\s*['\"]([^'\"]+)['\"]"),
     ),
-    "ejabberd": (
+    "ejabberd": ServiceConfig(
         ("/etc/ejabberd/*.yml", "/etc/ejabberd/**/*.yml"),
         re.compile(r"['\"]?(/[^'\"\s]+\.(?:pem|crt|cer|cert))['\"]?"),
     ),
-    "mosquitto": (
+    "mosquitto": ServiceConfig(
         ("/etc/mosquitto/*.conf", "/etc/mosquitto/**/*.conf"),
         re.compile(r"^\s*(?:certfile|keyfile)\s+(\S+)", re.M),
     ),
-    "coturn": (
+    "coturn": ServiceConfig(
         ("/etc/turnserver.conf", "/etc/coturn/*.conf"),
         re.compile(r"^\s*(?:cert|pkey)\s*=\s*['\"]?([^'\"\s]+)", re.M),
     ),
-    "postgresql": (
+    "postgresql": ServiceConfig(
         ("/etc/postgresql/*/*/postgresql.conf", "/etc/postgresql/*/*/conf.d/*.conf"),
         re.compile(r"^\s*ssl_(?:cert|key)_file\s*=\s*'([^']+)'", re.M),
     ),
@@ -108,35 +123,89 @@ _PEM_CERT = b"-----BEGIN CERTIFICATE-----"
 _PEM_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
 
 
+class FindKind(enum.StrEnum):
+    """How a find was found; the value is the word discover's listing prints."""
+
+    LISTENER = "listener"  # a listening TCP socket serves the certificate
+    CONFIG = "config"  # a service's configuration names the path
+    FILE = "file"  # the file scan read it
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A listening socket that serves the certificate (a LISTENER find)."""
+
+    host: str  # the address connected to (loopback for a wildcard listener)
+    port: int
+    starttls: Dialect | None  # the dialect it answered in; None for TLS from the first byte
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The line of a service's configuration that names the path (a CONFIG find)."""
+
+    service: str  # a key of SERVICE_CONFIGS
+    conf: str  # the configuration file
+    line: int
+    reads_live: bool = False  # the path is certbot's own live/ file: the service reads it itself
+
+    @property
+    def via(self) -> str:
+        return f"{self.service}: {self.conf}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A file that holds a copy of the certificate, as discovery read it (a FILE find, or a
+    CONFIG find that does not read live/ directly)."""
+
+    certificates: int  # how many certificates it holds (more than one: a chain)
+    holds_key: bool  # it also holds a private key
+    uid: int
+    gid: int
+    mode: int  # permission bits
+
+
 @dataclass(frozen=True)
 class Find:
-    kind: str  # "listener", "config" or "file"
-    where: str  # host:port, or a path
+    """One place on this host that carries a lineage's certificate."""
+
+    kind: FindKind
+    where: str  # host:port (and the STARTTLS dialect), or a path
     certificate: str  # the lineage it carries
     served: CertInfo
     current: bool
     mapped_by: str | None = None  # the consumer that covers it
-    via: str = ""  # for "config": which service's file names it
-    port: int = 0
-    host: str = ""
-    starttls: Dialect | None = None
-    holds_key: bool = False
-    certs_in_file: int = 0
-    reads_live: bool = False  # a service config pointing into certbot's live/ directory
+    listener: Listener | None = None  # for a LISTENER find
+    reference: Reference | None = None  # for a CONFIG find
+    copy: Copy | None = None  # for a file read (FILE, and CONFIG unless it reads live/)
 
     @property
     def mapped(self) -> bool:
         return self.mapped_by is not None
 
+    @property
+    def via(self) -> str:
+        """For a CONFIG find: which service's file names it, and where."""
+        return self.reference.via if self.reference else ""
 
-@dataclass
+    @property
+    def reads_live(self) -> bool:
+        """A service configuration pointing into certbot's live/ directory."""
+        return self.reference is not None and self.reference.reads_live
+
+
+@dataclass(frozen=True)
 class DiscoverReport:
-    lineages: dict[str, Lineage]
-    finds: list[Find] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    scanned_files: int = 0
-    listeners: int = 0
+    """What discover looked for and what it found."""
+
+    lineages: Mapping[str, Lineage]
+    finds: tuple[Find, ...]
+    notes: tuple[str, ...]
+    seconds: float
+    scanned_files: int
+    listeners: int
+    checked_at: datetime.datetime  # when the look ended (an expired find reads as expired)
 
 
 def discover(
@@ -146,11 +215,7 @@ def discover(
     extra_paths: Iterable[str] = (),
     roots: Iterable[str] = SCAN_ROOTS,
     proc_net: str = "/proc/net",
-    service_configs: Mapping[str, tuple[tuple[str, ...], re.Pattern[str]]] | None = None,
-    fetch: Callable[
-        [str, int, str | None, float, Dialect | None], probe.Served
-    ] = probe.fetch_served,
-    time_budget: float = TIME_BUDGET,
+    service_configs: Mapping[str, ServiceConfig] = SERVICE_CONFIGS,
 ) -> DiscoverReport:
     """Look for every place on this host that carries one of the lineages' certificates.
 
@@ -158,35 +223,55 @@ def discover(
         FanoutError: no lineage to look for.
     """
     start = time.monotonic()
-    # Certificates found on a host can be odd (negative serials, ...); they are only compared.
-    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
+    lineages, notes = _read_lineages(config, config_dir, cert_names)
+    skip = {os.path.realpath(config_dir)}
+    sockets = listening_sockets(proc_net)
+    with warnings.catch_warnings():
+        # Certificates found on a host can be odd (negative serials, ...); they are only compared.
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        finds = _listeners(config, lineages, sockets)
+        named = _service_configs(config, lineages, skip, service_configs)
+        scan = _scan_files(config, lineages, [*roots, *extra_paths], skip, start + TIME_BUDGET)
+    seen = {f.where for f in named}
+    finds += named
+    for find in scan.finds:
+        if find.where not in seen:
+            seen.add(find.where)
+            finds.append(find)
+    return DiscoverReport(
+        lineages=lineages,
+        finds=tuple(finds),
+        notes=(*notes, *scan.notes),
+        seconds=time.monotonic() - start,
+        scanned_files=scan.files,
+        listeners=len(sockets),
+        checked_at=datetime.datetime.now(datetime.UTC),
+    )
+
+
+def _read_lineages(
+    config: Config, config_dir: str, cert_names: Iterable[str]
+) -> tuple[dict[str, Lineage], list[str]]:
+    """The lineages to look for, and a note for each that cannot be read.
+
+    Raises:
+        FanoutError: no lineage to look for, or none of them reads.
+    """
     names = list(cert_names) or list(config.certificates) or _all_lineages(config_dir)
     if not names:
         raise FanoutError(
             f"no certificate to look for: the map names none and {config_dir}/live is empty"
         )
-    report = DiscoverReport(lineages={})
+    lineages: dict[str, Lineage] = {}
+    notes = []
     for name in names:
         try:
-            report.lineages[name] = read_lineage(lineage_dir(config_dir, name))
+            lineages[name] = read_lineage(lineage_dir(config_dir, name))
         except FanoutError as e:
-            report.notes.append(f"skipped {name}: {e}")
-    if not report.lineages:
-        raise FanoutError("; ".join(report.notes))
-
-    report.finds.extend(_listeners(config, report, proc_net, fetch))
-    deadline = start + time_budget
-    skip = {os.path.realpath(config_dir)}
-    seen: set[str] = set()
-    for find in _service_configs(config, report, skip, service_configs or SERVICE_CONFIGS):
-        seen.add(find.where)
-        report.finds.append(find)
-    for find in _scan_files(config, report, [*roots, *extra_paths], skip, deadline):
-        if find.where not in seen:
-            seen.add(find.where)
-            report.finds.append(find)
-    report.seconds = time.monotonic() - start
-    return report
+            notes.append(f"skipped {name}: {e}")
+    if not lineages:
+        raise FanoutError("; ".join(notes))
+    return lineages, notes
 
 
 def _all_lineages(config_dir: str) -> list[str]:
@@ -196,7 +281,7 @@ def _all_lineages(config_dir: str) -> list[str]:
         return []
 
 
-def _match(info: CertInfo, lineages: dict[str, Lineage]) -> Lineage | None:
+def _match(info: CertInfo, lineages: Mapping[str, Lineage]) -> Lineage | None:
     """The lineage whose names the certificate carries (the current one first)."""
     for lineage in lineages.values():
         if info.fingerprint == lineage.cert.fingerprint:
@@ -268,61 +353,65 @@ def _endpoint_covers(ep: Endpoint, address: str, port: int) -> bool:
 
 
 def _listeners(
-    config: Config,
-    report: DiscoverReport,
-    proc_net: str,
-    fetch: probe.Fetch,
+    config: Config, lineages: Mapping[str, Lineage], sockets: list[tuple[str, int]]
 ) -> list[Find]:
-    sockets = listening_sockets(proc_net)
-    report.listeners = len(sockets)
-    jobs = [(a, p, lin) for a, p in sockets for lin in report.lineages.values()]
-
-    def look(job: tuple[str, int, Lineage]) -> Find | None:
-        address, port, lineage = job
-        dialect = STARTTLS_PORTS.get(port)
-        host = _connect_to(address)
-        try:
-            served = fetch(host, port, lineage.default_server_name, PROBE_TIMEOUT, dialect)
-        except ProbeError:
-            if dialect is None:
-                return None
-            try:  # a well-known port may still speak TLS directly (or not at all)
-                served = fetch(host, port, lineage.default_server_name, PROBE_TIMEOUT, None)
-                dialect = None
-            except ProbeError:
-                return None
-        info = _info(served.leaf)
-        if info is None or _match(info, {lineage.name: lineage}) is None:
-            return None
-        mapped = next(
-            (
-                c.name
-                for c in config.consumers
-                if any(_endpoint_covers(ep, address, port) for ep in c.verify)
-            ),
-            None,
-        )
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return Find(
-            kind="listener",
-            where=where + (f" ({dialect.value})" if dialect else ""),
-            certificate=lineage.name,
-            served=info,
-            current=info.fingerprint == lineage.cert.fingerprint,
-            mapped_by=mapped,
-            port=port,
-            host=host,
-            starttls=dialect,
-        )
-
+    """Each listening socket that serves one of the lineages' certificates (probed at once)."""
+    jobs = [(a, p, lin) for a, p in sockets for lin in lineages.values()]
     if not jobs:
         return []
     with ThreadPoolExecutor(max_workers=min(32, len(jobs))) as pool:
-        found = [f for f in pool.map(look, jobs) if f is not None]
+        looked = list(pool.map(lambda job: _listener_find(config, *job), jobs))
     unique: dict[tuple[str, int, str], Find] = {}
-    for f in found:
-        unique.setdefault((f.host, f.port, f.certificate), f)
+    for (address, port, lineage), find in zip(jobs, looked, strict=True):
+        if find is not None:
+            unique.setdefault((_connect_to(address), port, lineage.name), find)
     return list(unique.values())
+
+
+def _probe_listener(
+    host: str, port: int, lineage: Lineage
+) -> tuple[probe.Served, Dialect | None] | None:
+    """What the socket serves for the lineage's name, and the dialect it answered in."""
+    name = lineage.default_server_name
+    dialect = STARTTLS_PORTS.get(port)
+    try:
+        return probe.fetch_served(host, port, name, PROBE_TIMEOUT, dialect), dialect
+    except ProbeError:
+        if dialect is None:
+            return None
+    try:  # a well-known port may still speak TLS directly (or not at all)
+        return probe.fetch_served(host, port, name, PROBE_TIMEOUT, None), None
+    except ProbeError:
+        return None
+
+
+def _listener_find(config: Config, address: str, port: int, lineage: Lineage) -> Find | None:
+    host = _connect_to(address)
+    probed = _probe_listener(host, port, lineage)
+    if probed is None:
+        return None
+    served, dialect = probed
+    info = _info(served.leaf)
+    if info is None or _match(info, {lineage.name: lineage}) is None:
+        return None
+    mapped = next(
+        (
+            c.name
+            for c in config.consumers
+            if any(_endpoint_covers(ep, address, port) for ep in c.verify)
+        ),
+        None,
+    )
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return Find(
+        kind=FindKind.LISTENER,
+        where=where + (f" ({dialect.value})" if dialect else ""),
+        certificate=lineage.name,
+        served=info,
+        current=info.fingerprint == lineage.cert.fingerprint,
+        mapped_by=mapped,
+        listener=Listener(host=host, port=port, starttls=dialect),
+    )
 
 
 def _info(der: bytes) -> CertInfo | None:
@@ -344,8 +433,15 @@ def _mapped_path(config: Config, path: str) -> str | None:
     return None
 
 
-def _read_pem(path: str) -> bytes | None:
-    """The file's bytes if it is a small regular file with a PEM certificate in it."""
+class _Pem(NamedTuple):
+    """A small regular file with a PEM certificate in it, and its status when it was read."""
+
+    data: bytes
+    status: os.stat_result
+
+
+def _read_pem(path: str) -> _Pem | None:
+    """The file, if it is a small regular file (never a symlink) with a PEM certificate in it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -359,14 +455,19 @@ def _read_pem(path: str) -> bytes | None:
         return None
     finally:
         os.close(fd)
-    return data if _PEM_CERT in data else None
+    return _Pem(data, st) if _PEM_CERT in data else None
 
 
 def _file_find(
-    config: Config, report: DiscoverReport, path: str, data: bytes, kind: str, via: str = ""
+    config: Config,
+    lineages: Mapping[str, Lineage],
+    path: str,
+    pem: _Pem,
+    kind: FindKind,
+    reference: Reference | None = None,
 ) -> Find | None:
     certs: list[CertInfo] = []
-    for block in data.split(_PEM_CERT)[1:]:
+    for block in pem.data.split(_PEM_CERT)[1:]:
         try:
             certs.append(cert_info(x509.load_pem_x509_certificate(_PEM_CERT + block)))
         except ValueError:
@@ -374,7 +475,7 @@ def _file_find(
     if not certs:
         return None
     info = certs[0]
-    lineage = _match(info, report.lineages)
+    lineage = _match(info, lineages)
     if lineage is None:
         return None
     return Find(
@@ -384,102 +485,135 @@ def _file_find(
         served=info,
         current=info.fingerprint == lineage.cert.fingerprint,
         mapped_by=_mapped_path(config, path),
-        via=via,
-        holds_key=bool(_PEM_KEY.search(data)),
-        certs_in_file=len(certs),
+        reference=reference,
+        copy=Copy(
+            certificates=len(certs),
+            holds_key=bool(_PEM_KEY.search(pem.data)),
+            uid=pem.status.st_uid,
+            gid=pem.status.st_gid,
+            mode=stat.S_IMODE(pem.status.st_mode),
+        ),
     )
+
+
+# -- service configurations ---------------------------------------------------------------------
 
 
 def _service_configs(
     config: Config,
-    report: DiscoverReport,
+    lineages: Mapping[str, Lineage],
     skip: set[str],
-    services: Mapping[str, tuple[tuple[str, ...], re.Pattern[str]]],
-) -> Iterator[Find]:
-    for service, (patterns, regex) in services.items():
-        conf_files = sorted({p for pat in patterns for p in glob.glob(pat, recursive=True)})
-        for conf in conf_files:
+    services: Mapping[str, ServiceConfig],
+) -> list[Find]:
+    """Each certificate path named in a service's configuration that carries a lineage."""
+    finds = []
+    for reference, path in _references(services):
+        find = _referenced_find(config, lineages, skip, reference, path)
+        if find is not None:
+            finds.append(find)
+    return finds
+
+
+def _references(services: Mapping[str, ServiceConfig]) -> Iterator[tuple[Reference, str]]:
+    """Every absolute path the services' configuration files name, with where it is named."""
+    for service, (globs, pattern) in services.items():
+        for conf in sorted({p for pat in globs for p in glob.glob(pat, recursive=True)}):
             try:
                 with open(conf, errors="replace") as f:
                     text = f.read(MAX_FILE_BYTES)
             except OSError:
                 continue
-            for m in regex.finditer(text):
-                path = m.group(m.lastindex or 1).strip()
-                if not path.startswith("/"):
-                    continue
-                line = text.count("\n", 0, m.start()) + 1
-                via = f"{service}: {conf}:{line}"
-                real = os.path.realpath(path)
-                if any(real == s or real.startswith(s + "/") for s in skip):
-                    find = _reads_live_directly(config, report, path, service, via)
-                    if find:
-                        yield find
-                    continue
-                data = _read_pem(path)
-                if data is None:
-                    continue
-                find = _file_find(config, report, path, data, "config", via)
-                if find:
-                    yield find
+            for line, path in _named_paths(text, pattern):
+                yield Reference(service=service, conf=conf, line=line), path
+
+
+def _named_paths(text: str, pattern: re.Pattern[str]) -> Iterator[tuple[int, str]]:
+    """(line number, path) of each absolute path the pattern finds in a configuration text."""
+    for m in pattern.finditer(text):
+        path = m.group(m.lastindex or 1).strip()
+        if path.startswith("/"):
+            yield text.count("\n", 0, m.start()) + 1, path
+
+
+def _referenced_find(
+    config: Config,
+    lineages: Mapping[str, Lineage],
+    skip: set[str],
+    reference: Reference,
+    path: str,
+) -> Find | None:
+    real = os.path.realpath(path)
+    if any(real == s or real.startswith(s + "/") for s in skip):
+        return _reads_live_directly(config, lineages, path, reference)
+    pem = _read_pem(path)
+    if pem is None:
+        return None
+    return _file_find(config, lineages, path, pem, FindKind.CONFIG, reference)
 
 
 def _reads_live_directly(
-    config: Config, report: DiscoverReport, path: str, service: str, via: str
+    config: Config, lineages: Mapping[str, Lineage], path: str, reference: Reference
 ) -> Find | None:
     """A service that reads certbot's files itself is current on disk, but something must
     still reload it after each renewal: is there a consumer that does?"""
-    lineage = next(
-        (lin for lin in report.lineages.values() if path.startswith(lin.live_dir + "/")), None
-    )
+    lineage = next((lin for lin in lineages.values() if path.startswith(lin.live_dir + "/")), None)
     if lineage is None or not path.endswith(("cert.pem", "fullchain.pem")):
         return None
     reloader = next(
         (
             c.name
             for c in config.consumers_for(lineage.name)
-            if c.reload and any(service in word for word in c.reload)
+            if c.reload and any(reference.service in word for word in c.reload)
         ),
         None,
     )
     return Find(
-        kind="config",
+        kind=FindKind.CONFIG,
         where=path,
         certificate=lineage.name,
         served=lineage.cert,
         current=True,
         mapped_by=reloader,
-        via=via,
-        reads_live=True,
+        reference=dataclasses.replace(reference, reads_live=True),
     )
+
+
+# -- the file scan ------------------------------------------------------------------------------
+
+_SCAN_STOPPED = (
+    "the file scan stopped early (entry or time budget); add --path for the directories that matter"
+)
+
+
+class _Scan(NamedTuple):
+    finds: list[Find]
+    files: int  # how many files were read
+    notes: tuple[str, ...]
 
 
 def _scan_files(
     config: Config,
-    report: DiscoverReport,
+    lineages: Mapping[str, Lineage],
     roots: Iterable[str],
     skip: set[str],
     deadline: float,
-) -> Iterator[Find]:
+) -> _Scan:
     budget = [MAX_ENTRIES]
     never = {os.path.realpath(p) for p in NEVER_SCAN} | skip
+    finds: list[Find] = []
+    read = 0
     for root in dict.fromkeys(os.path.abspath(r) for r in roots):
         if not os.path.isdir(root):
             continue
         for path in _walk(root, never, budget, deadline):
-            report.scanned_files += 1
-            data = _read_pem(path)
-            if data is None:
-                continue
-            find = _file_find(config, report, path, data, "file")
-            if find:
-                yield find
+            read += 1
+            pem = _read_pem(path)
+            find = None if pem is None else _file_find(config, lineages, path, pem, FindKind.FILE)
+            if find is not None:
+                finds.append(find)
         if budget[0] <= 0 or time.monotonic() > deadline:
-            report.notes.append(
-                "the file scan stopped early (entry or time budget); add --path for the "
-                "directories that matter"
-            )
-            return
+            return _Scan(finds, read, (_SCAN_STOPPED,))
+    return _Scan(finds, read, ())
 
 
 def _walk(root: str, never: set[str], budget: list[int], deadline: float) -> Iterator[str]:
@@ -503,45 +637,3 @@ def _walk(root: str, never: set[str], budget: list[int], deadline: float) -> Ite
                     yield entry.path
             except OSError:
                 continue
-
-
-# -- what to paste --------------------------------------------------------------------------------
-
-
-def snippet(find: Find, index: int) -> str:
-    """A consumer-map entry that would cover an unmapped find (to be completed by a human)."""
-    name = f"found-{index}"
-    if find.kind == "listener":
-        starttls = f", starttls: {find.starttls.value}" if find.starttls else ""
-        return (
-            f"  {name}:   # the service listening on {find.where}\n"
-            f"    certificate: {find.certificate}\n"
-            f"    reload: TODO    # how this service reloads its certificate\n"
-            f"    verify:\n"
-            f"      - {{host: {find.host}, port: {find.port}{starttls}}}\n"
-        )
-    if find.reads_live:
-        return (
-            f"  {name}:   # {find.via} reads certbot's files directly\n"
-            f"    certificate: {find.certificate}\n"
-            f"    reload: TODO    # reload {find.via.split(':')[0]} after every renewal\n"
-        )
-    try:
-        st = os.stat(find.where)
-        owner, group, mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
-    except OSError:
-        owner, group, mode = 0, 0, 0o644
-    parts = ["fullchain" if find.certs_in_file > 1 else "cert"]
-    if find.holds_key:
-        parts = ["privkey", *parts]
-        mode &= 0o770
-    content = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
-    origin = f"named in {find.via}" if find.via else "found on disk"
-    return (
-        f"  {name}:   # {origin}\n"
-        f"    certificate: {find.certificate}\n"
-        f"    files:\n"
-        f"      - {{path: {find.where}, content: {content}, owner: {owner}, group: {group}, "
-        f'mode: "{mode:04o}"}}\n'
-        f"    reload: TODO    # how the service reading this file reloads it\n"
-    )

@@ -32,7 +32,8 @@ from certbot_fanout.config import (
 from certbot_fanout.deploy import DeployOptions, DeployResult, Effects, deploy_lineage
 from certbot_fanout.errors import ConfigNotFound, FanoutError
 from certbot_fanout.model import DEFAULT_CERTBOT_DIR, Config
-from certbot_fanout.report import failure_summary, render_status_text, render_text
+from certbot_fanout.render_deploy import render_deploy_failures, render_deploy_text
+from certbot_fanout.render_status import render_status_text
 from certbot_fanout.state import default_state_path
 from certbot_fanout.status import Level, StatusOptions, check_and_repair, restrict
 
@@ -208,12 +209,12 @@ class Installer(
         self._report(result)
 
     def _report(self, result: DeployResult) -> None:
-        text = render_text(result)
+        text = render_deploy_text(result)
         for line in text.splitlines():
             logger.info("%s", line)
         if result.failed:
             raise errors.PluginError(
-                f"certbot-fanout: {result.certificate}: {failure_summary(result)}"
+                f"certbot-fanout: {result.certificate}: {render_deploy_failures(result)}"
             )
         n = len(result.consumers)
         message = (

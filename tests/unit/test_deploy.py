@@ -27,7 +27,8 @@ from certbot_fanout.lineage import Lineage, read_lineage
 from certbot_fanout.lock import run_lock
 from certbot_fanout.model import Config, Dialect, Part
 from certbot_fanout.probe import Served
-from certbot_fanout.report import render_json, render_text
+from certbot_fanout.render_deploy import render_deploy_json as render_json
+from certbot_fanout.render_deploy import render_deploy_text as render_text
 
 NAME = "svc.test"
 

@@ -17,7 +17,7 @@ from _servers import Peer
 from certbot_fanout.cli import main
 from certbot_fanout.config import parse_config
 from certbot_fanout.discover import discover, listening_sockets
-from certbot_fanout.report import render_discover_text
+from certbot_fanout.render_discover import render_discover_text
 
 NAME = "disc.test"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="writes a file under /etc")
@@ -120,9 +120,11 @@ def test_service_config_references_and_live_readers(
         f"  ssl_certificate {live}/fullchain.pem;\n}}\n"
     )
     config = write_config(f"version: 1\nconsumers:\n  other:\n    certificate: {NAME}\n")
-    from certbot_fanout.discover import SERVICE_CONFIGS
+    from certbot_fanout.discover import SERVICE_CONFIGS, ServiceConfig
 
-    services = {"nginx": ((str(tmp_path / "nginx/**/*"),), SERVICE_CONFIGS["nginx"][1])}
+    services = {
+        "nginx": ServiceConfig((str(tmp_path / "nginx/**/*"),), SERVICE_CONFIGS["nginx"][1])
+    }
     report = discover(
         parse_config(config.read_text(), str(config)),
         str(lineages.config_dir),

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ._proc import Account, write_owned
-from .conftest import CERT_NAME
-from .helpers import (
+from tests.support.integration import (
+    CERT_NAME,
     by_name,
     config_text,
     file_state,
@@ -28,7 +27,8 @@ from .helpers import (
     log_text,
     run_cli,
 )
-from .stack import (
+from tests.support.proc import Account, write_owned
+from tests.support.stack import (
     Certbot,
     HAProxy,
     Nginx,

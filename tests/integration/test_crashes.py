@@ -35,13 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _lineages import LineageFactory
-from _services import Service
-from _tally import record
 
 from certbot_fanout._pki import ThrowawayCA
-
-from ._proc import children
+from tests.support.lineages import LineageFactory
+from tests.support.proc import children
+from tests.support.services import Service
+from tests.support.tally import record
 
 NAME = "crash.test"
 CONSUMERS = 4

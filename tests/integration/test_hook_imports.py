@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from _lineages import LineageFactory
-from _servers import Peer
+
+from tests.support.lineages import LineageFactory
+from tests.support.peers import Peer
 
 FANOUT = Path(sys.prefix) / "bin" / "certbot-fanout"
 FORBIDDEN = ("certbot", "acme")

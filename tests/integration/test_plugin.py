@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from certbot_fanout._pki import ThrowawayCA
-
-from . import helpers
-from .conftest import CERT_NAME, clone_certbot
-from .helpers import (
+from tests.support import integration as helpers
+from tests.support.integration import (
+    CERT_NAME,
     SH,
     FileState,
     WebConsumer,
+    clone_certbot,
     config_text,
     hook_command,
     lineage_files,
@@ -34,7 +34,7 @@ from .helpers import (
     self_made,
     write_copies,
 )
-from .stack import Certbot, Nginx, Pebble
+from tests.support.stack import Certbot, Nginx, Pebble
 
 PROJECT = Path(__file__).resolve().parents[2]
 DEBIAN_CERTBOT = "/usr/bin/certbot"

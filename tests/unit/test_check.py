@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _lineages import LineageFactory
-from _servers import Peer
 
 from certbot_fanout.cli import main
+from tests.support.lineages import LineageFactory
+from tests.support.peers import Peer
 
 NAME = "check.test"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")

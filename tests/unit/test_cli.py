@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _lineages import LineageFactory
-from _public import PublicInstall
-from _servers import Peer
 
 from certbot_fanout import demo
 from certbot_fanout.cli import build_parser, main
 from certbot_fanout.lineage import read_lineage
+from tests.support.lineages import LineageFactory
+from tests.support.peers import Peer
+from tests.support.public import PublicInstall
 
 NAME = "cli.test"
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from _lineages import LineageFactory
-from _servers import Peer
-from _services import Service
 
 from certbot_fanout import files
 from certbot_fanout.config import Config, Part, parse_config
@@ -28,6 +25,9 @@ from certbot_fanout.lock import run_lock
 from certbot_fanout.model import Dialect
 from certbot_fanout.probe import Served
 from certbot_fanout.report import render_json, render_text
+from tests.support.lineages import LineageFactory
+from tests.support.peers import Peer
+from tests.support.services import Service
 
 NAME = "svc.test"
 

@@ -11,13 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _lineages import LineageFactory
-from _servers import Peer
 
 from certbot_fanout.cli import main
 from certbot_fanout.config import parse_config
 from certbot_fanout.discover import discover, listening_sockets
 from certbot_fanout.report import render_discover_text
+from tests.support.lineages import LineageFactory
+from tests.support.peers import Peer
 
 NAME = "disc.test"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="writes a file under /etc")

@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 import yaml
-from _tally import record
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,6 +38,7 @@ from certbot_fanout.config import (
     parse_config,
 )
 from certbot_fanout.errors import ConfigError
+from tests.support.tally import record
 
 AREA = "generated maps (Hypothesis)"
 SOURCE = "generated.yaml"

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _lineages import LineageFactory
-from _services import Service
 from prometheus_client.parser import text_string_to_metric_families
 
 from certbot_fanout.cli import main
 from certbot_fanout.lineage import fingerprint, read_lineage
 from certbot_fanout.probe import fetch_leaf
+from tests.support.lineages import LineageFactory
+from tests.support.services import Service
 
 NAME = "status.test"
 Start = Callable[[str, Path], Service]

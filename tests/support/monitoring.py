@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cli import explain
 from .daemons_db import PostgreSQL
-from .helpers import explain, run_cli
+from .integration import run_cli
 from .stack import HAProxy, openssl_fingerprint, served_fingerprint
 
 CLI_TIMEOUT = 180

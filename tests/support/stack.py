@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ._proc import (
+from .proc import (
     KILL_BIN,
     START_TIMEOUT,
     STOP_TIMEOUT,

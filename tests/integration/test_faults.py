@@ -39,6 +39,7 @@ from typing import Any
 import pytest
 
 from certbot_fanout.commands import _KILL_GRACE
+from tests.support import cli
 from tests.support.cli import explain
 from tests.support.integration import by_name
 from tests.support.lineages import LineageFactory
@@ -138,7 +139,8 @@ def group_members(pgid: int) -> set[int]:
 
 
 def run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=60)
+    """A set-up command (mount, mkfs): ``cli.run``, which must succeed unless told."""
+    return cli.run(argv, check=check, timeout=60)
 
 
 @contextlib.contextmanager

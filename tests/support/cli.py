@@ -18,6 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RUN_TIMEOUT = 120.0
+FAILED_TAIL = 6000  # characters of each stream a failed ``check`` run shows
+
+
+class CommandFailed(AssertionError):
+    """A command that had to succeed (``run(..., check=True)``) did not; the message is
+    ``explain`` of its result."""
 
 
 def run(
@@ -26,11 +32,13 @@ def run(
     timeout: float = RUN_TIMEOUT,
     env: Mapping[str, str] | None = None,
     cwd: str | Path | None = None,
+    check: bool = False,
     new_session: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` without stdin, capturing stdout and stderr as text; never raises for the
-    exit code. On timeout the process (with ``new_session``, its whole session) is killed and
-    ``subprocess.TimeoutExpired`` raised with what it had written."""
+    """Run ``argv`` without stdin, capturing stdout and stderr as text. A non-zero exit is
+    returned, or with ``check`` raised as ``CommandFailed``. On timeout the process (with
+    ``new_session``, its whole session) is killed and ``subprocess.TimeoutExpired`` raised with
+    what it had written."""
     args = [str(a) for a in argv]
     with subprocess.Popen(
         args,
@@ -51,7 +59,15 @@ def run(
         except BaseException:
             _kill(proc, new_session)
             raise
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+    result = subprocess.CompletedProcess(args, proc.returncode, out, err)
+    if check and result.returncode != 0:
+        raise CommandFailed(explain(result, tail=FAILED_TAIL))
+    return result
+
+
+def timed_out(exc: subprocess.TimeoutExpired) -> subprocess.CompletedProcess[str]:
+    """A run ``run`` gave up on, as a result with exit -9 (it was killed) and what it wrote."""
+    return subprocess.CompletedProcess(exc.cmd, -9, _text(exc.output), _text(exc.stderr))
 
 
 def _kill(proc: subprocess.Popen[str], session: bool) -> None:
@@ -85,8 +101,13 @@ def invoke(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Inv
     return Invoked(list(argv), code, out.getvalue())
 
 
-def explain(result: subprocess.CompletedProcess[str] | subprocess.TimeoutExpired | Invoked) -> str:
-    """argv, exit code, stdout and stderr of a run, for an assertion message."""
+def explain(
+    result: subprocess.CompletedProcess[str] | subprocess.TimeoutExpired | Invoked,
+    *,
+    tail: int | None = None,
+) -> str:
+    """argv, exit code, stdout and stderr of a run, for an assertion message; with ``tail``,
+    only the last ``tail`` characters of each stream."""
     stderr: str | None
     if isinstance(result, subprocess.TimeoutExpired):
         argv, status = result.cmd, f"timed out after {result.timeout}s"
@@ -96,6 +117,8 @@ def explain(result: subprocess.CompletedProcess[str] | subprocess.TimeoutExpired
         stdout, stderr = result.stdout, result.stderr
     line = shlex.join(str(a) for a in argv) if isinstance(argv, list | tuple) else str(argv)
     err = "(not captured)\n" if stderr is None else stderr
+    if tail is not None:
+        stdout, err = stdout[-tail:], err[-tail:]
     return f"$ {line}\n{status}\n--- stdout:\n{stdout}\n--- stderr:\n{err}"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 from collections.abc import Callable
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from certbot_fanout.cli import main
+from tests.support.cli import invoke
 from tests.support.lineages import LineageFactory
 from tests.support.peers import Peer
 
@@ -19,10 +18,9 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need
 
 
 def run(config: Path, lineages: LineageFactory, *more: str) -> tuple[int, list[str]]:
-    out = io.StringIO()
     argv = ["check", "--config", str(config), "--config-dir", str(lineages.config_dir), *more]
-    code = main(argv, environ={}, stdout=out)
-    return code, out.getvalue().splitlines()
+    result = invoke(argv)
+    return result.returncode, result.stdout.splitlines()
 
 
 def closed_port() -> int:

@@ -98,3 +98,13 @@ def test_pytest_and_mypy_do_not_put_helper_directories_on_the_path() -> None:
 def test_every_test_directory_is_a_package() -> None:
     for directory in (TESTS, TESTS / "unit", TESTS / "integration", SUPPORT):
         assert (directory / "__init__.py").is_file(), directory
+
+
+def test_tests_cite_only_documents_the_repository_has() -> None:
+    cited = "DESIGN" + ".md"  # spelled in two parts so that this file does not cite it
+    if (ROOT / cited).exists():
+        return
+    citing = [
+        str(path.relative_to(ROOT)) for path in TESTS.rglob("*.py") if cited in path.read_text()
+    ]
+    assert citing == [], f"{cited} does not exist; cite README.md or docs/, or state the fact"

@@ -19,7 +19,6 @@ import pytest
 from tests.support.integration import (
     CERT_NAME,
     by_name,
-    config_text,
     file_state,
     hook_command,
     lineage_files,
@@ -27,6 +26,7 @@ from tests.support.integration import (
     log_text,
     run_cli,
 )
+from tests.support.maps import config_text
 from tests.support.proc import Account, write_owned
 from tests.support.stack import (
     Certbot,

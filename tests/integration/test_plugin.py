@@ -25,7 +25,6 @@ from tests.support.integration import (
     FileState,
     WebConsumer,
     clone_certbot,
-    config_text,
     hook_command,
     lineage_files,
     lineage_fingerprint,
@@ -34,6 +33,7 @@ from tests.support.integration import (
     self_made,
     write_copies,
 )
+from tests.support.maps import config_text
 from tests.support.stack import Certbot, Nginx, Pebble
 
 PROJECT = Path(__file__).resolve().parents[2]

@@ -36,7 +36,6 @@ from tests.support.integration import (
     WebConsumer,
     by_name,
     clone_certbot,
-    config_text,
     lineage_files,
     lineage_fingerprint,
     log_text,
@@ -46,6 +45,7 @@ from tests.support.integration import (
     self_made,
     write_copies,
 )
+from tests.support.maps import config_text
 from tests.support.monitoring import (
     Fanout,
     HAProxyConsumer,

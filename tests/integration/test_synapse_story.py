@@ -26,7 +26,6 @@ from pathlib import Path
 import pytest
 
 from tests.support.integration import (
-    config_text,
     hook_command,
     lineage_files,
     lineage_fingerprint,
@@ -34,6 +33,7 @@ from tests.support.integration import (
     require_binary,
     service_account,
 )
+from tests.support.maps import config_text
 from tests.support.proc import Account, public_tempdir, write_owned
 from tests.support.stack import (
     NGINX_BIN,

@@ -6,7 +6,6 @@ commands are counted, and the STARTTLS services of test_starttls_db / test_start
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -26,6 +25,7 @@ from certbot_fanout.model import Dialect
 
 from .cli import run
 from .lineages import LineageFactory
+from .maps import flow, write_map
 from .proc import Account, ensure_account
 from .stack import (
     Certbot,
@@ -39,7 +39,7 @@ from .stack import (
 CERT_NAME = "web.fanout.test"
 RUN_TIMEOUT = 120
 SH = "/bin/sh"
-_q = json.dumps  # a JSON string or list is valid YAML flow syntax
+_q = flow
 
 
 # --------------------------------------------------------------------------- set-up
@@ -180,9 +180,7 @@ def deploy_with_map(
 ) -> subprocess.CompletedProcess[str]:
     """``certbot-fanout deploy --lineage LIVE`` plus ``args``, with ``consumer_map`` written to
     WORKDIR/consumers.yaml (JSON is YAML) and the lock file in ``workdir``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "consumers.yaml"
-    config.write_text(json.dumps(consumer_map, indent=2))
+    config = write_map(workdir, consumer_map)
     return run_cli(
         [
             str(fanout),
@@ -196,13 +194,6 @@ def deploy_with_map(
             *args,
         ]
     )
-
-
-def config_text(*consumers: str, verify_timeout: int | None = None) -> str:
-    """A version 1 map of ``consumers`` (YAML entries) with a 30 s reload timeout and, if
-    given, a default verify timeout."""
-    verify = "" if verify_timeout is None else f"  verify_timeout: {verify_timeout}\n"
-    return f"version: 1\ndefaults:\n  reload_timeout: 30\n{verify}consumers:\n" + "".join(consumers)
 
 
 @dataclass(kw_only=True)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/reliability.py [--markdown]     (or: ./dev reliability)
 
-Each hardening test records what it measured through tests/unit/_tally.py; this script runs
+Each hardening test records what it measured through tests/support/tally.py; this script runs
 them (as root, with every daemon they need installed: ./dev reliability sees to that) with
 Hypothesis's "ci" profile, sums the records per area and prints one table. It exits non-zero
 if a test failed or any count that must be zero (tracebacks, torn files, writes through links,

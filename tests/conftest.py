@@ -18,12 +18,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from _lineages import LineageFactory
-from _public import PublicInstall, install_public, public_dir
-from _services import Service, start_service_fixture
 from hypothesis import settings
 
 from certbot_fanout._pki import ThrowawayCA
+from tests.support.lineages import LineageFactory
+from tests.support.public import PublicInstall, install_public, public_dir
+from tests.support.services import Service, start_service_fixture
 
 # Hypothesis profiles. "dev" (the default) keeps each property module to a few seconds; "ci"
 # (pytest --hypothesis-profile=ci) runs each property test 2,600 times, which makes

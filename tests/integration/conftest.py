@@ -4,25 +4,23 @@ and nginx / HAProxy started by the test and stopped by PID when it ends."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from ._proc import Account, ensure_account, find_account
-from .helpers import CERT_NAME, renewal_params
-from .stack import HAPROXY_BIN, NGINX_BIN, PEBBLE_BIN, Certbot, HAProxy, Nginx, Pebble
-
-__all__ = ["CERT_NAME", "clone_certbot", "service_account"]
+from tests.support.integration import (
+    CERT_NAME,
+    clone_certbot,
+    renewal_params,
+    require_binary,
+    service_account,
+)
+from tests.support.proc import Account, find_account
+from tests.support.stack import HAPROXY_BIN, NGINX_BIN, PEBBLE_BIN, Certbot, HAProxy, Nginx, Pebble
 
 FANOUT = Path(sys.prefix) / "bin" / "certbot-fanout"
-
-
-def _require_binary(path: str, what: str) -> None:
-    if not os.access(path, os.X_OK):
-        pytest.skip(f"{what} not installed ({path} is not executable)")
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +40,7 @@ def fanout_bin() -> Path:
 @pytest.fixture(scope="module")
 def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
     """One real ACME server for the whole module."""
-    _require_binary(PEBBLE_BIN, "pebble")
+    require_binary(PEBBLE_BIN, "pebble")
     with Pebble(tmp_path_factory.mktemp("pebble")) as server:
         yield server
 
@@ -53,20 +51,6 @@ def issued(pebble: Pebble, tmp_path_factory: pytest.TempPathFactory) -> Certbot:
     template = Certbot(pebble, tmp_path_factory.mktemp("certbot-template"))
     template.issue(CERT_NAME)
     return template
-
-
-def clone_certbot(template: Certbot, basedir: Path, extra_env: dict[str, str]) -> Certbot:
-    """A Certbot with its own config/work/logs dirs holding a copy of the template's lineage
-    and account; the absolute paths in renewal/*.conf are rewritten to the copy, so that
-    `certbot renew` renews the copy. (Saves a ~2.4 s issuance per test.)"""
-    clone = Certbot(template.pebble, basedir, extra_env=extra_env)
-    shutil.copytree(template.config_dir, clone.config_dir, symlinks=True)
-    old, new = f"{template.basedir}/", f"{clone.basedir}/"
-    for conf in (clone.config_dir / "renewal").glob("*.conf"):
-        text = conf.read_text()
-        assert old in text, f"{conf} does not name {old}; certbot changed its layout?"
-        conf.write_text(text.replace(old, new))
-    return clone
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +80,7 @@ def certbot(issued: Certbot, tmp_path: Path) -> Certbot:
 @pytest.fixture
 def start_nginx(root: None, request: pytest.FixtureRequest) -> Callable[..., Nginx]:
     """Start a real nginx; it is stopped by PID when the test ends."""
-    _require_binary(NGINX_BIN, "nginx")
+    require_binary(NGINX_BIN, "nginx")
 
     def start(prefix: Path, cert: Path, key: Path) -> Nginx:
         daemon = Nginx(prefix, cert, key, server_name=CERT_NAME)
@@ -110,7 +94,7 @@ def start_nginx(root: None, request: pytest.FixtureRequest) -> Callable[..., Ngi
 @pytest.fixture
 def start_haproxy(root: None, request: pytest.FixtureRequest) -> Callable[..., HAProxy]:
     """Start a real HAProxy master-worker; it is stopped by PID when the test ends."""
-    _require_binary(HAPROXY_BIN, "haproxy")
+    require_binary(HAPROXY_BIN, "haproxy")
 
     def start(workdir: Path, combined_pem: Path) -> HAProxy:
         daemon = HAProxy(workdir, combined_pem)
@@ -119,20 +103,6 @@ def start_haproxy(root: None, request: pytest.FixtureRequest) -> Callable[..., H
         return daemon
 
     return start
-
-
-def service_account(name: str) -> Iterator[Account]:
-    """Yield the system user and group ``name``, created for the while (and removed after) if
-    missing; skips the test when it is missing and cannot be created. For ``yield from``."""
-    accounts = ensure_account(name)
-    try:
-        account = accounts.__enter__()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    try:
-        yield account
-    finally:
-        accounts.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")

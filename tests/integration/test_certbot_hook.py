@@ -16,11 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from ._proc import Account, write_owned
-from .conftest import CERT_NAME
-from .helpers import (
+from tests.support.integration import (
+    CERT_NAME,
     by_name,
-    config_text,
     file_state,
     hook_command,
     lineage_files,
@@ -28,7 +26,9 @@ from .helpers import (
     log_text,
     run_cli,
 )
-from .stack import (
+from tests.support.maps import config_text
+from tests.support.proc import Account, write_owned
+from tests.support.stack import (
     Certbot,
     HAProxy,
     Nginx,

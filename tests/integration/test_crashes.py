@@ -35,13 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _lineages import LineageFactory
-from _services import Service
-from _tally import record
 
 from certbot_fanout._pki import ThrowawayCA
-
-from ._proc import children
+from tests.support import cli
+from tests.support.cli import explain
+from tests.support.lineages import LineageFactory
+from tests.support.proc import children
+from tests.support.services import Service
+from tests.support.tally import record
 
 NAME = "crash.test"
 CONSUMERS = 4
@@ -206,13 +207,8 @@ class Scene:
 
 
 def run(argv: Sequence[str], timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def explain(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout:\n{proc.stdout}\n--- stderr:\n{proc.stderr}"
+    """``cli.run`` with this module's timeout."""
+    return cli.run(argv, timeout=timeout)
 
 
 def descendants(pid: int) -> set[int]:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from _lineages import LineageFactory
-from _tally import record
+
+from tests.support.lineages import LineageFactory
+from tests.support.tally import record
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("strace") is None,

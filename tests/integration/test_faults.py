@@ -37,15 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _lineages import LineageFactory
-from _services import Service
-from _tally import record
 
 from certbot_fanout.commands import _KILL_GRACE
-
-from ._proc import alive
-from .helpers import by_name, explain
-from .stack import file_fingerprint, served_fingerprint
+from tests.support import cli
+from tests.support.cli import explain
+from tests.support.integration import by_name
+from tests.support.lineages import LineageFactory
+from tests.support.proc import alive
+from tests.support.services import Service
+from tests.support.stack import file_fingerprint, served_fingerprint
+from tests.support.tally import record
 
 NAME = "faults.test"
 # Enough names that fullchain.pem needs two 4 KiB pages while privkey.pem fits in one: the
@@ -138,7 +139,8 @@ def group_members(pgid: int) -> set[int]:
 
 
 def run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=60)
+    """A set-up command (mount, mkfs): ``cli.run``, which must succeed unless told."""
+    return cli.run(argv, check=check, timeout=60)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from _tally import record
+
+from tests.support.tally import record
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 HARNESS = ROOT / "fuzz" / "fuzz_config.py"

@@ -1,4 +1,4 @@
-"""The deploy-hook path must not import certbot or acme (DESIGN.md section 3: 110-140 ms).
+"""The deploy-hook path must not import certbot or acme (they cost each hook run 110-140 ms).
 
 Runs the installed console script exactly as certbot runs a deploy hook (bare, with
 RENEWED_LINEAGE set), under ``python -X importtime``, through a full deploy: a file placed,
@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from _lineages import LineageFactory
-from _servers import Peer
+
+from tests.support.lineages import LineageFactory
+from tests.support.peers import Peer
 
 FANOUT = Path(sys.prefix) / "bin" / "certbot-fanout"
 FORBIDDEN = ("certbot", "acme")

@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from certbot_fanout._pki import ThrowawayCA, write_lineage
+from tests.support import cli
 
 PROJECT = Path(__file__).resolve().parents[2]
 PACKAGE = "certbot-fanout"
@@ -75,20 +76,11 @@ def run(
     timeout: float = 600,
     cwd: str | Path = "/",
 ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [str(a) for a in argv],
-        env=dict(env) if env is not None else system_env(),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    """``cli.run`` as root's shell would run it (``system_env``, in /); with ``check``, a
+    failure fails the test with the tail of its output."""
+    return cli.run(
+        argv, env=env if env is not None else system_env(), cwd=cwd, timeout=timeout, check=check
     )
-    if check and proc.returncode != 0:
-        pytest.fail(
-            f"{shlex.join(str(a) for a in argv)} exited {proc.returncode}\n"
-            f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}"
-        )
-    return proc
 
 
 def apt_get(*args: str | Path) -> subprocess.CompletedProcess[str]:

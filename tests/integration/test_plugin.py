@@ -18,14 +18,13 @@ from pathlib import Path
 import pytest
 
 from certbot_fanout._pki import ThrowawayCA
-
-from . import helpers
-from .conftest import CERT_NAME, clone_certbot
-from .helpers import (
+from tests.support import integration as helpers
+from tests.support.integration import (
+    CERT_NAME,
     SH,
     FileState,
     WebConsumer,
-    config_text,
+    clone_certbot,
     hook_command,
     lineage_files,
     lineage_fingerprint,
@@ -34,7 +33,8 @@ from .helpers import (
     self_made,
     write_copies,
 )
-from .stack import Certbot, Nginx, Pebble
+from tests.support.maps import config_text
+from tests.support.stack import Certbot, Nginx, Pebble
 
 PROJECT = Path(__file__).resolve().parents[2]
 DEBIAN_CERTBOT = "/usr/bin/certbot"

@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _lineages import LineageFactory
 
 from certbot_fanout._pki import ThrowawayCA
 from certbot_fanout.model import Dialect
 from certbot_fanout.probe import fetch_served
-
-from ._proc import public_dir
-from .daemons_db import (
+from tests.support.cli import explain
+from tests.support.daemons_db import (
     INITDB_BIN,
     LDAPMODIFY_BIN,
     MARIADB_BIN,
@@ -43,8 +41,10 @@ from .daemons_db import (
     Slapd,
     missing_binaries,
 )
-from .helpers import StarttlsService, deploy_with_map, explain, pem_serial
-from .stack import OPENSSL_BIN, openssl_fingerprint, pem_fingerprint
+from tests.support.integration import StarttlsService, deploy_with_map, pem_serial
+from tests.support.lineages import LineageFactory
+from tests.support.proc import public_dir
+from tests.support.stack import OPENSSL_BIN, openssl_fingerprint, pem_fingerprint
 
 PROBE_TIMEOUT = 10.0
 

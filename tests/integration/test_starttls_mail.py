@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _lineages import LineageFactory
 
 from certbot_fanout._pki import ThrowawayCA
 from certbot_fanout.model import Dialect
 from certbot_fanout.probe import fetch_served
-
-from ._proc import public_tempdir
-from .daemons_mail import (
+from tests.support.cli import explain
+from tests.support.daemons_mail import (
     DOVEADM_BIN,
     DOVECOT_BIN,
     POSTFIX_BIN,
@@ -40,8 +38,10 @@ from .daemons_mail import (
     Postfix,
     Vsftpd,
 )
-from .helpers import StarttlsService, deploy_with_map, explain, pem_der, pem_serial
-from .stack import KILL_BIN, OPENSSL_BIN, openssl_served, pem_fingerprint
+from tests.support.integration import StarttlsService, deploy_with_map, pem_der, pem_serial
+from tests.support.lineages import LineageFactory
+from tests.support.proc import public_tempdir
+from tests.support.stack import KILL_BIN, OPENSSL_BIN, openssl_served, pem_fingerprint
 
 PROBE_TIMEOUT = 10.0
 

@@ -20,12 +20,11 @@ import pytest
 from certbot_fanout.lineage import chain_problem, fingerprint, read_lineage
 from certbot_fanout.model import Dialect
 from certbot_fanout.probe import fetch_served
-
-from ._proc import write_owned
-from .conftest import CERT_NAME
-from .daemons_xmpp import PROSODY_BIN, PROSODY_USER, PROSODYCTL_BIN, Prosody
-from .helpers import config_text, lineage_files, run_cli
-from .stack import Certbot, file_fingerprint, openssl_fingerprint
+from tests.support.daemons_xmpp import PROSODY_BIN, PROSODY_USER, PROSODYCTL_BIN, Prosody
+from tests.support.integration import CERT_NAME, lineage_files, run_cli
+from tests.support.maps import config_text
+from tests.support.proc import write_owned
+from tests.support.stack import Certbot, file_fingerprint, openssl_fingerprint
 
 DIALECTS = ("xmpp", "xmpp-server")
 

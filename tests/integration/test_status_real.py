@@ -20,35 +20,42 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _public import PublicInstall
 from prometheus_client.parser import text_string_to_metric_families
 
 from certbot_fanout._pki import ThrowawayCA
-
-from ._proc import account, chown_to, public_tempdir
-from .conftest import CERT_NAME, _require_binary, clone_certbot
-from .daemons_db import INITDB_BIN, PG_CTL_BIN, RUNUSER_BIN, PostgreSQL, missing_binaries
-from .helpers import (
+from tests.support.cli import explain
+from tests.support.daemons_db import (
+    INITDB_BIN,
+    PG_CTL_BIN,
+    RUNUSER_BIN,
+    PostgreSQL,
+    missing_binaries,
+)
+from tests.support.integration import (
+    CERT_NAME,
     WebConsumer,
     by_name,
-    config_text,
-    explain,
+    clone_certbot,
     lineage_files,
     lineage_fingerprint,
     log_text,
     pem_serial,
     renewal_params,
+    require_binary,
     self_made,
     write_copies,
 )
-from .stack import OPENSSL_BIN, PEBBLE_BIN, Certbot, HAProxy, Nginx, Pebble
-from .status_helpers import (
+from tests.support.maps import config_text
+from tests.support.monitoring import (
     Fanout,
     HAProxyConsumer,
     PostgresConsumer,
     sections,
     table_rows,
 )
+from tests.support.proc import account, chown_to, public_tempdir
+from tests.support.public import PublicInstall
+from tests.support.stack import OPENSSL_BIN, PEBBLE_BIN, Certbot, HAProxy, Nginx, Pebble
 
 CONSUMERS = ("web", "haproxy", "postgres")
 CONSUMER_KEYS = {
@@ -670,7 +677,7 @@ SHORT_LIVED_SECONDS = 6 * 86400  # Let's Encrypt's "shortlived" profile: 6-day c
 @pytest.fixture(scope="module")
 def short_lived_pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
     """A second real Pebble that issues 6-day certificates."""
-    _require_binary(PEBBLE_BIN, "pebble")
+    require_binary(PEBBLE_BIN, "pebble")
     with Pebble(tmp_path_factory.mktemp("pebble-short"), SHORT_LIVED_SECONDS) as server:
         yield server
 

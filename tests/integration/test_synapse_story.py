@@ -25,10 +25,17 @@ from pathlib import Path
 
 import pytest
 
-from ._proc import Account, public_tempdir, write_owned
-from .conftest import _require_binary, service_account
-from .helpers import config_text, hook_command, lineage_files, lineage_fingerprint, log_text
-from .stack import (
+from tests.support.integration import (
+    hook_command,
+    lineage_files,
+    lineage_fingerprint,
+    log_text,
+    require_binary,
+    service_account,
+)
+from tests.support.maps import config_text
+from tests.support.proc import Account, public_tempdir, write_owned
+from tests.support.stack import (
     NGINX_BIN,
     Certbot,
     Nginx,
@@ -37,7 +44,7 @@ from .stack import (
     served_fingerprint,
     settled_workers,
 )
-from .synapse_env import (
+from tests.support.synapse_env import (
     SYNAPSE_REQUIREMENT,
     SYNAPSE_USER,
     SYNAPSE_VENV,
@@ -145,7 +152,7 @@ def story(
 ) -> Iterator[Story]:
     """The homeserver as the admin set it up by hand at install time: a lineage issued by
     the real Certbot; nginx and Synapse each serving their own copy of it."""
-    _require_binary(NGINX_BIN, "nginx")
+    require_binary(NGINX_BIN, "nginx")
     config = story_dir / "consumers.yaml"
     certbot = Certbot(
         pebble, story_dir / "certbot", extra_env={"CERTBOT_FANOUT_CONFIG": str(config)}

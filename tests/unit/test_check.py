@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _lineages import LineageFactory
-from _servers import Peer
 
-from certbot_fanout.cli import main
+from tests.support.cli import invoke
+from tests.support.lineages import LineageFactory
+from tests.support.peers import Peer
 
 NAME = "check.test"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
 
 
 def run(config: Path, lineages: LineageFactory, *more: str) -> tuple[int, list[str]]:
-    out = io.StringIO()
     argv = ["check", "--config", str(config), "--config-dir", str(lineages.config_dir), *more]
-    code = main(argv, environ={}, stdout=out)
-    return code, out.getvalue().splitlines()
+    result = invoke(argv)
+    return result.returncode, result.stdout.splitlines()
 
 
 def closed_port() -> int:

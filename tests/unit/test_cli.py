@@ -16,22 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _lineages import LineageFactory
-from _public import PublicInstall
-from _servers import Peer
 
 from certbot_fanout import demo
 from certbot_fanout.cli import build_parser, main
 from certbot_fanout.lineage import read_lineage
+from tests.support.cli import invoke
+from tests.support.lineages import LineageFactory
+from tests.support.peers import Peer
+from tests.support.public import PublicInstall
 
 NAME = "cli.test"
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(argv: list[str], environ: dict[str, str] | None = None) -> tuple[int, str]:
-    out = io.StringIO()
-    code = main(argv, environ=environ or {}, stdout=out)
-    return code, out.getvalue()
+    result = invoke(argv, environ)
+    return result.returncode, result.stdout
 
 
 def simple_config(write_config: Callable[[str], Path], tmp_path: Path, port: int) -> Path:

@@ -140,7 +140,7 @@ def _parse_quickly(text: str, limit: float = 5.0) -> ConfigError:
 
 # -- the full example -------------------------------------------------------------------
 
-# DESIGN.md section 2, with accounts that exist on Debian (www-data, nogroup), defaults that
+# The full map example, with accounts that exist on Debian (www-data, nogroup), defaults that
 # differ from the built-in ones, a list command, a quoted string command, and without the
 # `starttls` line, which this version rejects (tested below).
 FULL_EXAMPLE = _y(

@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from _lineages import LineageFactory
-from _servers import Peer
-from _services import Service
 
 from certbot_fanout import files
 from certbot_fanout.config import parse_config
@@ -29,6 +26,9 @@ from certbot_fanout.model import Config, Dialect, Part
 from certbot_fanout.probe import Served
 from certbot_fanout.render_deploy import render_deploy_json as render_json
 from certbot_fanout.render_deploy import render_deploy_text as render_text
+from tests.support.lineages import LineageFactory
+from tests.support.peers import Peer
+from tests.support.services import Service
 
 NAME = "svc.test"
 

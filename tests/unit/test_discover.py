@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import io
 import os
 import re
 import shutil
@@ -11,13 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _lineages import LineageFactory
-from _servers import Peer
 
-from certbot_fanout.cli import main
 from certbot_fanout.config import parse_config
 from certbot_fanout.discover import discover, listening_sockets
 from certbot_fanout.render_discover import render_discover_text
+from tests.support.cli import invoke
+from tests.support.lineages import LineageFactory
+from tests.support.peers import Peer
 
 NAME = "disc.test"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="writes a file under /etc")
@@ -36,9 +35,9 @@ def old_and_new(lineages: LineageFactory) -> tuple[Path, Path]:
 
 
 def run(lineages: LineageFactory, config: Path, *more: str) -> tuple[int, str]:
-    out = io.StringIO()
     argv = ["discover", "--config", str(config), "--config-dir", str(lineages.config_dir), *more]
-    return main(argv, environ={}, stdout=out), out.getvalue()
+    result = invoke(argv)
+    return result.returncode, result.stdout
 
 
 def test_listening_sockets_are_read_from_proc(tmp_path: Path) -> None:

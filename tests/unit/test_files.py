@@ -217,7 +217,7 @@ Row = list[int | str]
 
 
 class Watcher:
-    """The inotify watcher process (``_watch.py --live``): what it has seen so far, and a way to
+    """The inotify watcher process (``watch.py --live``): what it has seen so far, and a way to
     wait until it has seen a given state."""
 
     def __init__(self, proc: subprocess.Popen[str], out: Path) -> None:
@@ -249,7 +249,7 @@ def watching(directory: Path, out: Path) -> Iterator[Watcher]:
     proc = subprocess.Popen(
         [
             sys.executable,
-            str(Path(__file__).with_name("_watch.py")),
+            str(Path(__file__).parents[1] / "support" / "watch.py"),
             str(directory),
             str(out),
             "--live",

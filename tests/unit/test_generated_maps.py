@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 import yaml
-from _tally import record
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +33,7 @@ from certbot_fanout.cli import main
 from certbot_fanout.config import MAX_CONFIG_BYTES, decode_config, parse_config
 from certbot_fanout.errors import ConfigError
 from certbot_fanout.model import MAX_TIMEOUT, Config
+from tests.support.tally import record
 
 AREA = "generated maps (Hypothesis)"
 SOURCE = "generated.yaml"

@@ -33,9 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from _lineages import LineageFactory
-from _servers import Peer, ScriptedPeer, Step, close_all
-from _tally import record
 
 from certbot_fanout import deploy as deploy_module
 from certbot_fanout.errors import ProbeError
@@ -43,6 +40,9 @@ from certbot_fanout.lineage import fingerprint, read_lineage
 from certbot_fanout.model import Dialect
 from certbot_fanout.probe import fetch_served
 from certbot_fanout.starttls.talk import MAX_PLAINTEXT_BYTES, RECV_BYTES
+from tests.support.lineages import LineageFactory
+from tests.support.peers import Peer, ScriptedPeer, Step, close_all
+from tests.support.tally import record
 
 NAME = "hostile.test"
 TIMEOUT = 1.5  # more than one drip interval, so the one-byte-a-second peer is cut off mid-stream

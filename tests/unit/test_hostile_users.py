@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _lineages import LineageFactory
-from _public import python_for_anyone
-from _tally import record
 
 from certbot_fanout import files
 from certbot_fanout.cli import main
 from certbot_fanout.errors import PlacementError
+from tests.support.lineages import LineageFactory
+from tests.support.public import python_for_anyone
+from tests.support.tally import record
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a service user")
 

@@ -26,11 +26,11 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
-from _tally import record
 
 from certbot_fanout._pki import ThrowawayCA, write_lineage
 from certbot_fanout.cli import main
 from certbot_fanout.config import MAX_CONFIG_BYTES
+from tests.support.tally import record
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "malformed_maps"
 MANIFEST = CORPUS / "expected.tsv"

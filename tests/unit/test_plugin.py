@@ -10,13 +10,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from _lineages import LineageFactory
-from _services import Service
 from certbot import errors, interfaces
 
 from certbot_fanout.lineage import fingerprint, read_lineage
 from certbot_fanout.plugin import DEPLOYED_TITLE, Installer
 from certbot_fanout.probe import fetch_leaf
+from tests.support.lineages import LineageFactory
+from tests.support.services import Service
 
 NAME = "plugin.test"
 

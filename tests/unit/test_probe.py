@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
-from _lineages import LineageFactory
-from _servers import Peer, ScriptedPeer, Step
 
 from certbot_fanout._pki import ThrowawayCA
 from certbot_fanout.errors import ProbeError
 from certbot_fanout.lineage import chain_problem, fingerprint, read_lineage
 from certbot_fanout.model import Dialect, Part
 from certbot_fanout.probe import fetch_leaf, fetch_served
+from tests.support.lineages import LineageFactory
+from tests.support.peers import Peer, ScriptedPeer, Step
 
 
 @pytest.fixture

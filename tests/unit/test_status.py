@@ -10,13 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _lineages import LineageFactory
-from _services import Service
 from prometheus_client.parser import text_string_to_metric_families
 
 from certbot_fanout.cli import main
 from certbot_fanout.lineage import fingerprint, read_lineage
 from certbot_fanout.probe import fetch_leaf
+from tests.support.cli import invoke
+from tests.support.lineages import LineageFactory
+from tests.support.services import Service
 
 NAME = "status.test"
 Start = Callable[[str, Path], Service]
@@ -52,9 +53,8 @@ class Site:
         ]  # fmt: skip
 
     def run(self, *args: str) -> tuple[int, str]:
-        out = io.StringIO()
-        code = main([args[0], *self.common, *args[1:]], environ={}, stdout=out)
-        return code, out.getvalue()
+        result = invoke([args[0], *self.common, *args[1:]])
+        return result.returncode, result.stdout
 
     def deploy(self) -> None:
         code, out = self.run("deploy", "--cert-name", NAME)

@@ -1,10 +1,11 @@
 """Watch a directory with inotify and lstat every entry the moment an event names it.
 
 Run as a separate process (so the GIL of the process under test cannot delay it):
-``python _watch.py DIR OUT [--live]``. It creates ``OUT.ready`` once watching, and on SIGTERM
-reads every event still queued, then writes one JSON line per observation to OUT:
-``[name, mode, uid, gid, size]``. With ``--live`` it also prints each observation to stdout the
-moment it is made, so a placer under test can wait until a state of its file has been seen.
+``python tests/support/watch.py DIR OUT [--live]`` (by path: it imports nothing of the
+project). It creates ``OUT.ready`` once watching, and on SIGTERM reads every event still
+queued, then writes one JSON line per observation to OUT: ``[name, mode, uid, gid, size]``.
+With ``--live`` it also prints each observation to stdout the moment it is made, so a placer
+under test can wait until a state of its file has been seen.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ._proc import (
+from .proc import (
     Account,
     ChildDaemon,
     CommandFailed,

@@ -1,26 +1,32 @@
-"""Helpers shared by the integration tests: lineage files and their copies, file states, the
-certbot-fanout CLI as a subprocess, consumer maps, a real nginx consumer whose commands are
-counted, and the STARTTLS services of test_starttls_db / test_starttls_mail."""
+"""What the integration tests share beyond the daemons: the set-up steps (a binary or skip, a
+Certbot cloned from a module's template, a service account), lineage files and their copies,
+file states, ``certbot-fanout deploy`` with a map, consumer maps, a real nginx consumer whose
+commands are counted, and the STARTTLS services of test_starttls_db / test_starttls_mail."""
 
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import shlex
+import shutil
 import ssl
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _lineages import LineageFactory
+import pytest
 from cryptography import x509
 
 from certbot_fanout._pki import Issued, ThrowawayCA
 from certbot_fanout.lineage import serial_hex
 from certbot_fanout.model import Dialect
 
+from .cli import run
+from .lineages import LineageFactory
+from .maps import flow, write_map
+from .proc import Account, ensure_account
 from .stack import (
     Certbot,
     Nginx,
@@ -33,7 +39,44 @@ from .stack import (
 CERT_NAME = "web.fanout.test"
 RUN_TIMEOUT = 120
 SH = "/bin/sh"
-_q = json.dumps  # a JSON string or list is valid YAML flow syntax
+_q = flow
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def require_binary(path: str, what: str) -> None:
+    """Skip the test unless ``path`` is an executable (``what`` names it in the reason)."""
+    if not os.access(path, os.X_OK):
+        pytest.skip(f"{what} not installed ({path} is not executable)")
+
+
+def clone_certbot(template: Certbot, basedir: Path, extra_env: dict[str, str]) -> Certbot:
+    """A Certbot with its own config/work/logs dirs holding a copy of the template's lineage
+    and account; the absolute paths in renewal/*.conf are rewritten to the copy, so that
+    `certbot renew` renews the copy. (Saves a ~2.4 s issuance per test.)"""
+    clone = Certbot(template.pebble, basedir, extra_env=extra_env)
+    shutil.copytree(template.config_dir, clone.config_dir, symlinks=True)
+    old, new = f"{template.basedir}/", f"{clone.basedir}/"
+    for conf in (clone.config_dir / "renewal").glob("*.conf"):
+        text = conf.read_text()
+        assert old in text, f"{conf} does not name {old}; certbot changed its layout?"
+        conf.write_text(text.replace(old, new))
+    return clone
+
+
+def service_account(name: str) -> Iterator[Account]:
+    """Yield the system user and group ``name``, created for the while (and removed after) if
+    missing; skips the test when it is missing and cannot be created. For ``yield from``."""
+    accounts = ensure_account(name)
+    try:
+        account = accounts.__enter__()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    try:
+        yield account
+    finally:
+        accounts.__exit__(None, None, None)
 
 
 # --------------------------------------------------------------------------- files
@@ -127,16 +170,9 @@ def self_made(ca: ThrowawayCA) -> tuple[bytes, bytes, str]:
 def run_cli(
     argv: Sequence[str], timeout: float = RUN_TIMEOUT, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command without stdin, capturing its output as text; never raises for its exit."""
-    return subprocess.run(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=env,
-    )
+    """``cli.run`` with this module's timeout: no stdin, output as text, never raises for
+    the exit code."""
+    return run(argv, timeout=timeout, env=env)
 
 
 def deploy_with_map(
@@ -144,9 +180,7 @@ def deploy_with_map(
 ) -> subprocess.CompletedProcess[str]:
     """``certbot-fanout deploy --lineage LIVE`` plus ``args``, with ``consumer_map`` written to
     WORKDIR/consumers.yaml (JSON is YAML) and the lock file in ``workdir``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "consumers.yaml"
-    config.write_text(json.dumps(consumer_map, indent=2))
+    config = write_map(workdir, consumer_map)
     return run_cli(
         [
             str(fanout),
@@ -160,13 +194,6 @@ def deploy_with_map(
             *args,
         ]
     )
-
-
-def config_text(*consumers: str, verify_timeout: int | None = None) -> str:
-    """A version 1 map of ``consumers`` (YAML entries) with a 30 s reload timeout and, if
-    given, a default verify timeout."""
-    verify = "" if verify_timeout is None else f"  verify_timeout: {verify_timeout}\n"
-    return f"version: 1\ndefaults:\n  reload_timeout: 30\n{verify}consumers:\n" + "".join(consumers)
 
 
 @dataclass(kw_only=True)
@@ -229,10 +256,6 @@ class StarttlsService:
 def hook_command(fanout: Path, lock: Path) -> str:
     """What an admin would give certbot: the bare command, config from the environment."""
     return f"{shlex.quote(str(fanout))} --lock-file {shlex.quote(str(lock))}"
-
-
-def explain(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout:\n{proc.stdout}\n--- stderr:\n{proc.stderr}"
 
 
 def by_name(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:

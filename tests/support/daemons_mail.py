@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ._proc import (
+from .proc import (
     KILL_BIN,
     STOP_TIMEOUT,
     ChildDaemon,

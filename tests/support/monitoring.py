@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cli import explain
 from .daemons_db import PostgreSQL
-from .helpers import explain, run_cli
+from .integration import run_cli
+from .maps import flow
 from .stack import HAProxy, openssl_fingerprint, served_fingerprint
 
 CLI_TIMEOUT = 180
-_q = json.dumps  # a JSON string or list is valid YAML flow syntax
+_q = flow
 
 
 def wait_served(port: int, server_name: str, expected: str, timeout: float = 10) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from ._proc import (
+from .proc import (
     KILL_BIN,
     ChildDaemon,
     accepts,

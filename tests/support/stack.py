@@ -13,7 +13,6 @@ import ipaddress
 import json
 import os
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -29,7 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ._proc import (
+from .cli import explain, run, timed_out
+from .proc import (
     KILL_BIN,
     START_TIMEOUT,
     STOP_TIMEOUT,
@@ -41,7 +41,6 @@ from ._proc import (
     retry_if_port_taken,
     spawn,
     tail,
-    terminate,
     wait_port_free,
 )
 
@@ -431,36 +430,19 @@ class Certbot:
         for d in (self.config_dir, self.work_dir, self.logs_dir):
             d.mkdir(parents=True, exist_ok=True)
         argv = self.argv(*args)
-        proc = subprocess.Popen(
-            argv,
-            env=self.env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
         try:
-            out, err = proc.communicate(timeout=timeout)
+            result = run(argv, env=self.env(), timeout=timeout, new_session=True)
         except subprocess.TimeoutExpired as exc:
-            terminate(proc.pid, signal.SIGKILL, 5.0)
-            out, err = proc.communicate()
-            result = subprocess.CompletedProcess(argv, -9, out, err)
+            result = timed_out(exc)
             what = f"timed out after {timeout}s"
             raise CertbotError(self._describe(result, what), result) from exc
-        except BaseException:
-            terminate(proc.pid, signal.SIGKILL, 5.0)
-            proc.wait()
-            raise
-        result = subprocess.CompletedProcess(argv, proc.returncode, out, err)
         if check and result.returncode != 0:
             raise CertbotError(self._describe(result, f"exit {result.returncode}"), result)
         return result
 
     def _describe(self, result: subprocess.CompletedProcess[str], what: str) -> str:
         return (
-            f"certbot {what}: {result.args}\n--- stdout:\n{result.stdout}\n"
-            f"--- stderr:\n{result.stderr}\n--- letsencrypt.log tail:\n"
+            f"certbot {what}\n{explain(result)}--- letsencrypt.log tail:\n"
             f"{tail(self.logs_dir / 'letsencrypt.log')}"
         )
 

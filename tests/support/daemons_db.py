@@ -5,7 +5,7 @@ accounts postgres, mysql and openldap must reach their files), on a free 127.0.0
 at start, under its own service account, and is stopped by PID. No system configuration is read
 or written: no /etc/postgresql, no /etc/mysql, no /etc/ldap, no systemd.
 
-Stand-alone apart from the process helpers of ``_proc``: no project imports.
+Stand-alone apart from the process helpers of ``proc``: no pytest, no project imports.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import subprocess
 import urllib.parse
 from pathlib import Path
 
-from ._proc import (
+from .proc import (
     ChildDaemon,
     accepts,
     account,

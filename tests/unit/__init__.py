@@ -1,0 +1,1 @@
+"""Unit tests: no daemons beyond loopback peers the tests start themselves."""

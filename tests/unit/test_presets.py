@@ -1,4 +1,4 @@
-"""Presets expand as the README documents, and every field the user sets wins."""
+"""Presets expand as docs/map.md documents, and every field the user sets wins."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def expand(preset: str, extra: str = "") -> Consumer:
 
 
 def readme_rows() -> dict[str, list[str]]:
-    section = (ROOT / "README.md").read_text().split("### Presets", 1)[1].split("\n### ", 1)[0]
+    page = (ROOT / "docs" / "map.md").read_text()
+    section = page.split("\n## Presets", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -211,6 +212,6 @@ def test_presets_refuses_what_it_cannot_print(capsys: pytest.CaptureFixture[str]
 
 
 def test_readme_shows_what_presets_prints() -> None:
-    readme = (ROOT / "README.md").read_text()
-    (shown,) = re.findall(r"```yaml\n(# preset: postfix .*?)```", readme, re.S)
+    page = (ROOT / "docs" / "map.md").read_text()
+    (shown,) = re.findall(r"```yaml\n(# preset: postfix .*?)```", page, re.S)
     assert shown == presets_output("postfix", "--certificate", "mail.example.org")

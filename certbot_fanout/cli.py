@@ -625,7 +625,7 @@ def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
 def _demo(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from certbot_fanout.demo import run_demo
 
-    return run_demo(out)
+    return run_demo(out, lambda argv: main(argv, environ={}, stdout=out))
 
 
 # Each sub-command's handler: the parsed arguments, the environment and the output in, the

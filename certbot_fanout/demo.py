@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 from certbot_fanout._pki import Issued, ThrowawayCA, write_lineage
@@ -148,9 +148,12 @@ def _workspace() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run_demo(out: TextIO) -> int:
-    """Run the demonstration; 0 when everything behaved as the demo says it should."""
-    from certbot_fanout.cli import main
+def run_demo(out: TextIO, command: Callable[[Sequence[str]], int]) -> int:
+    """Run the demonstration; 0 when everything behaved as the demo says it should.
+
+    ``command`` runs one certbot-fanout command line (the CLI passes its own ``main``, writing
+    to ``out``), so the demo drives the real command without importing the CLI back.
+    """
 
     def say(text: str = "") -> None:
         out.write(text + "\n")
@@ -214,7 +217,7 @@ def run_demo(out: TextIO) -> int:
             state = os.path.join(workdir, "state.json")
             argv = ["deploy", "--config", config, "--lineage", live, "--lock-file", lock,
                     "--state-file", state]  # fmt: skip
-            code = main(argv, environ={}, stdout=out)
+            code = command(argv)
             say(f"   exit code {code}\n")
             good = code == 0 and web.serves() == new_fp and fed.serves() == new_fp
 
@@ -226,7 +229,7 @@ def run_demo(out: TextIO) -> int:
                 f"   Added to the map as federation-stale (127.0.0.1:{stale.port}); deploy again:\n"
             )
             config = _config(workdir, [web, fed], stale)
-            code2 = main([*argv[:2], config, *argv[3:]], environ={}, stdout=out)
+            code2 = command([*argv[:2], config, *argv[3:]])
             say(f"   exit code {code2}: certbot's log and your mail get this, not three months of")
             say("   silence. The other consumers were still checked, and are current.\n")
             caught = code2 == 1 and stale.serves() == old_fp and web.serves() == new_fp

@@ -39,8 +39,12 @@ def imported(path: Path, name: str, known: Mapping[str, Path]) -> Iterator[str]:
             if node.level:
                 anchor = here.split(".")[: len(here.split(".")) - (node.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
-            # `from pkg import mod` imports the submodule when there is one.
-            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            # `from pkg import mod` takes the submodule when there is one; any other name comes
+            # from the module (or package __init__) named.
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
+                for alias in node.names
+            ]
         else:
             continue
         for target in targets:
@@ -52,13 +56,9 @@ def imported(path: Path, name: str, known: Mapping[str, Path]) -> Iterator[str]:
 
 def graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     known = modules(package)
-    edges = {name: set(imported(path, name, known)) for name, path in known.items()}
-    # A package's __init__ runs before any of its submodules: importing a submodule imports it.
-    for name in known:
-        parent = name.rpartition(".")[0]
-        if parent in known and parent != name:
-            edges[name].add(parent)
-    return edges
+    # A package __init__ that gathers its submodules (a registry) is not a cycle: only what a
+    # module names counts, not that Python runs the package __init__ first.
+    return {name: set(imported(path, name, known)) for name, path in known.items()}
 
 
 def cycles(edges: Mapping[str, set[str]]) -> list[list[str]]:
@@ -116,14 +116,28 @@ def test_the_package_has_no_import_cycle() -> None:
         ),
         (
             {
-                "sub/__init__.py": "from pkg import a\n",
+                "sub/__init__.py": "from pkg import a\nfrom pkg.sub import m\n",
                 "sub/m.py": "",
-                "a.py": "from pkg.sub.m import z\n",
+                "a.py": "from pkg.sub import helper\n",
             },
-            [["pkg.a", "pkg.sub", "pkg.sub.m"]],
+            [["pkg.a", "pkg.sub"]],
+        ),
+        (
+            {
+                "sub/__init__.py": "from pkg.sub import m\nfrom . import n\n",
+                "sub/m.py": "from pkg.sub.n import x\n",
+                "sub/n.py": "",
+            },
+            [],
         ),
     ],
-    ids=["no-cycle", "lazy-import-cycle", "relative-three-cycle", "through-a-package-init"],
+    ids=[
+        "no-cycle",
+        "lazy-import-cycle",
+        "relative-three-cycle",
+        "through-a-package-init",
+        "a-registry-init-is-no-cycle",
+    ],
 )
 def test_the_cycle_finder_sees_every_kind_of_import(
     tmp_path: Path, files: dict[str, str], expected: list[list[str]]

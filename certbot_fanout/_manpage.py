@@ -23,7 +23,7 @@ from certbot_fanout.cli import build_parser
 PROG = "certbot-fanout"
 
 # Facts the parser cannot know: where things live, and what else to read. Every path here is
-# also named in an option's help text or in README.md.
+# also named in an option's help text or in docs/ (the map, deploy and monitoring pages).
 _ENVIRONMENT = (
     (
         "RENEWED_LINEAGE",
@@ -46,8 +46,9 @@ _FILES = (
 _SEE_ALSO = (
     ".BR certbot (1),",
     ".BR systemd.timer (5),",
-    "and README.md (on Debian: /usr/share/doc/certbot\\-fanout/README.md.gz), which describes "
-    "the consumer map, the presets and every command at length.",
+    "and the documentation in docs/ (on Debian: /usr/share/doc/certbot\\-fanout/docs/): "
+    "map.md for the consumer map and the presets, deploy.md for every command and its exit "
+    "codes, monitoring.md for status, check and discover.",
 )
 
 

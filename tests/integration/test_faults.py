@@ -5,7 +5,7 @@ renews the lineage, plants one fault and deploys again. The faulty consumer is l
 beside it a healthy consumer (a loopback TLS service that re-reads its files on SIGHUP) must
 still be placed, reloaded and verified for real. For each fault:
 
-- exit code 1 (README, "Exit codes of deploy"); 2 for an unusable lineage, which touches
+- exit code 1 (docs/deploy.md, "Exit codes"); 2 for an unusable lineage, which touches
   nothing at all;
 - the JSON report names the faulty consumer, the stage and a specific reason; no traceback;
 - the faulty consumer's previous files are intact byte for byte, with owner, mode and mtime
@@ -707,7 +707,7 @@ def _mismatch(path: Path) -> str:
 def test_an_unusable_lineage_touches_no_consumer(
     stand: Stand, fault: Callable[[Path], str]
 ) -> None:
-    """README: the lineage is checked before anything; if it is unusable, nothing is
+    """docs/deploy.md: the lineage is checked before anything; if it is unusable, nothing is
     touched and the exit code is 2. Every consumer keeps its files (same inode, even) and
     nothing is reloaded."""
     directory = stand.workdir / "other"

@@ -1,7 +1,8 @@
 """The ``certbot-fanout`` command: parse, call the library, map outcomes to exit codes.
 
-Only argparse is imported at module level: ``--help`` and the deploy hook start fast, and the
-hook path never imports ``certbot`` or ``acme``.
+Only the standard library, the package's ``__version__`` and ``model`` are imported at module
+level: ``--help`` and the deploy hook start fast, and the hook path never imports ``certbot`` or
+``acme``.
 """
 
 from __future__ import annotations

@@ -319,7 +319,8 @@ def _guarded(
         logger.debug("consumer %s crashed", consumer.name, exc_info=True)
         error = f"internal error: {type(e).__name__}: {e} (run with --debug for details)"
         if run is not None and run.placed and not run.committed:
-            # Files the test never accepted must not stay behind a crash.
+            # Files the service was not yet reloaded onto (its test and reload had not both
+            # passed) must not stay behind a crash: put them back.
             try:
                 return run.rollback(Stage.INTERNAL, error)
             except Exception:

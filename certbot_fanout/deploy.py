@@ -75,8 +75,18 @@ class Stage(enum.Enum):
 class FileResult:
     path: str
     changed: bool
-    reasons: tuple[str, ...] = ()
+    differences: tuple[files.Difference, ...] = ()  # how the path was not what it should be
     warning: str | None = None
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """The differences in words, as the reports and the JSON show them."""
+        return tuple(d.message for d in self.differences)
+
+    @property
+    def new(self) -> bool:
+        """Nothing was at the path before."""
+        return any(d.kind is files.DifferenceKind.MISSING for d in self.differences)
 
 
 @dataclass(frozen=True)
@@ -479,13 +489,13 @@ class _ConsumerRun:
         for spec in self.consumer.files:
             desired = desired_file(spec, self.lineage)
             current = self.fx.snapshot(spec.path)
-            reasons = files.differences(desired, current)
+            found = files.compare(desired, current)
             warning = None
             if spec.link and desired.target is not None:
                 problem = files.reader_problem(desired.target, spec.owner, spec.group)
                 if problem:
                     warning = f"{spec.owner_name} cannot follow the link: {problem}"
-            changed = bool(reasons) or self.options.force
+            changed = bool(found) or self.options.force
             if changed and not self.options.dry_run:
                 try:
                     self.fx.place(desired)
@@ -497,13 +507,13 @@ class _ConsumerRun:
                         self.placed.append(current)
                     raise
                 self.placed.append(current)
-            self.file_results.append(FileResult(spec.path, changed, tuple(reasons), warning))
+            self.file_results.append(FileResult(spec.path, changed, tuple(found), warning))
 
     def replaced(self, desired: files.Desired) -> bool:
         """Whether a placement that failed got as far as renaming ``desired`` into place
         (only the directory's fsync comes after); when unsure, say so, to restore it."""
         try:
-            return not files.differences(desired, self.fx.snapshot(desired.path))
+            return not files.compare(desired, self.fx.snapshot(desired.path))
         except PlacementError:
             return True
 

@@ -65,9 +65,6 @@ class Difference:
     kind: DifferenceKind
     message: str
 
-    def __str__(self) -> str:
-        return self.message
-
 
 @dataclass(frozen=True)
 class Desired:

@@ -25,7 +25,8 @@ DEPLOY_JSON_VERSION = 1
 
 # A reason a file was (or would be) placed, as it reads after "placed PATH": what was there
 # before. JSON keeps the reasons themselves.
-_BEFORE = {files.MISSING_REASON: "new file"}
+# How a difference reads in the text report, where its kind has words of its own.
+_SHOWN = {files.DifferenceKind.MISSING: "new file"}
 
 _STATUS_WORD = {Outcome.OK: "ok", Outcome.FAILED: "FAILED", Outcome.PLANNED: "plan"}
 
@@ -82,7 +83,7 @@ def _file_lines(c: ConsumerResult, detail: bool) -> list[str]:
     lines = []
     for f in c.files:
         if detail and f.changed:
-            reasons = ", ".join(_BEFORE.get(r, r) for r in f.reasons) or "forced"
+            reasons = ", ".join(_SHOWN.get(d.kind, d.message) for d in f.differences) or "forced"
             lines.append(f"{verb} {f.path} ({reasons})")
         if f.warning:
             lines.append(f"warning: {f.path}: {f.warning}")

@@ -190,8 +190,7 @@ def _file_status(spec: FileSpec, lineage: Lineage) -> tuple[FileResult, Level]:
         found = files.compare(desired_file(spec, lineage), files.snapshot(spec.path))
     except PlacementError as e:
         found = [files.Difference(files.DifferenceKind.UNREADABLE, str(e))]
-    reasons = tuple(d.message for d in found)
-    return FileResult(spec.path, bool(found), reasons), file_level(found)
+    return FileResult(spec.path, bool(found), tuple(found)), file_level(found)
 
 
 def _probe_endpoints(consumer: Consumer, lineage: Lineage) -> tuple[EndpointResult, ...]:

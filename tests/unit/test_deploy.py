@@ -493,3 +493,19 @@ def test_a_file_that_did_not_exist_reads_as_a_new_file(
     placed.write_text("old")
     again = render_text(deploy(config_of(text), lineage), verbose=True)
     assert f"placed {placed} (content differs)" in again
+
+
+def test_a_new_file_is_told_by_its_kind_not_by_the_words_of_its_reason(
+    lineages: LineageFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reword the reason a missing file gets: the report still says "new file", because it reads
+    # the difference's kind, and the JSON carries the new words.
+    monkeypatch.setattr(files, "MISSING_REASON", "nothing was there")
+    live, _ = lineages.issue(NAME)
+    placed = tmp_path / "fullchain.pem"
+    text = f"  a:\n    certificate: {NAME}\n    files:\n      - {{path: {placed}, content: cert}}\n"
+    result = deploy(config_of(text), read_lineage(str(live)))
+    assert f"placed {placed} (new file)" in render_text(result, verbose=True)
+    (file_json,) = json.loads(render_json(result))["consumers"][0]["files"]
+    assert file_json["reasons"] == ["nothing was there"]
+    assert result.consumers[0].files[0].new

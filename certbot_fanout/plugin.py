@@ -39,6 +39,9 @@ from certbot_fanout.status import Level, StatusOptions, check_and_repair, restri
 
 logger = logging.getLogger(__name__)
 
+# The checkpoint title certbot passes to save() right after deploy_cert() (certbot's
+# client.deploy_certificate): a token of certbot's installer protocol, the one signal that the
+# certificates are in place, not a message of ours.
 DEPLOYED_TITLE = "Deployed ACME Certificate"
 
 

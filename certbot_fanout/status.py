@@ -2,8 +2,8 @@
 
 Levels follow the monitoring-plugins convention, so ``certbot-fanout status`` is a Nagios or
 Icinga check as it stands: a non-current certificate served anywhere, a stale copy on disk or a
-failed probe is CRITICAL; a wrong owner or mode, or an expiry within the warning window, is a
-WARNING; an unreadable config or lineage is UNKNOWN.
+failed probe is CRITICAL; a wrong owner, group or mode (the table FILE_SEVERITY), or an expiry
+within the warning window, is a WARNING; an unreadable config or lineage is UNKNOWN.
 """
 
 from __future__ import annotations

@@ -439,6 +439,28 @@ def ensure_account(name: str) -> Iterator[Account]:
         subprocess.run([userdel, name], check=False, capture_output=True)
 
 
+@contextlib.contextmanager
+def ensure_group(name: str) -> Iterator[int]:
+    """A system group ``name`` (its GID); created (and removed afterwards) if missing.
+    Raises FileNotFoundError when it is missing and groupadd is not available."""
+    try:
+        existing = grp.getgrnam(name).gr_gid  # also one left by a killed run
+    except KeyError:
+        pass
+    else:
+        yield existing
+        return
+    groupadd = shutil.which("groupadd") or "/usr/sbin/groupadd"
+    if not os.access(groupadd, os.X_OK):
+        raise FileNotFoundError(f"no group {name} and no groupadd to create it")
+    subprocess.run([groupadd, "--system", name], check=True, capture_output=True)
+    try:
+        yield grp.getgrnam(name).gr_gid
+    finally:
+        groupdel = shutil.which("groupdel") or "/usr/sbin/groupdel"
+        subprocess.run([groupdel, name], check=False, capture_output=True)
+
+
 def chown_to(path: Path, owner: Account, mode: int | None = None) -> Path:
     """Give ``path`` to ``owner`` (user and group) and, if given, ``mode``."""
     os.chown(path, owner.uid, owner.gid)

@@ -7,11 +7,10 @@ integration), or a run in which no integration test passed, fails the session.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
-import pwd
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -22,6 +21,7 @@ from hypothesis import settings
 
 from certbot_fanout._pki import ThrowawayCA
 from tests.support.lineages import LineageFactory
+from tests.support.proc import ensure_account, ensure_group, find_account
 from tests.support.public import PublicInstall, install_public, public_dir
 from tests.support.services import Service, start_service_fixture
 
@@ -179,25 +179,23 @@ SERVICE_GROUPS = ("Debian-exim",)
 @pytest.fixture(scope="session")
 def service_accounts() -> Iterator[None]:
     """The service users and groups that presets and documented examples name, created
-    where missing (as root) and removed again."""
-    users, groups = [], []
-    for name in SERVICE_ACCOUNTS:
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            if subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip() != "0":
-                pytest.skip(f"user {name} is missing and only root can create it")
-            subprocess.run(["useradd", "--system", "--user-group", name], check=True)
-            users.append(name)
-    for name in SERVICE_GROUPS:
-        try:
-            grp.getgrnam(name)
-        except KeyError:
-            subprocess.run(["groupadd", "--system", name], check=True)
-            groups.append(name)
-    yield
-    for name in users:
-        subprocess.run(["userdel", name], check=False)
-        subprocess.run(["groupdel", name], check=False, capture_output=True)
-    for name in groups:
-        subprocess.run(["groupdel", name], check=False)
+    where missing (as root) and removed again; skipped when some are missing and this is not
+    root."""
+    missing = [n for n in SERVICE_ACCOUNTS if find_account(n) is None]
+    missing += [n for n in SERVICE_GROUPS if not _group_exists(n)]
+    if missing and os.geteuid() != 0:
+        pytest.skip(f"{', '.join(missing)} missing, and only root can create them")
+    with contextlib.ExitStack() as stack:
+        for name in SERVICE_ACCOUNTS:
+            stack.enter_context(ensure_account(name))
+        for name in SERVICE_GROUPS:
+            stack.enter_context(ensure_group(name))
+        yield
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run
 from tests.support.integration import (
     CERT_NAME,
     by_name,
@@ -24,7 +25,6 @@ from tests.support.integration import (
     lineage_files,
     lineage_fingerprint,
     log_text,
-    run_cli,
 )
 from tests.support.maps import config_text
 from tests.support.proc import Account, write_owned
@@ -123,7 +123,7 @@ class Site:
             str(self.lock),
             *args,
         ]
-        return run_cli(argv)
+        return run(argv)
 
     def served(self) -> tuple[str, str]:
         """SHA-256 of the leaf that (nginx, HAProxy) serve right now."""

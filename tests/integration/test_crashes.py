@@ -40,7 +40,7 @@ from certbot_fanout._pki import ThrowawayCA
 from tests.support import cli
 from tests.support.cli import explain
 from tests.support.lineages import LineageFactory
-from tests.support.proc import children
+from tests.support.proc import alive, family
 from tests.support.services import Service
 from tests.support.tally import record
 
@@ -147,7 +147,7 @@ class Scene:
         ]
 
     def deploy(self, side: str, *extra: str) -> subprocess.CompletedProcess[str]:
-        return run(self.argv(side, *extra))
+        return cli.run(self.argv(side, *extra), timeout=RUN_TIMEOUT)
 
     def census(self) -> Census:
         census = Census()
@@ -206,21 +206,6 @@ class Scene:
         ]
 
 
-def run(argv: Sequence[str], timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """``cli.run`` with this module's timeout."""
-    return cli.run(argv, timeout=timeout)
-
-
-def descendants(pid: int) -> set[int]:
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children(todo.pop()) - found:
-            found.add(child)
-            todo.append(child)
-    return found
-
-
 def crash(proc: subprocess.Popen[Any]) -> bool:
     """SIGKILL ``proc`` (a session leader) with its process group and every descendant, as a
     crash of the whole service would; True if it was still running. The group is stopped
@@ -230,7 +215,7 @@ def crash(proc: subprocess.Popen[Any]) -> bool:
         os.killpg(proc.pid, signal.SIGSTOP)
     except ProcessLookupError:
         running = False
-    kin = descendants(proc.pid) if running else set()
+    kin = family(proc.pid) if running else set()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     for pid in kin:  # the test and reload commands run in their own sessions
@@ -437,7 +422,10 @@ def trace_calls(argv: Sequence[str], syscalls: str, *, threads: bool = True) -> 
     log = Path(f"/tmp/certbot-fanout-strace-{os.getpid()}.log")
     follow = ["-f"] if threads else []
     try:
-        proc = run([STRACE, *follow, "-qq", "-y", "-o", str(log), "-e", f"trace={syscalls}", *argv])
+        proc = cli.run(
+            [STRACE, *follow, "-qq", "-y", "-o", str(log), "-e", f"trace={syscalls}", *argv],
+            timeout=RUN_TIMEOUT,
+        )
         assert proc.returncode == 0, explain(proc)
         calls = []
         for line in log.read_text().splitlines():
@@ -466,7 +454,7 @@ def kill_at(
     """Run ``argv`` under strace, which sends SIGKILL on entering the Nth ``syscalls`` call
     of a thread (before the call runs); without ``threads``, of the main thread (the others
     are not traced). strace then kills itself with the same signal."""
-    return run(
+    return cli.run(
         [
             STRACE,
             *(["-f"] if threads else []),
@@ -478,7 +466,8 @@ def kill_at(
             "-e",
             f"inject={syscalls}:signal=KILL:when={n}",
             *argv,
-        ]
+        ],
+        timeout=RUN_TIMEOUT,
     )
 
 
@@ -570,7 +559,7 @@ def test_kill_9_while_writing_the_state_file(scene: Scene) -> None:
             killed = kill_at(argv, syscalls, n, threads=False)
             problem = scene.state_problem()
             temps_after_kill = scene.temp_files()
-            again = run(argv)
+            again = cli.run(argv, timeout=RUN_TIMEOUT)
             temps = scene.temp_files()
             points += 1
             record("state file kills", cases=1, unparseable=int(problem is not None))
@@ -647,7 +636,7 @@ def _timed_deploy(
     argv = scene.argv(side)
     start = time.monotonic()
     try:
-        proc = run(argv, timeout=timeout)
+        proc = cli.run(argv, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         out, err = (x.decode() if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr))
         proc = subprocess.CompletedProcess(argv, -signal.SIGKILL, out, err + "\n(timed out)")
@@ -696,14 +685,14 @@ def test_a_lock_whose_holder_was_killed_blocks_nobody(scene: Scene) -> None:
     failures = []
     try:
         deadline = time.monotonic() + limit + 5
-        while not any("sleep" in _cmdline(p) for p in descendants(stuck.pid)):
+        while not any("sleep" in _cmdline(p) for p in family(stuck.pid) - {stuck.pid}):
             if stuck.poll() is not None or time.monotonic() > deadline:
                 break
             time.sleep(0.01)
-        orphans = descendants(stuck.pid)
+        orphans = family(stuck.pid) - {stuck.pid}
         os.killpg(stuck.pid, signal.SIGKILL)  # the deploy's group only, not the reload's
         stuck.wait(RUN_TIMEOUT)
-        if not any(_alive(p) for p in orphans):
+        if not any(alive(p) for p in orphans):
             failures.append(f"the deploy never got to its reload, or the reload died: {orphans}")
         else:
             proc, seconds = _timed_deploy(scene, "b", limit + 5)
@@ -735,14 +724,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 # --------------------------------------------------------------------------- state file
@@ -848,7 +829,7 @@ def test_a_reload_lost_to_a_crash_is_done_by_the_next_run(
     def count() -> int:
         return len(reloads.read_text().splitlines())
 
-    first = run(argv)
+    first = cli.run(argv, timeout=RUN_TIMEOUT)
     assert first.returncode == 0 and count() == 1, explain(first)
     lineages.renew(NAME)
     new = (live / "fullchain.pem").read_bytes()
@@ -860,11 +841,11 @@ def test_a_reload_lost_to_a_crash_is_done_by_the_next_run(
     assert crash(proc), "the run ended before the crash"
     assert count() == 1, "the reload finished before the crash: nothing was lost"
 
-    after = run(argv)
+    after = cli.run(argv, timeout=RUN_TIMEOUT)
     lost = 1 if count() != 2 else 0
     record("kills (what a kill leaves)", cases=1, reloads_lost=lost)
     assert after.returncode == 0, explain(after)
     assert count() == 2, f"the next run did not reload: {explain(after)}"
     assert "interrupted" in after.stdout, explain(after)
-    again = run(argv)
+    again = cli.run(argv, timeout=RUN_TIMEOUT)
     assert again.returncode == 0 and count() == 2, "the mark outlived the run that did the reload"

@@ -43,6 +43,7 @@ from tests.support import cli
 from tests.support.cli import explain
 from tests.support.integration import by_name
 from tests.support.lineages import LineageFactory
+from tests.support.maps import write_map
 from tests.support.proc import alive
 from tests.support.services import Service
 from tests.support.stack import file_fingerprint, served_fingerprint
@@ -58,6 +59,7 @@ VERIFY_TIMEOUT = 10.0
 # consumer: everything in a run that is not a timeout of the faulty one.
 OVERHEAD = 6.0
 RUN_TIMEOUT = 120.0
+SETUP_TIMEOUT = 60.0  # a set-up command: mount, mkfs
 TEMP_NAME = re.compile(r"^\..+\.fanout-[0-9a-f]+$")
 NOBODY = 65534
 # CERTBOT_FANOUT_FAULTS_LOOP=1 takes the loop-mounted ext2 path even where tmpfs mounts.
@@ -138,19 +140,15 @@ def group_members(pgid: int) -> set[int]:
     return found
 
 
-def run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    """A set-up command (mount, mkfs): ``cli.run``, which must succeed unless told."""
-    return cli.run(argv, check=check, timeout=60)
-
-
 @contextlib.contextmanager
 def small_fs(where: Path, kib: int) -> Iterator[str]:
     """A small filesystem mounted at ``where``: tmpfs, or a loop-mounted ext2 image (1 KiB
     blocks, no reserved blocks) where tmpfs cannot be mounted. Unmounted at the end."""
     where.mkdir()
     kind = "tmpfs"
-    mounted = None if FORCE_LOOP else run(
-        ["mount", "-t", "tmpfs", "-o", f"size={kib}k,mode=0755", "tmpfs", str(where)], False
+    mounted = None if FORCE_LOOP else cli.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={kib}k,mode=0755", "tmpfs", str(where)],
+        timeout=SETUP_TIMEOUT,
     )  # fmt: skip
     if mounted is None or mounted.returncode != 0:
         kind = "ext2"
@@ -159,13 +157,17 @@ def small_fs(where: Path, kib: int) -> Iterator[str]:
         image = where.with_name(where.name + ".img")
         with open(image, "wb") as f:
             f.truncate(max(kib, 128) * 1024)
-        run(["mkfs.ext2", "-q", "-F", "-m", "0", "-b", "1024", "-N", "32", str(image)])
-        run(["mount", "-o", "loop", str(image), str(where)])
+        cli.run(
+            ["mkfs.ext2", "-q", "-F", "-m", "0", "-b", "1024", "-N", "32", str(image)],
+            timeout=SETUP_TIMEOUT,
+            check=True,
+        )
+        cli.run(["mount", "-o", "loop", str(image), str(where)], timeout=SETUP_TIMEOUT, check=True)
     try:
         yield kind
     finally:
-        if run(["umount", str(where)], False).returncode != 0:
-            run(["umount", "-l", str(where)], False)
+        if cli.run(["umount", str(where)], timeout=SETUP_TIMEOUT).returncode != 0:
+            cli.run(["umount", "-l", str(where)], timeout=SETUP_TIMEOUT)
 
 
 def leave_free(directory: Path, blocks: int) -> int:
@@ -249,19 +251,13 @@ class Stand:
         }
 
     def deploy(self, consumers: Mapping[str, dict[str, Any]], prefix: Sequence[str] = ()) -> Run:
-        config = self.workdir / "consumers.yaml"
-        config.write_text(
-            json.dumps(
-                {
-                    "version": 1,
-                    "defaults": {
-                        "reload_timeout": RELOAD_TIMEOUT,
-                        "verify_timeout": VERIFY_TIMEOUT,
-                    },
-                    "consumers": dict(consumers),
-                },
-                indent=2,
-            )
+        config = write_map(
+            self.workdir,
+            {
+                "version": 1,
+                "defaults": {"reload_timeout": RELOAD_TIMEOUT, "verify_timeout": VERIFY_TIMEOUT},
+                "consumers": dict(consumers),
+            },
         )
         argv = [
             *prefix,
@@ -278,14 +274,7 @@ class Stand:
             "--json",
         ]
         start = time.monotonic()
-        proc = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            check=False,
-        )
+        proc = cli.run(argv, timeout=RUN_TIMEOUT)
         return Run(proc, time.monotonic() - start)
 
     def setup(self, faulty: dict[str, Any]) -> None:
@@ -607,7 +596,7 @@ def test_a_read_only_destination_is_named_and_left_alone(stand: Stand) -> None:
         files = files_in(readonly)
         stand.setup(faulty_consumer(files))
         previous = snapshot([readonly / "fullchain.pem", readonly / "privkey.pem"])
-        run(["mount", "-o", "remount,ro", str(readonly)])
+        cli.run(["mount", "-o", "remount,ro", str(readonly)], timeout=SETUP_TIMEOUT, check=True)
         stand.renew()
         result = stand.deploy(
             {"faulty": faulty_consumer(files), "healthy": stand.healthy_consumer()}

@@ -22,7 +22,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -49,6 +49,9 @@ UNIT_DIRS = ("/lib/systemd/system", "/usr/lib/systemd/system")
 # What the package or its runs put on the machine, and purge must take away again.
 RUNTIME_PATHS = (CONFIG.parent, HOOK, STATE_DIR, LOCK, PROM)
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# A command runs as root's shell would run it: cli.run with system_env(), in /, and (unless the test
+# looks at a failure itself) check=True, which fails the test with the tail of its output.
+RUN_TIMEOUT = 600.0
 LINEAGE = "pkg.fanout.test"
 
 
@@ -69,31 +72,25 @@ def system_env(**extra: str) -> dict[str, str]:
     return {"PATH": SYSTEM_PATH, "LC_ALL": "C.UTF-8", "HOME": "/root", **extra}
 
 
-def run(
-    argv: Sequence[str | Path],
-    env: Mapping[str, str] | None = None,
-    check: bool = True,
-    timeout: float = 600,
-    cwd: str | Path = "/",
-) -> subprocess.CompletedProcess[str]:
-    """``cli.run`` as root's shell would run it (``system_env``, in /); with ``check``, a
-    failure fails the test with the tail of its output."""
-    return cli.run(
-        argv, env=env if env is not None else system_env(), cwd=cwd, timeout=timeout, check=check
-    )
-
-
 def apt_get(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return run(
+    return cli.run(
         ["apt-get", "-o", "DPkg::Lock::Timeout=300", "-y", "-q", *args],
         env=system_env(DEBIAN_FRONTEND="noninteractive"),
+        cwd="/",
+        timeout=RUN_TIMEOUT,
+        check=True,
     )
 
 
 def package_status() -> str:
     """dpkg's status of the package: "" (unknown), "install ok installed", "deinstall ok
     config-files" (removed, conffiles kept), ..."""
-    proc = run(["dpkg-query", "-W", "-f=${Status}", PACKAGE], check=False)
+    proc = cli.run(
+        ["dpkg-query", "-W", "-f=${Status}", PACKAGE],
+        env=system_env(),
+        cwd="/",
+        timeout=RUN_TIMEOUT,
+    )
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
@@ -178,7 +175,7 @@ def debian_machine() -> None:
 def built(debian_machine: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The output directory of contrib/debian/build: .deb, .changes, source package."""
     out = tmp_path_factory.mktemp("deb")
-    run([BUILD, out], env=system_env(), timeout=1200)
+    cli.run([BUILD, out], env=system_env(), cwd="/", timeout=1200, check=True)
     return out
 
 
@@ -230,7 +227,7 @@ def live(ca: ThrowawayCA, tmp_path: Path) -> Path:
 def run_hook(lineage: Path, **extra: str) -> subprocess.CompletedProcess[str]:
     """The deploy hook as certbot runs it: RENEWED_LINEAGE and RENEWED_DOMAINS set."""
     env = system_env(RENEWED_LINEAGE=str(lineage), RENEWED_DOMAINS=LINEAGE, **extra)
-    return run([HOOK], env=env, check=False, timeout=120)
+    return cli.run([HOOK], env=env, cwd="/", timeout=120)
 
 
 def certbot_plugins(certbot: str | Path, workdir: Path) -> str:
@@ -239,7 +236,9 @@ def certbot_plugins(certbot: str | Path, workdir: Path) -> str:
     for name in ("config", "work", "logs"):
         (workdir / name).mkdir(parents=True, exist_ok=True)
         dirs += [f"--{name}-dir", str(workdir / name)]
-    return run([certbot, "plugins", *dirs], timeout=300).stdout
+    return cli.run(
+        [certbot, "plugins", *dirs], env=system_env(), cwd="/", timeout=300, check=True
+    ).stdout
 
 
 def consumer_map(tmp_path: Path) -> tuple[Path, Path]:
@@ -263,7 +262,16 @@ def consumer_map(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_the_deb_has_setup_cfg_version(deb: Path) -> None:
-    assert run(["dpkg-deb", "-f", deb, "Version"]).stdout.strip() == debian_version()
+    assert (
+        cli.run(
+            ["dpkg-deb", "-f", deb, "Version"],
+            env=system_env(),
+            cwd="/",
+            timeout=RUN_TIMEOUT,
+            check=True,
+        ).stdout.strip()
+        == debian_version()
+    )
 
 
 def test_lintian_reports_no_errors(built: Path) -> None:
@@ -271,14 +279,21 @@ def test_lintian_reports_no_errors(built: Path) -> None:
         pytest.skip("lintian is not installed (apt-get install lintian)")
     changes = sorted(built.glob("*.changes"))
     assert len(changes) == 1, changes
-    proc = run(["lintian", "--info", "--display-info", *changes], check=False)
+    proc = cli.run(
+        ["lintian", "--info", "--display-info", *changes],
+        env=system_env(),
+        cwd="/",
+        timeout=RUN_TIMEOUT,
+    )
     errors = [line for line in proc.stdout.splitlines() if line.startswith("E:")]
     assert not errors, proc.stdout
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_the_deb_ships_every_piece(deb: Path) -> None:
-    listing = run(["dpkg-deb", "-c", deb]).stdout
+    listing = cli.run(
+        ["dpkg-deb", "-c", deb], env=system_env(), cwd="/", timeout=RUN_TIMEOUT, check=True
+    ).stdout
     files = {line.split()[5].removeprefix(".") for line in listing.splitlines()}
     expected = {
         str(BINARY),
@@ -296,9 +311,21 @@ def test_the_deb_ships_every_piece(deb: Path) -> None:
         "certbot-fanout-status.service",
         "certbot-fanout-status.timer",
     }
-    conffiles = run(["dpkg-deb", "-I", deb, "conffiles"]).stdout.split()
+    conffiles = cli.run(
+        ["dpkg-deb", "-I", deb, "conffiles"],
+        env=system_env(),
+        cwd="/",
+        timeout=RUN_TIMEOUT,
+        check=True,
+    ).stdout.split()
     assert sorted(conffiles) == sorted([str(CONFIG), str(HOOK)])
-    control = run(["dpkg-deb", "-f", deb, "Depends"]).stdout
+    control = cli.run(
+        ["dpkg-deb", "-f", deb, "Depends"],
+        env=system_env(),
+        cwd="/",
+        timeout=RUN_TIMEOUT,
+        check=True,
+    ).stdout
     for dependency in ("python3-certbot (>= 2.1)", "python3-yaml", "python3-cryptography"):
         assert dependency in control
 
@@ -316,17 +343,30 @@ def test_debian_certbot_lists_the_plugin(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("installed")
 def test_the_command_runs_on_debian_python() -> None:
     assert BINARY.read_text().splitlines()[0] == f"#!{DEBIAN_PYTHON}"
-    proc = run([BINARY, "--help"])
+    proc = cli.run([BINARY, "--help"], env=system_env(), cwd="/", timeout=RUN_TIMEOUT, check=True)
     assert "usage: certbot-fanout" in proc.stdout
-    assert run([BINARY, "--version"]).stdout.strip() == f"certbot-fanout {version()}"
-    where = run([DEBIAN_PYTHON, "-c", "import certbot_fanout; print(certbot_fanout.__file__)"])
+    assert (
+        cli.run(
+            [BINARY, "--version"], env=system_env(), cwd="/", timeout=RUN_TIMEOUT, check=True
+        ).stdout.strip()
+        == f"certbot-fanout {version()}"
+    )
+    where = cli.run(
+        [DEBIAN_PYTHON, "-c", "import certbot_fanout; print(certbot_fanout.__file__)"],
+        env=system_env(),
+        cwd="/",
+        timeout=RUN_TIMEOUT,
+        check=True,
+    )
     assert where.stdout.startswith("/usr/lib/python3/dist-packages/certbot_fanout/")
 
 
 @pytest.mark.usefixtures("installed")
 def test_the_shipped_map_has_no_consumer() -> None:
     assert CONFIG.read_bytes() == (PROJECT / "contrib" / "consumers.yaml").read_bytes()
-    proc = run([BINARY, "check", "--no-probe"])
+    proc = cli.run(
+        [BINARY, "check", "--no-probe"], env=system_env(), cwd="/", timeout=RUN_TIMEOUT, check=True
+    )
     assert proc.stdout.startswith("OK:"), proc.stdout
 
 
@@ -351,24 +391,31 @@ def test_the_hook_deploys_for_a_consumer(live: Path, tmp_path: Path) -> None:
 def test_systemd_units_verify_clean() -> None:
     units = [
         f
-        for f in run(["dpkg", "-L", PACKAGE]).stdout.splitlines()
+        for f in cli.run(
+            ["dpkg", "-L", PACKAGE], env=system_env(), cwd="/", timeout=RUN_TIMEOUT, check=True
+        ).stdout.splitlines()
         if f.startswith(UNIT_DIRS) and f.endswith((".service", ".timer"))
     ]
     assert len(units) == 2, units
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
-    proc = run(["systemd-analyze", "verify", *units], check=False, timeout=120)
+    proc = cli.run(["systemd-analyze", "verify", *units], env=system_env(), cwd="/", timeout=120)
     assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
     assert TIMER_LINK.is_symlink(), "the timer is enabled on install"
 
 
 @pytest.mark.usefixtures("installed")
 def test_man_finds_the_page() -> None:
-    page = run(["man", "-w", "certbot-fanout"]).stdout.strip()
+    page = cli.run(
+        ["man", "-w", "certbot-fanout"], env=system_env(), cwd="/", timeout=RUN_TIMEOUT, check=True
+    ).stdout.strip()
     assert page == "/usr/share/man/man1/certbot-fanout.1.gz"
-    proc = run(
+    proc = cli.run(
         ["man", "--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z", page],
         env=system_env(MANWIDTH="80"),
+        cwd="/",
+        timeout=RUN_TIMEOUT,
+        check=True,
     )
     assert proc.stderr == ""
     assert Path("/usr/share/doc/certbot-fanout/README.md.gz").is_file()
@@ -396,7 +443,7 @@ def make_runtime_state(live: Path, tmp_path: Path) -> None:
         if line.startswith("ExecStart=")
     )
     assert f"--prometheus {PROM}" in exec_start
-    run(shlex.split(exec_start))
+    cli.run(shlex.split(exec_start), env=system_env(), cwd="/", timeout=RUN_TIMEOUT, check=True)
     assert PROM.is_file()
 
 
@@ -450,11 +497,13 @@ def venv(path: Path, *packages: str | Path) -> Path:
     """A fresh virtualenv from Debian's python3 with ``packages`` from PyPI; returns bin/."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env["PATH"] = SYSTEM_PATH
-    run([DEBIAN_PYTHON, "-m", "venv", path], env=env)
-    run(
+    cli.run([DEBIAN_PYTHON, "-m", "venv", path], env=env, cwd="/", timeout=RUN_TIMEOUT, check=True)
+    cli.run(
         [path / "bin" / "pip", "install", "-q", "--disable-pip-version-check", *packages],
         env=env,
+        cwd="/",
         timeout=900,
+        check=True,
     )
     return path / "bin"
 
@@ -475,24 +524,51 @@ def test_wheel_and_sdist_pass_twine_and_the_wheel_plugs_into_pypi_certbot(
     # pip upgraded, as ./dev does: a current pip relays the build backend's warnings.
     tools = venv(tmp_path / "tools", "--upgrade", "pip", "build", "twine")
     dist = tmp_path / "dist"
-    build = run([tools / "python", "-m", "build", "--outdir", dist, tree], timeout=900)
+    build = cli.run(
+        [tools / "python", "-m", "build", "--outdir", dist, tree],
+        env=system_env(),
+        cwd="/",
+        timeout=900,
+        check=True,
+    )
     # Neither a build nor an editable install (./dev's) with today's setuptools warns of anything
     # of the project's making (they once printed "License classifiers are deprecated" three
     # times, and "Editable installation" for the flat layout).
-    editable = run([tools / "pip", "install", "--no-deps", "-e", tree], timeout=900)
+    editable = cli.run(
+        [tools / "pip", "install", "--no-deps", "-e", tree],
+        env=system_env(),
+        cwd="/",
+        timeout=900,
+        check=True,
+    )
     output = build.stdout + build.stderr + editable.stdout + editable.stderr
     assert project_warnings(output) == []
     v = version()
     built = {p.name for p in dist.iterdir()}
     assert built == {f"certbot_fanout-{v}-py3-none-any.whl", f"certbot_fanout-{v}.tar.gz"}, built
-    check = run([tools / "twine", "check", "--strict", *sorted(dist.iterdir())])
+    check = cli.run(
+        [tools / "twine", "check", "--strict", *sorted(dist.iterdir())],
+        env=system_env(),
+        cwd="/",
+        timeout=RUN_TIMEOUT,
+        check=True,
+    )
     assert check.stdout.count("PASSED") == 2, check.stdout
 
     wheel = next(dist.glob("*.whl"))
     app = venv(tmp_path / "app", wheel)
     out = certbot_plugins(app / "certbot", tmp_path / "certbot")
     assert "* fanout" in out, out
-    assert run([app / "certbot-fanout", "--version"]).stdout.strip() == f"certbot-fanout {v}"
+    assert (
+        cli.run(
+            [app / "certbot-fanout", "--version"],
+            env=system_env(),
+            cwd="/",
+            timeout=RUN_TIMEOUT,
+            check=True,
+        ).stdout.strip()
+        == f"certbot-fanout {v}"
+    )
 
 
 # --------------------------------------------------------------------------- snap
@@ -514,7 +590,7 @@ def test_snap_recipe_is_a_certbot_plugin_snap() -> None:
     assert "PyYAML" in install_requires["options"]["install_requires"], "bundled by the snap"
     for script in (SNAP_DIR / "hooks" / "post-refresh", *sorted((SNAP_DIR / "local").iterdir())):
         assert os.access(script, os.X_OK), script
-        run(["sh", "-n", script])
+        cli.run(["sh", "-n", script], env=system_env(), cwd="/", timeout=RUN_TIMEOUT, check=True)
 
 
 def fake_snaps(tmp_path: Path) -> dict[str, str]:
@@ -537,20 +613,26 @@ def fake_snaps(tmp_path: Path) -> dict[str, str]:
 def test_snap_wrapper_and_hook_run_the_command_on_certbots_python(tmp_path: Path) -> None:
     env = fake_snaps(tmp_path)
     wrapper = SNAP_DIR / "local" / "certbot-fanout"
-    proc = run([wrapper, "--version"], env=env)
+    proc = cli.run([wrapper, "--version"], env=env, cwd="/", timeout=RUN_TIMEOUT, check=True)
     assert proc.stdout.strip() == f"certbot-fanout {version()}"
     shipped = str(PROJECT / "contrib" / "consumers.yaml")
-    proc = run([wrapper, "--config", shipped, "check", "--no-probe"], env=env)
+    proc = cli.run(
+        [wrapper, "--config", shipped, "check", "--no-probe"],
+        env=env,
+        cwd="/",
+        timeout=RUN_TIMEOUT,
+        check=True,
+    )
     assert proc.stdout.startswith("OK:"), proc.stdout
     hook = SNAP_DIR / "local" / "deploy-hook"
     hook_env = {**env, "CERTBOT_FANOUT_CONFIG": shipped, "RENEWED_LINEAGE": "/nonexistent/live/x"}
-    proc = run([hook], env=hook_env)
+    proc = cli.run([hook], env=hook_env, cwd="/", timeout=RUN_TIMEOUT, check=True)
     assert (proc.stdout, proc.stderr) == ("", "")
     gone = {**hook_env, "CERTBOT_FANOUT_SNAP": str(tmp_path / "removed")}
-    proc = run([hook], env=gone)
+    proc = cli.run([hook], env=gone, cwd="/", timeout=RUN_TIMEOUT, check=True)
     assert (proc.stdout, proc.stderr) == ("", ""), "the snap is gone: a quiet no-op"
     broken = {**env, "CERTBOT_FANOUT_CERTBOT_SNAP": str(tmp_path / "no-certbot")}
-    proc = run([wrapper, "--version"], env=broken, check=False)
+    proc = cli.run([wrapper, "--version"], env=broken, cwd="/", timeout=RUN_TIMEOUT)
     assert proc.returncode == 2 and "needs the certbot snap" in proc.stderr
 
 
@@ -566,5 +648,5 @@ def test_snap_post_refresh_needs_the_certbot_setup_cfg_requires(
     if certbot_version is not None:
         (snap / "certbot-shared" / "certbot-version.txt").write_text(f"{certbot_version}\n")
     env = system_env(SNAP=str(snap), SNAP_DATA=str(tmp_path))
-    proc = run([SNAP_DIR / "hooks" / "post-refresh"], env=env, check=False)
+    proc = cli.run([SNAP_DIR / "hooks" / "post-refresh"], env=env, cwd="/", timeout=RUN_TIMEOUT)
     assert proc.returncode == code, proc.stderr

@@ -20,8 +20,9 @@ import pytest
 from certbot_fanout.lineage import chain_problem, fingerprint, read_lineage
 from certbot_fanout.model import Dialect
 from certbot_fanout.probe import fetch_served
+from tests.support.cli import run
 from tests.support.daemons_xmpp import PROSODY_BIN, PROSODY_USER, PROSODYCTL_BIN, Prosody
-from tests.support.integration import CERT_NAME, lineage_files, run_cli
+from tests.support.integration import CERT_NAME, lineage_files
 from tests.support.maps import config_text
 from tests.support.proc import write_owned
 from tests.support.stack import Certbot, file_fingerprint, openssl_fingerprint
@@ -78,7 +79,7 @@ class XmppSite:
             str(self.lock),
             "--json",
         ]
-        return run_cli(argv)
+        return run(argv)
 
 
 def _require_prosody() -> pwd.struct_passwd:

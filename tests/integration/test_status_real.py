@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from certbot_fanout._pki import ThrowawayCA
-from tests.support.cli import explain
+from tests.support.cli import explain, run
 from tests.support.daemons_db import (
     INITDB_BIN,
     PG_CTL_BIN,
@@ -329,7 +328,7 @@ def test_status_unknown_when_the_map_cannot_be_read(
         *fanout.argv("status", config=secret)[1:],
     ]
     argv[argv.index("--state-file") + 1] = str(public_tmp / "state.json")
-    as_nobody = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    as_nobody = run(argv, timeout=60)
 
     assert as_nobody.returncode == 3, explain(as_nobody)
     assert as_nobody.stdout.startswith(f"UNKNOWN: {secret}"), explain(as_nobody)

@@ -1,9 +1,10 @@
-"""The one way tests run a command: ``run`` as a subprocess, ``invoke`` in-process through
-``certbot_fanout.cli.main``, and ``explain``, which formats either result (argv, exit code,
-stdout, stderr) for an assertion message.
+"""The one way tests run a command: ``run`` as a subprocess (also the daemons' set-up
+commands, with ``check=True``), ``invoke`` in-process through ``certbot_fanout.cli.main``, and
+``explain``, which formats either result (argv, exit code, stdout, stderr) for an assertion
+message.
 
-Stand-alone apart from ``invoke`` (which imports the CLI when called): no pytest, so the daemon
-modules can use ``run`` too.
+Stand-alone apart from ``invoke`` (which imports the CLI when called): no pytest and no project
+imports, so the daemon modules (run as ``python -m tests.support.MODULE``) use ``run`` too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .proc import Account
 
 RUN_TIMEOUT = 120.0
 FAILED_TAIL = 6000  # characters of each stream a failed ``check`` run shows
@@ -23,7 +28,11 @@ FAILED_TAIL = 6000  # characters of each stream a failed ``check`` run shows
 
 class CommandFailed(AssertionError):
     """A command that had to succeed (``run(..., check=True)``) did not; the message is
-    ``explain`` of its result."""
+    ``explain`` of its result, which it carries as ``result``."""
+
+    def __init__(self, result: subprocess.CompletedProcess[str]) -> None:
+        super().__init__(explain(result, tail=FAILED_TAIL))
+        self.result = result
 
 
 def run(
@@ -34,11 +43,14 @@ def run(
     cwd: str | Path | None = None,
     check: bool = False,
     new_session: bool = False,
+    user: Account | None = None,
+    umask: int = -1,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` without stdin, capturing stdout and stderr as text. A non-zero exit is
-    returned, or with ``check`` raised as ``CommandFailed``. On timeout the process (with
-    ``new_session``, its whole session) is killed and ``subprocess.TimeoutExpired`` raised with
-    what it had written."""
+    """Run ``argv`` without stdin, capturing stdout and stderr as text (as ``user``, without
+    supplementary groups, if given; with ``umask``, if given). A non-zero exit is returned, or
+    with ``check`` raised as ``CommandFailed``. On timeout the process (with ``new_session``,
+    its whole session) is killed and ``subprocess.TimeoutExpired`` raised with what it had
+    written."""
     args = [str(a) for a in argv]
     with subprocess.Popen(
         args,
@@ -49,6 +61,10 @@ def run(
         env=dict(env) if env is not None else None,
         cwd=cwd,
         start_new_session=new_session,
+        user=user.uid if user else None,
+        group=user.gid if user else None,
+        extra_groups=[] if user else None,
+        umask=umask,
     ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
@@ -61,7 +77,7 @@ def run(
             raise
     result = subprocess.CompletedProcess(args, proc.returncode, out, err)
     if check and result.returncode != 0:
-        raise CommandFailed(explain(result, tail=FAILED_TAIL))
+        raise CommandFailed(result)
     return result
 
 

@@ -5,7 +5,8 @@ accounts postgres, mysql and openldap must reach their files), on a free 127.0.0
 at start, under its own service account, and is stopped by PID. No system configuration is read
 or written: no /etc/postgresql, no /etc/mysql, no /etc/ldap, no systemd.
 
-Stand-alone apart from the process helpers of ``proc``: no pytest, no project imports.
+Stand-alone apart from the process helpers of ``proc`` and the runner of ``cli``: no pytest, no
+project imports.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import urllib.parse
 from pathlib import Path
 
+from .cli import run
 from .proc import (
     ChildDaemon,
     accepts,
@@ -27,7 +29,6 @@ from .proc import (
     public_dir,
     read_pid,
     retry_if_port_taken,
-    run_checked,
     spawn,
     tail,
     terminate,
@@ -108,12 +109,12 @@ class PostgreSQL:
         postgres = account("postgres")
         owned_dir(self.data, postgres)
         owned_dir(self.run_dir, postgres, 0o755)
-        run_checked(
+        run(
             self._as_postgres(
                 INITDB_BIN, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"
             ),
-            "initdb",
-            START_TIMEOUT,
+            timeout=START_TIMEOUT,
+            check=True,
         )
         with (self.data / "postgresql.conf").open("a") as f:
             f.write("\ninclude = 'fanout-test.conf'\n")
@@ -222,7 +223,7 @@ class MariaDB(_ForegroundDaemon):
         mysql = account("mysql")
         owned_dir(self.data, mysql)
         owned_dir(self.run_dir, mysql, 0o755)
-        run_checked(
+        run(
             [
                 MARIADB_INSTALL_DB_BIN,
                 "--no-defaults",
@@ -231,8 +232,8 @@ class MariaDB(_ForegroundDaemon):
                 "--skip-test-db",
                 "--auth-root-authentication-method=socket",
             ],
-            "mariadb-install-db",
-            120,
+            timeout=120,
+            check=True,
         )
 
     def start(self) -> None:
@@ -335,10 +336,10 @@ olcDatabase: {{0}}config
 olcAccess: {{0}}to * by dn.exact={peercred_root} manage by * none
 """
         )
-        run_checked(
+        run(
             [SLAPADD_BIN, "-n0", "-F", str(self.config_dir), "-l", str(ldif)],
-            "slapadd",
-            START_TIMEOUT,
+            timeout=START_TIMEOUT,
+            check=True,
         )
         for path in (self.config_dir, *self.config_dir.rglob("*")):
             chown_to(path, openldap)

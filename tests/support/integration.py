@@ -11,7 +11,7 @@ import shlex
 import shutil
 import ssl
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,7 @@ from .stack import (
 )
 
 CERT_NAME = "web.fanout.test"
-RUN_TIMEOUT = 120
 SH = "/bin/sh"
-_q = flow
 
 
 # --------------------------------------------------------------------------- set-up
@@ -167,21 +165,13 @@ def self_made(ca: ThrowawayCA) -> tuple[bytes, bytes, str]:
 # --------------------------------------------------------------------------- the CLI
 
 
-def run_cli(
-    argv: Sequence[str], timeout: float = RUN_TIMEOUT, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``cli.run`` with this module's timeout: no stdin, output as text, never raises for
-    the exit code."""
-    return run(argv, timeout=timeout, env=env)
-
-
 def deploy_with_map(
     fanout: Path, live: Path, workdir: Path, consumer_map: dict[str, Any], *args: str
 ) -> subprocess.CompletedProcess[str]:
     """``certbot-fanout deploy --lineage LIVE`` plus ``args``, with ``consumer_map`` written to
     WORKDIR/consumers.yaml (JSON is YAML) and the lock file in ``workdir``."""
     config = write_map(workdir, consumer_map)
-    return run_cli(
+    return run(
         [
             str(fanout),
             "deploy",
@@ -314,7 +304,7 @@ class WebConsumer:
         self.cert.write_bytes(fullchain)
         self.key.write_bytes(key)
         before = frozenset(children(self.nginx.pid))
-        subprocess.run(self.nginx.reload_argv(), check=True, capture_output=True, timeout=30)
+        run(self.nginx.reload_argv(), timeout=30, check=True)
         settled_workers(self.nginx.pid, replacing=before)
 
     def yaml(self) -> str:
@@ -326,10 +316,10 @@ class WebConsumer:
   {self.name}:
     certificate: {self.certificate}
     files:
-      - {{path: {_q(str(self.cert))}, content: fullchain, mode: "0644"}}
-      - {{path: {_q(str(self.key))}, content: privkey, mode: "0600"}}
-    test: {_q(counted(self.counter, "test", self.nginx.test_argv()))}
-    reload: {_q(list(reload))}
+      - {{path: {flow(str(self.cert))}, content: fullchain, mode: "0644"}}
+      - {{path: {flow(str(self.key))}, content: privkey, mode: "0600"}}
+    test: {flow(counted(self.counter, "test", self.nginx.test_argv()))}
+    reload: {flow(list(reload))}
     verify:
       - {{host: 127.0.0.1, port: {self.nginx.port}, server_name: {self.certificate}}}
 {timeout}"""

@@ -11,14 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli import explain
+from .cli import explain, run
 from .daemons_db import PostgreSQL
-from .integration import run_cli
 from .maps import flow
 from .stack import HAProxy, openssl_fingerprint, served_fingerprint
 
 CLI_TIMEOUT = 180
-_q = flow
 
 
 def wait_served(port: int, server_name: str, expected: str, timeout: float = 10) -> str:
@@ -46,9 +44,9 @@ class HAProxyConsumer:
   {self.name}:
     certificate: {self.certificate}
     files:
-      - {{path: {_q(str(self.haproxy.combined_pem))}, content: [fullchain, privkey]}}
-    test: {_q(self.haproxy.check_argv())}
-    reload: {_q(self.haproxy.reload_argv())}
+      - {{path: {flow(str(self.haproxy.combined_pem))}, content: [fullchain, privkey]}}
+    test: {flow(self.haproxy.check_argv())}
+    reload: {flow(self.haproxy.reload_argv())}
     verify:
       - {{host: 127.0.0.1, port: {self.haproxy.port}, server_name: {self.certificate}}}
     verify_timeout: 20
@@ -72,9 +70,9 @@ class PostgresConsumer:
   {self.name}:
     certificate: {self.certificate}
     files:
-      - {{path: {_q(cert)}, content: fullchain, owner: postgres, group: postgres, mode: "0644"}}
-      - {{path: {_q(key)}, content: privkey, owner: postgres, group: postgres, mode: "0600"}}
-    reload: {_q(self.pg.reload_argv())}
+      - {{path: {flow(cert)}, content: fullchain, owner: postgres, group: postgres, mode: "0644"}}
+      - {{path: {flow(key)}, content: privkey, owner: postgres, group: postgres, mode: "0600"}}
+    reload: {flow(self.pg.reload_argv())}
     verify:
       - {{host: 127.0.0.1, port: {self.pg.port}, starttls: postgres,
          server_name: {self.certificate}}}
@@ -111,9 +109,9 @@ class Fanout:
     def run(
         self, command: str, *args: str, config: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return run_cli(
+        return run(
             self.argv(command, *args, config=config),
-            CLI_TIMEOUT,
+            timeout=CLI_TIMEOUT,
             env={**os.environ, **self.extra_env},
         )
 

@@ -1,5 +1,5 @@
 """Process plumbing shared by the integration daemons: binaries, free ports, waiting for ports,
-stopping a PID with its family, set-up commands, service accounts and the files they own.
+stopping a PID with its family, service accounts and the files they own.
 
 Stand-alone: no project imports. Linux only (reads /proc).
 """
@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, Self
+from typing import ClassVar, NamedTuple, Self
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -153,7 +153,7 @@ def _all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
-def _family(pid: int) -> set[int]:
+def family(pid: int) -> set[int]:
     """The process, its live descendants and, if it leads its own group, that group."""
     stats = {p: s for p in _all_pids() if (s := _proc_stat(p)) is not None}
     result = {pid}
@@ -194,11 +194,11 @@ def _wait_gone(pids: set[int], timeout: float) -> set[int]:
 
 def terminate(pid: int, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> None:
     """Signal pid, wait for it and its family to go; SIGKILL whatever is left."""
-    family = _family(pid)
-    if not family:
+    kin = family(pid)
+    if not kin:
         return
     _signal(pid, sig)
-    left = _wait_gone(family | _family(pid), timeout)
+    left = _wait_gone(kin | family(pid), timeout)
     for p in left:
         _signal(p, signal.SIGKILL)
     left = _wait_gone(left, 5.0)
@@ -269,34 +269,6 @@ def spawn(
             stderr=subprocess.STDOUT if out else subprocess.DEVNULL,
             start_new_session=True,
         )
-
-
-class CommandFailed(RuntimeError):
-    """A set-up command exited non-zero; carries its completed process."""
-
-    def __init__(self, what: str, result: subprocess.CompletedProcess[str]) -> None:
-        super().__init__(
-            f"{what} failed (exit {result.returncode}): {result.args}\n"
-            f"{result.stdout}{result.stderr}"
-        )
-        self.result = result
-
-
-def run_checked(argv: list[str], what: str, timeout: float, **kwargs: Any) -> str:
-    """Run a set-up command (no stdin, output captured as text); its stdout. Raises
-    CommandFailed if it exits non-zero, subprocess.TimeoutExpired if it takes too long."""
-    result: subprocess.CompletedProcess[str] = subprocess.run(
-        argv,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        **kwargs,
-    )
-    if result.returncode != 0:
-        raise CommandFailed(what, result)
-    return result.stdout
 
 
 # --------------------------------------------------------------------------- daemons
@@ -467,6 +439,28 @@ def ensure_account(name: str) -> Iterator[Account]:
         subprocess.run([userdel, name], check=False, capture_output=True)
 
 
+@contextlib.contextmanager
+def ensure_group(name: str) -> Iterator[int]:
+    """A system group ``name`` (its GID); created (and removed afterwards) if missing.
+    Raises FileNotFoundError when it is missing and groupadd is not available."""
+    try:
+        existing = grp.getgrnam(name).gr_gid  # also one left by a killed run
+    except KeyError:
+        pass
+    else:
+        yield existing
+        return
+    groupadd = shutil.which("groupadd") or "/usr/sbin/groupadd"
+    if not os.access(groupadd, os.X_OK):
+        raise FileNotFoundError(f"no group {name} and no groupadd to create it")
+    subprocess.run([groupadd, "--system", name], check=True, capture_output=True)
+    try:
+        yield grp.getgrnam(name).gr_gid
+    finally:
+        groupdel = shutil.which("groupdel") or "/usr/sbin/groupdel"
+        subprocess.run([groupdel, name], check=False, capture_output=True)
+
+
 def chown_to(path: Path, owner: Account, mode: int | None = None) -> Path:
     """Give ``path`` to ``owner`` (user and group) and, if given, ``mode``."""
     os.chown(path, owner.uid, owner.gid)
@@ -489,8 +483,9 @@ def write_owned(path: Path, data: bytes, uid: int, gid: int, mode: int) -> Path:
     return path
 
 
-def public_dir(prefix: str) -> Path:
-    """A fresh temp dir, 0755, so every service account can traverse it. The caller removes it."""
+def public_dir(prefix: str = "certbot-fanout-test-") -> Path:
+    """A fresh temp dir, 0755, so every user (every service account) can traverse it
+    (pytest's own tmp_path base is 0700). The caller removes it."""
     path = Path(tempfile.mkdtemp(prefix=prefix)).resolve()
     path.chmod(0o755)
     return path

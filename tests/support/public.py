@@ -11,13 +11,22 @@ import os
 import shutil
 import stat
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import certbot_fanout
+
+from .proc import public_dir
+
+__all__ = [
+    "PublicInstall",
+    "install_public",
+    "public_dir",
+    "python_for_anyone",
+    "reachable_by_others",
+]
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 
@@ -70,11 +79,3 @@ def install_public(directory: Path) -> PublicInstall:
     for path in directory.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     return PublicInstall(directory, python_for_anyone())
-
-
-def public_dir(prefix: str = "certbot-fanout-test-") -> Path:
-    """A fresh temp dir, 0755, so every user can traverse it (pytest's own tmp_path base is
-    0700). The caller removes it."""
-    path = Path(tempfile.mkdtemp(prefix=prefix)).resolve()
-    path.chmod(0o755)
-    return path

@@ -114,16 +114,19 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _first_pem_cert(data: str) -> bytes:
-    match = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", data, re.DOTALL)
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def _first_pem_cert(data: bytes) -> bytes:
+    match = _PEM_CERT.search(data)
     if match is None:
         raise ValueError("no PEM certificate found")
-    return ssl.PEM_cert_to_DER_cert(match.group(0))
+    return ssl.PEM_cert_to_DER_cert(match.group(0).decode())
 
 
 def pem_fingerprint(pem: bytes) -> str:
     """SHA-256 hex of the first certificate in PEM data."""
-    return hashlib.sha256(_first_pem_cert(pem.decode())).hexdigest()
+    return hashlib.sha256(_first_pem_cert(pem)).hexdigest()
 
 
 def served_fingerprint(host: str, port: int, server_name: str, timeout: float = 5) -> str:
@@ -154,9 +157,6 @@ class OpensslServed:
 
     fingerprint: str
     chain: tuple[bytes, ...]
-
-
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
 def openssl_served(

@@ -18,15 +18,14 @@ from typing import Any
 
 import yaml
 
+from .cli import CommandFailed, run
 from .proc import (
     Account,
     ChildDaemon,
-    CommandFailed,
     alive,
     chown_to,
     free_port,
     retry_if_port_taken,
-    run_checked,
     spawn,
     tail,
 )
@@ -76,20 +75,13 @@ def _venv_ok(venv: Path) -> bool:
             return False
     except OSError:
         return False
-    check = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", _SMOKE_IMPORT],
-        env=_clean_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    check = run([venv / "bin" / "python", "-c", _SMOKE_IMPORT], env=_clean_env(), timeout=120)
     return check.returncode == 0
 
 
 def _run_build_step(argv: list[str], what: str) -> None:
     try:
-        run_checked(argv, what, BUILD_TIMEOUT, env=_clean_env(), umask=0o022)
+        run(argv, timeout=BUILD_TIMEOUT, env=_clean_env(), umask=0o022, check=True)
     except subprocess.TimeoutExpired as exc:
         raise SynapseVenvError(f"{what} timed out after {BUILD_TIMEOUT:g} s") from exc
     except CommandFailed as exc:
@@ -169,16 +161,14 @@ class Synapse(ChildDaemon):
         federation listener (a YAML edit of the generated file)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         chown_to(self.workdir, self.account, 0o750)
-        run_checked(
+        run(
             [str(self.python), "-m", "synapse.app.homeserver", "--server-name", self.server_name,
              "--config-path", str(self.config_path), "--generate-config", "--report-stats=no"],
-            "synapse --generate-config",
-            120,
+            timeout=120,
             cwd=self.workdir,
             env=_clean_env(),
-            user=self.account.uid,
-            group=self.account.gid,
-            extra_groups=[],
+            user=self.account,
+            check=True,
         )  # fmt: skip
         self.write_config()
 

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import pytest
 from certbot_fanout import demo
 from certbot_fanout.cli import build_parser, main
 from certbot_fanout.lineage import read_lineage
+from tests.support import cli
 from tests.support.cli import invoke
 from tests.support.lineages import LineageFactory
 from tests.support.peers import Peer
@@ -282,7 +282,7 @@ def test_demo_says_how_many_services_it_starts_and_lists_each(demo_run: DemoRun)
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to nobody needs root")
 def test_demo_passes_as_an_unprivileged_user(public_install: PublicInstall) -> None:
     """The demo as nobody, on Debian's own python3 and its python3-cryptography/yaml."""
-    proc = subprocess.run(
+    proc = cli.run(
         [
             shutil.which("runuser") or "/usr/sbin/runuser",
             "-u",
@@ -292,8 +292,6 @@ def test_demo_passes_as_an_unprivileged_user(public_install: PublicInstall) -> N
         ],
         cwd=public_install.directory,
         env={"PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -302,12 +300,7 @@ def test_demo_passes_as_an_unprivileged_user(public_install: PublicInstall) -> N
 
 
 def test_console_script_help_runs_as_a_process() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "certbot_fanout", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = cli.run([sys.executable, "-m", "certbot_fanout", "--help"], timeout=30)
     assert proc.returncode == 0
     assert "usage: certbot-fanout" in proc.stdout
     assert "deploy" in proc.stdout and "demo" in proc.stdout

@@ -10,6 +10,7 @@ import pytest
 
 from certbot_fanout.commands import OUTPUT_TAIL_BYTES, run_command
 from certbot_fanout.errors import CommandError
+from tests.support.proc import alive
 
 
 def test_success_returns_output() -> None:
@@ -73,17 +74,9 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert time.monotonic() - start < 5
     child = int(pidfile.read_text())
     deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
+    while alive(child) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert not _alive(child), "a grandchild outlived the timeout"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] not in "ZX"
-    except FileNotFoundError:
-        return False
+    assert not alive(child), "a grandchild outlived the timeout"
 
 
 def test_a_daemon_keeping_stdout_open_does_not_block() -> None:

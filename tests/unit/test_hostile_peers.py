@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import struct
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -40,6 +38,7 @@ from certbot_fanout.lineage import fingerprint, read_lineage
 from certbot_fanout.model import Dialect
 from certbot_fanout.probe import fetch_served
 from certbot_fanout.starttls.talk import MAX_PLAINTEXT_BYTES, RECV_BYTES
+from tests.support import cli
 from tests.support.lineages import LineageFactory
 from tests.support.peers import Peer, ScriptedPeer, Step, close_all
 from tests.support.tally import record
@@ -594,7 +593,7 @@ def test_one_deploy_run_fails_every_hostile_consumer_and_stays_within_its_bound(
     argv += ["--lineage", str(live), "--json", "--jobs", str(jobs)]
     argv += ["--lock-file", str(tmp_path / "lock"), "--state-file", str(tmp_path / "state")]
     start = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    proc = cli.run(argv, timeout=60)
     wall = time.monotonic() - start
     bound = run_bound(len(blocks), jobs, VERIFY_TIMEOUT) + RUN_MARGIN + STARTUP_ALLOWANCE
     record(

@@ -8,6 +8,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,10 @@ IMPURE = {"os", "pathlib", "shutil", "glob", "socket", "subprocess", "time", "io
 NAME = "render.test"
 NOT_AFTER = datetime.datetime(2030, 6, 1, tzinfo=datetime.UTC)
 CERT = CertInfo("CN=render.test", "0a1b", NOT_AFTER, "ab" * 32, (NAME,))
+COPY = Copy(certificates=1, holds_key=False, uid=0, gid=0, mode=0o644)
+LISTENER = Listener(host="127.0.0.1", port=443, starttls=None)
+NAMED = Reference(service="nginx", conf="/etc/nginx/nginx.conf", line=2)
+LIVE = Reference(service="nginx", conf="/etc/nginx/nginx.conf", line=3, reads_live=True)
 
 
 def test_there_is_one_renderer_module_per_command_and_no_report_module() -> None:
@@ -123,6 +128,29 @@ def test_the_entries_for_a_listener_and_a_live_reader() -> None:
     entry = render_discover_entry(find, 2)
     assert "  found-2:   # post:gres: /etc/pg.conf:9 reads certbot's files directly" in entry
     assert "    reload: TODO    # reload post:gres after every renewal" in entry
+
+
+@pytest.mark.parametrize(
+    ("kind", "facts", "message"),
+    [
+        (FindKind.LISTENER, {}, "a listener find carries listener, not nothing"),
+        (FindKind.LISTENER, {"copy": COPY}, "a listener find carries listener, not copy"),
+        (FindKind.FILE, {"listener": LISTENER}, "a file find carries copy, not listener"),
+        (FindKind.FILE, {"copy": COPY, "reference": NAMED}, "carries copy, not reference and copy"),
+        (FindKind.CONFIG, {"copy": COPY}, "a config find carries reference and copy, not copy"),
+        (FindKind.CONFIG, {"reference": NAMED}, "carries reference and copy, not reference"),
+        (
+            FindKind.CONFIG,
+            {"reference": LIVE, "copy": COPY},
+            "carries reference, not reference and",
+        ),
+    ],
+)
+def test_a_find_carries_the_facts_of_its_kind_and_no_other(
+    kind: FindKind, facts: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Find(kind, "/srv/x.pem", NAME, CERT, False, **facts)
 
 
 def test_every_kind_is_listed_by_its_word_and_expiry_is_judged_at_checked_at() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 # Certbot's default --config-dir: live/, archive/ and renewal/ live under it.
 DEFAULT_CERTBOT_DIR = "/etc/letsencrypt"
 
-# How many consumers deploy and status handle at once (--jobs).
+# How many consumers deploy (its --jobs) and status handle at once.
 DEFAULT_JOBS = 128
 
 # Seconds a consumer's reload and the verification of its endpoints may take, unless the map

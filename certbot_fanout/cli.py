@@ -15,7 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from certbot_fanout import __version__
-from certbot_fanout.model import DEFAULT_CERTBOT_DIR, DEFAULT_JOBS
+from certbot_fanout.model import (
+    CONFIG_ENV,
+    DEFAULT_CERTBOT_DIR,
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_CRIT_DAYS,
+    DEFAULT_JOBS,
+    DEFAULT_WARN_DAYS,
+)
 
 if TYPE_CHECKING:
     from certbot_fanout.model import Config
@@ -55,8 +62,7 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--config",
         metavar="FILE",
         default=default(None),
-        help="the consumer map (default: $CERTBOT_FANOUT_CONFIG, "
-        "else /etc/certbot-fanout/consumers.yaml)",
+        help=f"the consumer map (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH})",
     )
     parser.add_argument(
         "--config-dir",
@@ -209,16 +215,16 @@ def build_parser() -> _Parser:
     status.add_argument(
         "--warn-days",
         type=_positive_float,
-        default=21.0,
+        default=DEFAULT_WARN_DAYS,
         metavar="N",
-        help="WARNING when what is served expires within N days (default: 21)",
+        help=f"WARNING when what is served expires within N days (default: {DEFAULT_WARN_DAYS:g})",
     )
     status.add_argument(
         "--crit-days",
         type=_positive_float,
-        default=7.0,
+        default=DEFAULT_CRIT_DAYS,
         metavar="N",
-        help="CRITICAL when what is served expires within N days (default: 7)",
+        help=f"CRITICAL when what is served expires within N days (default: {DEFAULT_CRIT_DAYS:g})",
     )
     status.add_argument(
         "--no-probe", action="store_true", help="check files and expiry only; connect to nothing"
@@ -260,7 +266,7 @@ def build_parser() -> _Parser:
         "to paste under `consumers:` in a map; with NAME, the whole output can be pasted. "
         "With NAME and --map, a whole map (`version: 1`, `consumers:`) to write to a file, "
         "e.g. `certbot-fanout presets nginx --certificate example.org --map > "
-        "/etc/certbot-fanout/consumers.yaml`.",
+        f"{DEFAULT_CONFIG_PATH}`.",
     )
     _common_options(presets, top=False)
     presets.add_argument("name", nargs="?", help="show only this preset")
@@ -493,8 +499,6 @@ def _load_map(
 
 def _no_map_message(path: str, args: argparse.Namespace, env: Mapping[str, str]) -> str:
     import shlex
-
-    from certbot_fanout.config import CONFIG_ENV
 
     if args.config:
         origin = "named by --config"

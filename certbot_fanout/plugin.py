@@ -31,7 +31,7 @@ from certbot_fanout.config import (
 )
 from certbot_fanout.deploy import DeployOptions, DeployResult, Effects, deploy_lineage
 from certbot_fanout.errors import ConfigNotFound, FanoutError
-from certbot_fanout.model import DEFAULT_CERTBOT_DIR, Config
+from certbot_fanout.model import CONFIG_ENV, DEFAULT_CERTBOT_DIR, DEFAULT_CONFIG_PATH, Config
 from certbot_fanout.render_deploy import render_deploy_failures, render_deploy_text
 from certbot_fanout.render_status import render_status_text
 from certbot_fanout.state import default_state_path
@@ -55,8 +55,8 @@ class Installer(
             "config",
             default=None,
             metavar="FILE",
-            help="certbot-fanout's consumer map (default: $CERTBOT_FANOUT_CONFIG, else "
-            "/etc/certbot-fanout/consumers.yaml)",
+            help=f"certbot-fanout's consumer map (default: ${CONFIG_ENV}, else "
+            f"{DEFAULT_CONFIG_PATH})",
         )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

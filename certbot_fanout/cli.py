@@ -454,6 +454,7 @@ def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> 
 def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from certbot_fanout.check import run_checks
     from certbot_fanout.errors import ConfigError, ConfigNotFound
+    from certbot_fanout.render_common import plural
 
     try:
         config = _load_map(args, env, _certbot_dirs(args))
@@ -467,7 +468,7 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int
     for problem in report.problems:
         print(f"PROBLEM: {problem}", file=out)
     counts = {"consumer": report.consumers, "file": report.files, "endpoint": report.endpoints}
-    scope = ", ".join(f"{n} {word}" if n == 1 else f"{n} {word}s" for word, n in counts.items())
+    scope = ", ".join(plural(n, word) for word, n in counts.items())
     scope += "" if report.probed else " (not probed)"
     if report.problems:
         print(f"{len(report.problems)} problem(s) in {config.source} ({scope})", file=out)

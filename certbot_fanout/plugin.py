@@ -32,6 +32,7 @@ from certbot_fanout.config import (
 from certbot_fanout.deploy import DeployOptions, DeployResult, Effects, deploy_lineage
 from certbot_fanout.errors import ConfigNotFound, FanoutError
 from certbot_fanout.model import CONFIG_ENV, DEFAULT_CERTBOT_DIR, DEFAULT_CONFIG_PATH, Config
+from certbot_fanout.render_common import plural
 from certbot_fanout.render_deploy import render_deploy_failures, render_deploy_text
 from certbot_fanout.render_status import render_status_text
 from certbot_fanout.state import default_state_path
@@ -216,10 +217,9 @@ class Installer(
             raise errors.PluginError(
                 f"certbot-fanout: {result.certificate}: {render_deploy_failures(result)}"
             )
-        n = len(result.consumers)
         message = (
-            f"certbot-fanout: {result.certificate} deployed to {n} consumer"
-            f"{'' if n == 1 else 's'}, each proven to serve it"
+            f"certbot-fanout: {result.certificate} deployed to "
+            f"{plural(len(result.consumers), 'consumer')}, each proven to serve it"
         )
         try:
             display_util.notify(message)

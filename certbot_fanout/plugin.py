@@ -34,7 +34,7 @@ from certbot_fanout.errors import ConfigNotFound, FanoutError
 from certbot_fanout.model import CONFIG_ENV, DEFAULT_CERTBOT_DIR, DEFAULT_CONFIG_PATH, Config
 from certbot_fanout.render_common import plural
 from certbot_fanout.render_deploy import render_deploy_failures, render_deploy_text
-from certbot_fanout.render_status import render_status_text
+from certbot_fanout.render_status import render_status_failures, render_status_text
 from certbot_fanout.state import default_state_path
 from certbot_fanout.status import Level, StatusOptions, check_and_repair, restrict
 
@@ -163,8 +163,9 @@ class Installer(
         # certbot's own business, and status reports it.
         broken = [c for c in report.consumers if c.drifted or c.level is Level.UNKNOWN]
         if broken:
-            details = " | ".join(f"{c.name}: {'; '.join(c.problems)}" for c in broken)
-            raise errors.PluginError(f"certbot-fanout: still broken after repair: {details}")
+            raise errors.PluginError(
+                f"certbot-fanout: still broken after repair: {render_status_failures(broken)}"
+            )
 
     # -- the work ----------------------------------------------------------------------------
 

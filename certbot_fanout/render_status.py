@@ -1,17 +1,18 @@
 """The renderers of a status run: the monitoring-plugin status line
-(``render_status_summary``), the table (``render_status_text``), the stable JSON document
+(``render_status_summary``), the table (``render_status_text``), the one line that names what
+stays broken (``render_status_failures``), the stable JSON document
 (``render_status_document``, ``render_status_json``, version :data:`STATUS_JSON_VERSION`) and
 node_exporter textfile-collector metrics (``render_status_prometheus``).
 
-Pure: every function reads only the report it is given (and, for the metrics, the moment of the
-run, passed in).
+Pure: every function reads only the report (or consumers) it is given and, for the metrics, the
+moment of the run, passed in.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from certbot_fanout.render_common import (
@@ -59,6 +60,11 @@ def render_status_summary(report: StatusReport) -> str:
     if report.repaired:
         text += f"; repaired: {', '.join(report.repaired)}"
     return text
+
+
+def render_status_failures(consumers: Iterable[ConsumerStatus]) -> str:
+    """One line naming each given consumer and its problems, e.g. for a Certbot PluginError."""
+    return " | ".join(f"{c.name}: {'; '.join(c.problems)}" for c in consumers)
 
 
 def render_status_text(report: StatusReport) -> str:

@@ -27,9 +27,11 @@ from certbot_fanout.discover import (
     discover,
 )
 from certbot_fanout.lineage import CertInfo, Lineage
-from certbot_fanout.model import Dialect
+from certbot_fanout.model import Consumer, Dialect
 from certbot_fanout.render_common import plural
 from certbot_fanout.render_discover import render_discover_entry, render_discover_text
+from certbot_fanout.render_status import render_status_failures
+from certbot_fanout.status import ConsumerStatus, Level
 
 PACKAGE = Path(cli.__file__).parent
 RENDERERS = sorted(PACKAGE.glob("render_*.py"))
@@ -221,3 +223,15 @@ def test_plural() -> None:
         "0 files",
         "2 files",
     )
+
+
+def test_the_status_failures_line_names_each_consumer_and_its_problems() -> None:
+    web = ConsumerStatus(
+        Consumer("web", NAME), Level.CRITICAL, problems=("/srv/web.pem: mode 0644", "stale")
+    )
+    db = ConsumerStatus(Consumer("db", NAME), Level.UNKNOWN, problems=("cannot read",))
+    # The words the installer has failed certbot with since before the renderer held them.
+    assert (
+        render_status_failures([web, db]) == "web: /srv/web.pem: mode 0644; stale | db: cannot read"
+    )
+    assert render_status_failures([]) == ""

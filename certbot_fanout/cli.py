@@ -454,7 +454,7 @@ def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> 
 def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from certbot_fanout.check import run_checks
     from certbot_fanout.errors import ConfigError, ConfigNotFound
-    from certbot_fanout.render_common import plural
+    from certbot_fanout.render_check import render_check_text
 
     try:
         config = _load_map(args, env, _certbot_dirs(args))
@@ -465,16 +465,8 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int
         print(f"PROBLEM: the map is not valid: {e}", file=out)
         return EXIT_FAILED
     report = run_checks(config, args.config_dir, probe=not args.no_probe)
-    for problem in report.problems:
-        print(f"PROBLEM: {problem}", file=out)
-    counts = {"consumer": report.consumers, "file": report.files, "endpoint": report.endpoints}
-    scope = ", ".join(plural(n, word) for word, n in counts.items())
-    scope += "" if report.probed else " (not probed)"
-    if report.problems:
-        print(f"{len(report.problems)} problem(s) in {config.source} ({scope})", file=out)
-        return EXIT_FAILED
-    print(f"OK: {config.source} checks out ({scope})", file=out)
-    return EXIT_OK
+    out.write(render_check_text(report, config.source))
+    return EXIT_FAILED if report.problems else EXIT_OK
 
 
 def _config_path(args: argparse.Namespace, env: Mapping[str, str]) -> str:

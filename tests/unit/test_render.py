@@ -14,6 +14,7 @@ import pytest
 
 from certbot_fanout import cli
 from certbot_fanout._pki import ThrowawayCA, write_lineage
+from certbot_fanout.check import CheckReport, Problem
 from certbot_fanout.config import parse_config
 from certbot_fanout.discover import (
     SERVICE_CONFIGS,
@@ -28,6 +29,7 @@ from certbot_fanout.discover import (
 )
 from certbot_fanout.lineage import CertInfo, Lineage
 from certbot_fanout.model import Consumer, Dialect
+from certbot_fanout.render_check import render_check_text
 from certbot_fanout.render_common import plural
 from certbot_fanout.render_discover import render_discover_entry, render_discover_text
 from certbot_fanout.render_status import render_status_failures
@@ -48,6 +50,7 @@ LIVE = Reference(service="nginx", conf="/etc/nginx/nginx.conf", line=3, reads_li
 
 def test_there_is_one_renderer_module_per_command_and_no_report_module() -> None:
     assert [p.name for p in RENDERERS] == [
+        "render_check.py",
         "render_common.py",
         "render_deploy.py",
         "render_discover.py",
@@ -235,3 +238,17 @@ def test_the_status_failures_line_names_each_consumer_and_its_problems() -> None
         render_status_failures([web, db]) == "web: /srv/web.pem: mode 0644; stale | db: cannot read"
     )
     assert render_status_failures([]) == ""
+
+
+def test_the_check_text_lists_each_problem_then_the_verdict() -> None:
+    problems = (Problem("web", "no such program: nginx"), Problem(f"certificate {NAME}", "gone"))
+    failed = CheckReport(problems, consumers=2, files=1, endpoints=0, probed=False)
+    assert render_check_text(failed, "/etc/map.yaml") == (
+        "PROBLEM: web: no such program: nginx\n"
+        f"PROBLEM: certificate {NAME}: gone\n"
+        "2 problem(s) in /etc/map.yaml (2 consumers, 1 file, 0 endpoints (not probed))\n"
+    )
+    fine = CheckReport((), consumers=1, files=3, endpoints=1, probed=True)
+    assert render_check_text(fine, "m.yaml") == (
+        "OK: m.yaml checks out (1 consumer, 3 files, 1 endpoint)\n"
+    )

@@ -521,7 +521,7 @@ def _certbot_dirs(args: argparse.Namespace, live: str | None = None) -> tuple[st
     dirs = [str(args.config_dir)]
     if live is not None and os.path.basename(os.path.dirname(live)) == "live":
         dirs.append(os.path.dirname(os.path.dirname(live)))
-    return tuple(dirs)  # config.load_config drops repeats
+    return tuple(dirs)  # the schema drops repeats (schema._owned_dirs)
 
 
 def _state_path(args: argparse.Namespace) -> str:

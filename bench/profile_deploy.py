@@ -306,13 +306,13 @@ def main() -> int:
             ):
                 start = time.monotonic()
                 fn()
-                print(f"  {label:<14} {(time.monotonic() - start) * 1000:6.1f} ms")
+                print(f"  {label:<18} {(time.monotonic() - start) * 1000:6.1f} ms")
             bench.reset(n)
             config, lineage = load_config(bench.config(n)), read_lineage(bench.live)
             result = deploy.deploy(config, lineage)
             start = time.monotonic()
             render_deploy_json(result)
-            print(f"  {'render_json':<14} {(time.monotonic() - start) * 1000:6.1f} ms")
+            print(f"  {'render_deploy_json':<18} {(time.monotonic() - start) * 1000:6.1f} ms")
         finally:
             if bench.fifo_fd >= 0:
                 os.close(bench.fifo_fd)

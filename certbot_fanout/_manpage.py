@@ -19,6 +19,7 @@ from typing import TextIO
 from certbot_fanout import __doc__ as _package_summary
 from certbot_fanout import __version__
 from certbot_fanout.cli import build_parser
+from certbot_fanout.model import CONFIG_ENV, DEFAULT_CONFIG_PATH
 
 PROG = "certbot-fanout"
 
@@ -30,11 +31,11 @@ _ENVIRONMENT = (
         "set by certbot for deploy hooks: the live/NAME directory to deploy when neither "
         "--cert-name nor --lineage is given (and, with no command at all, the reason to deploy)",
     ),
-    ("CERTBOT_FANOUT_CONFIG", "the consumer map, when --config is not given"),
+    (CONFIG_ENV, "the consumer map, when --config is not given"),
     ("CERTBOT_FANOUT_STATE", "the state file, when --state-file is not given"),
 )
 _FILES = (
-    ("/etc/certbot-fanout/consumers.yaml", "the consumer map"),
+    (DEFAULT_CONFIG_PATH, "the consumer map"),
     (
         "/etc/letsencrypt/renewal-hooks/deploy/certbot-fanout",
         "the deploy hook installed by the Debian package: `certbot-fanout deploy --quiet` for "

@@ -16,7 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from certbot_fanout import __version__
-from certbot_fanout.model import DEFAULT_CERTBOT_DIR, DEFAULT_JOBS
+from certbot_fanout.model import (
+    CONFIG_ENV,
+    DEFAULT_CERTBOT_DIR,
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_CRIT_DAYS,
+    DEFAULT_JOBS,
+    DEFAULT_WARN_DAYS,
+)
 
 if TYPE_CHECKING:
     from certbot_fanout.model import Config
@@ -56,8 +63,7 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--config",
         metavar="FILE",
         default=default(None),
-        help="the consumer map (default: $CERTBOT_FANOUT_CONFIG, "
-        "else /etc/certbot-fanout/consumers.yaml)",
+        help=f"the consumer map (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH})",
     )
     parser.add_argument(
         "--config-dir",
@@ -210,16 +216,16 @@ def build_parser() -> _Parser:
     status.add_argument(
         "--warn-days",
         type=_positive_float,
-        default=21.0,
+        default=DEFAULT_WARN_DAYS,
         metavar="N",
-        help="WARNING when what is served expires within N days (default: 21)",
+        help=f"WARNING when what is served expires within N days (default: {DEFAULT_WARN_DAYS:g})",
     )
     status.add_argument(
         "--crit-days",
         type=_positive_float,
-        default=7.0,
+        default=DEFAULT_CRIT_DAYS,
         metavar="N",
-        help="CRITICAL when what is served expires within N days (default: 7)",
+        help=f"CRITICAL when what is served expires within N days (default: {DEFAULT_CRIT_DAYS:g})",
     )
     status.add_argument(
         "--no-probe", action="store_true", help="check files and expiry only; connect to nothing"
@@ -261,7 +267,7 @@ def build_parser() -> _Parser:
         "to paste under `consumers:` in a map; with NAME, the whole output can be pasted. "
         "With NAME and --map, a whole map (`version: 1`, `consumers:`) to write to a file, "
         "e.g. `certbot-fanout presets nginx --certificate example.org --map > "
-        "/etc/certbot-fanout/consumers.yaml`.",
+        f"{DEFAULT_CONFIG_PATH}`.",
     )
     _common_options(presets, top=False)
     presets.add_argument("name", nargs="?", help="show only this preset")
@@ -449,6 +455,7 @@ def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> 
 def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from certbot_fanout.check import run_checks
     from certbot_fanout.errors import ConfigError, ConfigNotFound
+    from certbot_fanout.render_check import render_check_text
 
     try:
         config = _load_map(args, env, _certbot_dirs(args))
@@ -459,16 +466,8 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int
         print(f"PROBLEM: the map is not valid: {e}", file=out)
         return EXIT_FAILED
     report = run_checks(config, args.config_dir, probe=not args.no_probe)
-    for problem in report.problems:
-        print(f"PROBLEM: {problem}", file=out)
-    counts = {"consumer": report.consumers, "file": report.files, "endpoint": report.endpoints}
-    scope = ", ".join(f"{n} {word}" if n == 1 else f"{n} {word}s" for word, n in counts.items())
-    scope += "" if report.probed else " (not probed)"
-    if report.problems:
-        print(f"{len(report.problems)} problem(s) in {config.source} ({scope})", file=out)
-        return EXIT_FAILED
-    print(f"OK: {config.source} checks out ({scope})", file=out)
-    return EXIT_OK
+    out.write(render_check_text(report, config.source))
+    return EXIT_FAILED if report.problems else EXIT_OK
 
 
 def _config_path(args: argparse.Namespace, env: Mapping[str, str]) -> str:
@@ -494,8 +493,6 @@ def _load_map(
 
 def _no_map_message(path: str, args: argparse.Namespace, env: Mapping[str, str]) -> str:
     import shlex
-
-    from certbot_fanout.config import CONFIG_ENV
 
     if args.config:
         origin = "named by --config"
@@ -525,7 +522,7 @@ def _certbot_dirs(args: argparse.Namespace, live: str | None = None) -> tuple[st
     dirs = [str(args.config_dir)]
     if live is not None and os.path.basename(os.path.dirname(live)) == "live":
         dirs.append(os.path.dirname(os.path.dirname(live)))
-    return tuple(dirs)  # config.load_config drops repeats
+    return tuple(dirs)  # the schema drops repeats (schema._owned_dirs)
 
 
 def _state_path(args: argparse.Namespace) -> str:

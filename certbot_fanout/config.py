@@ -13,10 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from certbot_fanout import schema, yamlnode
 from certbot_fanout.errors import ConfigError, ConfigNotFound
-from certbot_fanout.model import DEFAULT_CERTBOT_DIR, Config
-
-DEFAULT_CONFIG_PATH = "/etc/certbot-fanout/consumers.yaml"
-CONFIG_ENV = "CERTBOT_FANOUT_CONFIG"
+from certbot_fanout.model import CONFIG_ENV, DEFAULT_CERTBOT_DIR, DEFAULT_CONFIG_PATH, Config
 
 # A map larger than this is refused before it is parsed.
 MAX_CONFIG_BYTES = 1 << 20
@@ -43,7 +40,7 @@ def load_config(path: str, *, certbot_dirs: Sequence[str] = (DEFAULT_CERTBOT_DIR
             raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigNotFound(
-            "config file not found (set --config or $CERTBOT_FANOUT_CONFIG)", path
+            f"config file not found (set --config or ${CONFIG_ENV})", path
         ) from None
     except IsADirectoryError:
         raise ConfigError("is a directory, expected a YAML file", path) from None

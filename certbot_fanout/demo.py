@@ -213,11 +213,7 @@ def run_demo(out: TextIO, command: Callable[[Sequence[str]], int]) -> int:
             say(f"3. Certbot renews {NAME} (new SHA-256 {new_fp[:16]}...); its deploy hook runs")
             config = _config(workdir, [web, fed], None)
             say(f"   certbot-fanout deploy --config {config} --lineage {live}\n")
-            lock = os.path.join(workdir, "fanout.lock")
-            state = os.path.join(workdir, "state.json")
-            argv = ["deploy", "--config", config, "--lineage", live, "--lock-file", lock,
-                    "--state-file", state]  # fmt: skip
-            code = command(argv)
+            code = command(_deploy_argv(workdir, config, live))
             say(f"   exit code {code}\n")
             good = code == 0 and web.serves() == new_fp and fed.serves() == new_fp
 
@@ -229,7 +225,7 @@ def run_demo(out: TextIO, command: Callable[[Sequence[str]], int]) -> int:
                 f"   Added to the map as federation-stale (127.0.0.1:{stale.port}); deploy again:\n"
             )
             config = _config(workdir, [web, fed], stale)
-            code2 = command([*argv[:2], config, *argv[3:]])
+            code2 = command(_deploy_argv(workdir, config, live))
             say(f"   exit code {code2}: certbot's log and your mail get this, not three months of")
             say("   silence. The other consumers were still checked, and are current.\n")
             caught = code2 == 1 and stale.serves() == old_fp and web.serves() == new_fp
@@ -242,6 +238,15 @@ def run_demo(out: TextIO, command: Callable[[Sequence[str]], int]) -> int:
         finally:
             for svc in services:
                 svc.stop()
+
+
+def _deploy_argv(workdir: str, config: str, live: str) -> list[str]:
+    """The demo's deploy of lineage ``live`` with the map at ``config``, keeping its lock and
+    state files in ``workdir``."""
+    lock = os.path.join(workdir, "fanout.lock")
+    state = os.path.join(workdir, "state.json")
+    return ["deploy", "--config", config, "--lineage", live, "--lock-file", lock,
+            "--state-file", state]  # fmt: skip
 
 
 def _copy_paths(workdir: str, label: str) -> tuple[str, str]:

@@ -1,8 +1,9 @@
 """Orchestration: each consumer staged, tested, reloaded and verified, all of them in parallel.
 
 One consumer's failure (or bug) becomes that consumer's result; it never stops or corrupts
-another. The side effects arrive through :class:`Effects`, so the flow can be exercised with
-stand-ins where a real resource is impossible; the defaults are the real modules.
+another. Whether (and why) a consumer is reloaded is :func:`why_reload`, a pure function of its
+:class:`ReloadFacts`. The side effects arrive through :class:`Effects`, so the flow can be
+exercised with stand-ins where a real resource is impossible; the defaults are the real modules.
 """
 
 from __future__ import annotations

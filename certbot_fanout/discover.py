@@ -180,6 +180,19 @@ class Find:
     reference: Reference | None = None  # for a CONFIG find
     copy: Copy | None = None  # for a file read (FILE, and CONFIG unless it reads live/)
 
+    def __post_init__(self) -> None:
+        """A find carries the facts of its kind and no other: a LISTENER its listener, a CONFIG
+        its reference (and the copy, unless the service reads live/ itself), a FILE its copy."""
+        wants = {
+            FindKind.LISTENER: ("listener",),
+            FindKind.CONFIG: ("reference",) if self.reads_live else ("reference", "copy"),
+            FindKind.FILE: ("copy",),
+        }[self.kind]
+        has = tuple(f for f in ("listener", "reference", "copy") if getattr(self, f) is not None)
+        if has != wants:
+            carried = " and ".join(has) or "nothing"
+            raise ValueError(f"a {self.kind} find carries {' and '.join(wants)}, not {carried}")
+
     @property
     def mapped(self) -> bool:
         return self.mapped_by is not None
@@ -223,12 +236,12 @@ def discover(
         FanoutError: no lineage to look for.
     """
     start = time.monotonic()
-    lineages, notes = _read_lineages(config, config_dir, cert_names)
     skip = {os.path.realpath(config_dir)}
     sockets = listening_sockets(proc_net)
     with warnings.catch_warnings():
         # Certificates found on a host can be odd (negative serials, ...); they are only compared.
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        lineages, notes = _read_lineages(config, config_dir, cert_names)
         finds = _listeners(config, lineages, sockets)
         named = _service_configs(config, lineages, skip, service_configs)
         scan = _scan_files(config, lineages, [*roots, *extra_paths], skip, start + TIME_BUDGET)
@@ -402,7 +415,7 @@ def _listener_find(config: Config, address: str, port: int, lineage: Lineage) ->
         ),
         None,
     )
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    where = Endpoint(host, port).label
     return Find(
         kind=FindKind.LISTENER,
         where=where + (f" ({dialect.value})" if dialect else ""),
@@ -598,25 +611,32 @@ def _scan_files(
     skip: set[str],
     deadline: float,
 ) -> _Scan:
-    budget = [MAX_ENTRIES]
     never = {os.path.realpath(p) for p in NEVER_SCAN} | skip
     finds: list[Find] = []
-    read = 0
+    read = entries = 0
     for root in dict.fromkeys(os.path.abspath(r) for r in roots):
         if not os.path.isdir(root):
             continue
-        for path in _walk(root, never, budget, deadline):
+        for path in _walk(root, never, deadline):
+            entries += 1
+            if entries >= MAX_ENTRIES:
+                return _Scan(finds, read, (_SCAN_STOPPED,))
+            if path is None:
+                continue
             read += 1
             pem = _read_pem(path)
             find = None if pem is None else _file_find(config, lineages, path, pem, FindKind.FILE)
             if find is not None:
                 finds.append(find)
-        if budget[0] <= 0 or time.monotonic() > deadline:
+        if time.monotonic() > deadline:
             return _Scan(finds, read, (_SCAN_STOPPED,))
     return _Scan(finds, read, ())
 
 
-def _walk(root: str, never: set[str], budget: list[int], deadline: float) -> Iterator[str]:
+def _walk(root: str, never: set[str], deadline: float) -> Iterator[str | None]:
+    """Every entry under ``root``, depth first, never following a symlink nor entering a
+    directory in ``never`` or after the deadline: a regular file as its path, anything else as
+    None (each entry counts against the scan's budget)."""
     stack = [root]
     while stack:
         directory = stack.pop()
@@ -627,13 +647,12 @@ def _walk(root: str, never: set[str], budget: list[int], deadline: float) -> Ite
         except OSError:
             continue
         for entry in entries:
-            budget[0] -= 1
-            if budget[0] <= 0:
-                return
             try:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
                 elif entry.is_file(follow_symlinks=False):
                     yield entry.path
+                    continue
             except OSError:
-                continue
+                pass
+            yield None

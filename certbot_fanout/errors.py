@@ -61,9 +61,5 @@ class ProbeError(FanoutError):
     """An endpoint could not be reached or did not complete a TLS handshake."""
 
 
-class CertMismatch(FanoutError):
-    """An endpoint serves a certificate other than the lineage's."""
-
-
 class LockError(FanoutError):
     """Another certbot-fanout run holds the lock for too long."""

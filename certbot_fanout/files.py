@@ -9,6 +9,11 @@ pinned component at a time from ``/``, and a symlink met on the way is followed 
 it, never by the kernel) only if root made it: it is owned by root, or it sits in a directory
 that only root can write. A service user who swaps a directory component for a symlink of
 their own is refused, not obeyed.
+
+:func:`snapshot` reads what a path holds now, :func:`compare` says how that differs from what is
+:class:`Desired` (each :class:`Difference` typed by a :class:`DifferenceKind`, so no decision
+rests on its words), :func:`place` writes it and :func:`restore` puts a snapshot back; the
+``*_problem`` functions say whether a service user can reach a file.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 The lineage parts a placed file holds (:class:`Part`), the files (:class:`FileSpec`), the
 endpoints that must serve the certificate (:class:`Endpoint`, :class:`Dialect`), the
 consumers (:class:`Consumer`) and the whole map (:class:`Config`), with the plain constants
-they need: defaults and limits for the timeouts, Certbot's default directory and the default
-job count.
+they need: defaults and limits for the timeouts, Certbot's default directory, the map's default
+path and its environment variable, the default job count and status's expiry thresholds.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ from dataclasses import dataclass
 # Certbot's default --config-dir: live/, archive/ and renewal/ live under it.
 DEFAULT_CERTBOT_DIR = "/etc/letsencrypt"
 
-# How many consumers deploy and status handle at once (--jobs).
+# Where the map is read from: --config, else $CERTBOT_FANOUT_CONFIG, else the system path.
+DEFAULT_CONFIG_PATH = "/etc/certbot-fanout/consumers.yaml"
+CONFIG_ENV = "CERTBOT_FANOUT_CONFIG"
+
+# How many consumers deploy (its --jobs) and status handle at once.
 DEFAULT_JOBS = 128
 
 # Seconds a consumer's reload and the verification of its endpoints may take, unless the map
@@ -23,6 +27,10 @@ DEFAULT_JOBS = 128
 DEFAULT_RELOAD_TIMEOUT = 60.0
 DEFAULT_VERIFY_TIMEOUT = 60.0
 MAX_TIMEOUT = 86400.0
+
+# status: WARNING, then CRITICAL, when what is served expires within this many days.
+DEFAULT_WARN_DAYS = 21.0
+DEFAULT_CRIT_DAYS = 7.0
 
 
 class Dialect(enum.Enum):

@@ -31,9 +31,10 @@ from certbot_fanout.config import (
 )
 from certbot_fanout.deploy import DeployOptions, DeployResult, Effects, deploy_lineage
 from certbot_fanout.errors import ConfigNotFound, FanoutError
-from certbot_fanout.model import DEFAULT_CERTBOT_DIR, Config
+from certbot_fanout.model import CONFIG_ENV, DEFAULT_CERTBOT_DIR, DEFAULT_CONFIG_PATH, Config
+from certbot_fanout.render_common import plural
 from certbot_fanout.render_deploy import render_deploy_failures, render_deploy_text
-from certbot_fanout.render_status import render_status_text
+from certbot_fanout.render_status import render_status_failures, render_status_text
 from certbot_fanout.state import default_state_path
 from certbot_fanout.status import Level, StatusOptions, check_and_repair, restrict
 
@@ -58,8 +59,8 @@ class Installer(
             "config",
             default=None,
             metavar="FILE",
-            help="certbot-fanout's consumer map (default: $CERTBOT_FANOUT_CONFIG, else "
-            "/etc/certbot-fanout/consumers.yaml)",
+            help=f"certbot-fanout's consumer map (default: ${CONFIG_ENV}, else "
+            f"{DEFAULT_CONFIG_PATH})",
         )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -165,8 +166,9 @@ class Installer(
         # certbot's own business, and status reports it.
         broken = [c for c in report.consumers if c.drifted or c.level is Level.UNKNOWN]
         if broken:
-            details = " | ".join(f"{c.name}: {'; '.join(c.problems)}" for c in broken)
-            raise errors.PluginError(f"certbot-fanout: still broken after repair: {details}")
+            raise errors.PluginError(
+                f"certbot-fanout: still broken after repair: {render_status_failures(broken)}"
+            )
 
     # -- the work ----------------------------------------------------------------------------
 
@@ -219,10 +221,9 @@ class Installer(
             raise errors.PluginError(
                 f"certbot-fanout: {result.certificate}: {render_deploy_failures(result)}"
             )
-        n = len(result.consumers)
         message = (
-            f"certbot-fanout: {result.certificate} deployed to {n} consumer"
-            f"{'' if n == 1 else 's'}, each proven to serve it"
+            f"certbot-fanout: {result.certificate} deployed to "
+            f"{plural(len(result.consumers), 'consumer')}, each proven to serve it"
         )
         try:
             display_util.notify(message)

@@ -4,8 +4,8 @@
 first when the endpoint has a dialect (SMTP, LMTP, IMAP, POP3, FTP, NNTP, ManageSieve, XMPP,
 PostgreSQL, LDAP, MySQL), then completes a TLS handshake and returns what the server presented
 (``Served``). One deadline covers the whole exchange, so a silent, slow or garbage-speaking peer
-costs at most the timeout. ``Fetch`` is the type of that callable, for its callers and the
-tests' stand-ins.
+costs at most the timeout. ``Fetch`` is the type of that callable: deploy's ``Effects`` holds
+one (``fetch_served`` unless a test hands it a stand-in), and status probes through it.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ class Served:
     chain: tuple[bytes, ...]
 
 
-# What deploy, status and discover call to learn what an endpoint serves: fetch_served, or a
-# test's stand-in. Arguments: host, port, server name (SNI), timeout in seconds, STARTTLS dialect.
+# What deploy and status call (through deploy's Effects) to learn what an endpoint serves:
+# fetch_served, or a test's stand-in. Arguments: host, port, server name (SNI), timeout in
+# seconds, STARTTLS dialect.
 Fetch = Callable[[str, int, str | None, float, Dialect | None], Served]
 
 

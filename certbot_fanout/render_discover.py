@@ -71,7 +71,7 @@ def _find_line(f: Find, now: datetime.datetime) -> str:
         else f"{state}: serial {f.served.serial}, {_expires(f.served.not_after, now)}"
     )
     line = f"  {f.kind:<8}  {f.where}  {f.certificate} {what}"
-    if f.kind is FindKind.CONFIG and f.via:
+    if f.kind is FindKind.CONFIG:
         line += f"  ({f.via})"
     if f.mapped_by:
         line += f"  [consumer {f.mapped_by}]"
@@ -84,10 +84,14 @@ def _find_line(f: Find, now: datetime.datetime) -> str:
 def render_discover_entry(find: Find, index: int) -> str:
     """A consumer-map entry that would cover an unmapped find (to be completed by a human)."""
     name = f"found-{index}"
-    if find.listener is not None:
+    # Find.__post_init__ holds each kind to its facts: the asserts only tell the type checker.
+    if find.kind is FindKind.LISTENER:
+        assert find.listener is not None
         return _listener_entry(name, find, find.listener)
-    if find.reference is not None and find.reference.reads_live:
+    if find.kind is FindKind.CONFIG and find.reads_live:
+        assert find.reference is not None
         return _live_reader_entry(name, find, find.reference)
+    assert find.copy is not None
     return _copy_entry(name, find, find.copy)
 
 
@@ -110,19 +114,19 @@ def _live_reader_entry(name: str, find: Find, reference: Reference) -> str:
     )
 
 
-def _copy_entry(name: str, find: Find, copy: Copy | None) -> str:
-    owner, group, mode = (copy.uid, copy.gid, copy.mode) if copy else (0, 0, 0o644)
-    parts = ["fullchain" if copy and copy.certificates > 1 else "cert"]
-    if copy and copy.holds_key:
+def _copy_entry(name: str, find: Find, copy: Copy) -> str:
+    mode = copy.mode
+    parts = ["fullchain" if copy.certificates > 1 else "cert"]
+    if copy.holds_key:
         parts = ["privkey", *parts]
         mode &= 0o770  # a key is never for others to read
     content = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
-    origin = f"named in {find.via}" if find.via else "found on disk"
+    origin = f"named in {find.via}" if find.kind is FindKind.CONFIG else "found on disk"
     return (
         f"  {name}:   # {origin}\n"
         f"    certificate: {find.certificate}\n"
         f"    files:\n"
-        f"      - {{path: {find.where}, content: {content}, owner: {owner}, group: {group}, "
+        f"      - {{path: {find.where}, content: {content}, owner: {copy.uid}, group: {copy.gid}, "
         f'mode: "{mode:04o}"}}\n'
         f"    reload: TODO    # how the service reading this file reloads it\n"
     )

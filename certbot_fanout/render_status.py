@@ -1,17 +1,19 @@
 """The renderers of a status run: the monitoring-plugin status line
-(``render_status_summary``), the table (``render_status_text``), the stable JSON document
+(``render_status_summary``), the table (``render_status_text``), the one line that names what
+stays broken (``render_status_failures``), the stable JSON document
 (``render_status_document``, ``render_status_json``, version :data:`STATUS_JSON_VERSION`) and
 node_exporter textfile-collector metrics (``render_status_prometheus``).
 
-Pure: every function reads only the report it is given (and, for the metrics, the moment of the
-run, passed in).
+Pure: every function reads only the report (or consumers) it is given and, for the metrics, the
+moment of the run, passed in.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 from certbot_fanout.render_common import (
     ISO_FORMAT,
@@ -58,6 +60,11 @@ def render_status_summary(report: StatusReport) -> str:
     if report.repaired:
         text += f"; repaired: {', '.join(report.repaired)}"
     return text
+
+
+def render_status_failures(consumers: Iterable[ConsumerStatus]) -> str:
+    """One line naming each given consumer and its problems, e.g. for a Certbot PluginError."""
+    return " | ".join(f"{c.name}: {'; '.join(c.problems)}" for c in consumers)
 
 
 def render_status_text(report: StatusReport) -> str:
@@ -165,56 +172,58 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+class _Metric(NamedTuple):
+    """One gauge: its name, its help text, and its value for a consumer (None: no sample)."""
+
+    name: str
+    help: str
+    value: Callable[[ConsumerStatus, float], float | None]  # (consumer, now)
+
+
 _METRICS = (
-    (
+    _Metric(
         "certbot_fanout_consumer_ok",
         "1 when the consumer's files are current and it serves the current certificate",
-    ),
-    (
-        "certbot_fanout_consumer_status",
-        "monitoring level of the consumer: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
-    ),
-    (
-        "certbot_fanout_files_current",
-        "1 when every file of the consumer has the lineage's content, owner and mode",
-    ),
-    (
-        "certbot_fanout_served_cert_expiry_timestamp_seconds",
-        "not-after of the earliest-expiring certificate the consumer serves",
-    ),
-    (
-        "certbot_fanout_last_deploy_timestamp_seconds",
-        "when the consumer was last deployed successfully",
-    ),
-    (
-        "certbot_fanout_last_verify_timestamp_seconds",
-        "when the consumer was last proven to serve the current certificate",
-    ),
-    ("certbot_fanout_check_duration_seconds", "time this status run spent checking the consumer"),
-    ("certbot_fanout_check_timestamp_seconds", "when this status run checked the consumer"),
-)
-
-
-def _values(c: ConsumerStatus, now: float) -> dict[str, float | None]:
-    """Each metric's value for one consumer (None: no sample)."""
-    return {
         # As documented: files current and every endpoint serving the current certificate
         # (an expiry warning alone does not make a consumer "not ok").
-        "certbot_fanout_consumer_ok": int(not c.drifted and c.level is not Level.UNKNOWN),
-        "certbot_fanout_consumer_status": int(c.level),
-        "certbot_fanout_files_current": int(c.files_current),
-        "certbot_fanout_served_cert_expiry_timestamp_seconds": (
-            c.expires.timestamp() if c.expires else None
-        ),
-        "certbot_fanout_last_deploy_timestamp_seconds": (
-            c.record.last_deployed if c.record else None
-        ),
-        "certbot_fanout_last_verify_timestamp_seconds": (
-            c.record.last_verified if c.record else None
-        ),
-        "certbot_fanout_check_duration_seconds": c.seconds,
-        "certbot_fanout_check_timestamp_seconds": now,
-    }
+        lambda c, now: int(not c.drifted and c.level is not Level.UNKNOWN),
+    ),
+    _Metric(
+        "certbot_fanout_consumer_status",
+        "monitoring level of the consumer: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
+        lambda c, now: int(c.level),
+    ),
+    _Metric(
+        "certbot_fanout_files_current",
+        "1 when every file of the consumer has the lineage's content, owner and mode",
+        lambda c, now: int(c.files_current),
+    ),
+    _Metric(
+        "certbot_fanout_served_cert_expiry_timestamp_seconds",
+        "not-after of the earliest-expiring certificate the consumer serves",
+        lambda c, now: c.expires.timestamp() if c.expires else None,
+    ),
+    _Metric(
+        "certbot_fanout_last_deploy_timestamp_seconds",
+        "when the consumer was last deployed successfully",
+        lambda c, now: c.record.last_deployed if c.record else None,
+    ),
+    _Metric(
+        "certbot_fanout_last_verify_timestamp_seconds",
+        "when the consumer was last proven to serve the current certificate",
+        lambda c, now: c.record.last_verified if c.record else None,
+    ),
+    _Metric(
+        "certbot_fanout_check_duration_seconds",
+        "time this status run spent checking the consumer",
+        lambda c, now: c.seconds,
+    ),
+    _Metric(
+        "certbot_fanout_check_timestamp_seconds",
+        "when this status run checked the consumer",
+        lambda c, now: now,
+    ),
+)
 
 
 def render_status_prometheus(report: StatusReport, now: float) -> str:
@@ -222,17 +231,18 @@ def render_status_prometheus(report: StatusReport, now: float) -> str:
 
     ``now`` is when this run checked the consumers (seconds since the epoch).
     """
-    samples: dict[str, list[str]] = {name: [] for name, _ in _METRICS}
-    for c in report.consumers:
-        labels = f'consumer="{_label(c.name)}",certificate="{_label(c.certificate)}"'
-        for metric, value in _values(c, now).items():
+    labels = [
+        (c, f'consumer="{_label(c.name)}",certificate="{_label(c.certificate)}"')
+        for c in report.consumers
+    ]
+    lines = []
+    for metric in _METRICS:
+        lines.append(f"# HELP {metric.name} {metric.help}")
+        lines.append(f"# TYPE {metric.name} gauge")
+        for c, label in labels:
+            value = metric.value(c, now)
             if value is None:
                 continue
             number = f"{value:g}" if isinstance(value, int) else f"{value:.3f}"
-            samples[metric].append(f"{metric}{{{labels}}} {number}")
-    lines = []
-    for name, help_text in _METRICS:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} gauge")
-        lines.extend(samples[name])
+            lines.append(f"{metric.name}{{{label}}} {number}")
     return "\n".join(lines) + "\n"

@@ -12,7 +12,6 @@ name, and file paths are compared, with symlinks resolved, against Certbot's own
 
 from __future__ import annotations
 
-import difflib
 import grp
 import ipaddress
 import os
@@ -49,6 +48,7 @@ from certbot_fanout.yamlnode import (
     ScalarNode,
     SequenceNode,
     YAMLError,
+    suggest,
 )
 
 SUPPORTED_VERSION = 1
@@ -232,8 +232,8 @@ class _MapReader(Reader):
         name = self.string(node, path, "a preset name")
         preset = PRESETS.get(name)
         if preset is None:
-            hint = difflib.get_close_matches(name, list(PRESETS), n=1)
-            extra = f"did you mean '{hint[0]}'? " if hint else ""
+            hint = suggest(name, PRESETS)
+            extra = f"{hint} " if hint else ""
             raise self.error(
                 node,
                 path,
@@ -369,8 +369,8 @@ class _MapReader(Reader):
         try:
             return Part(word)
         except ValueError:
-            hint = difflib.get_close_matches(word, [p.value for p in Part], n=1, cutoff=0.5)
-            extra = f"; did you mean '{hint[0]}'?" if hint else ""
+            hint = suggest(word, (p.value for p in Part), cutoff=0.5)
+            extra = f"; {hint}" if hint else ""
             raise self.error(
                 node, path, f"unknown content '{word}': expected {_PARTS}{extra}"
             ) from None
@@ -487,8 +487,8 @@ class _MapReader(Reader):
             return Dialect(word)
         except ValueError:
             known = ", ".join(d.value for d in Dialect)
-            hint = difflib.get_close_matches(word, [d.value for d in Dialect], n=1)
-            extra = f"; did you mean '{hint[0]}'?" if hint else ""
+            hint = suggest(word, (d.value for d in Dialect))
+            extra = f"; {hint}" if hint else ""
             raise self.error(
                 node,
                 path,

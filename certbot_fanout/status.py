@@ -28,11 +28,16 @@ from certbot_fanout.deploy import (
 )
 from certbot_fanout.errors import FanoutError, PlacementError
 from certbot_fanout.lineage import CertInfo, Lineage, lineage_dir, read_lineage
-from certbot_fanout.model import DEFAULT_CERTBOT_DIR, DEFAULT_JOBS, Config, Consumer, FileSpec
+from certbot_fanout.model import (
+    DEFAULT_CERTBOT_DIR,
+    DEFAULT_CRIT_DAYS,
+    DEFAULT_JOBS,
+    DEFAULT_WARN_DAYS,
+    Config,
+    Consumer,
+    FileSpec,
+)
 from certbot_fanout.state import ConsumerRecord, load_state
-
-DEFAULT_WARN_DAYS = 21.0
-DEFAULT_CRIT_DAYS = 7.0
 
 
 class Level(enum.IntEnum):

@@ -7,8 +7,9 @@ the last one silently), and alias expansion is bounded before anything is built 
 This module knows YAML, not the map: :func:`decode` and :func:`compose` turn bytes into a node
 graph within bounds (encoding, nesting, characters), :class:`Path` says where a node is, and
 :class:`Reader` hands out typed values (mappings with duplicate and merge keys handled, lists,
-strings, numbers, booleans), counting the nodes it visits and tracking the depth from the path.
-The schema of the map is in :mod:`certbot_fanout.schema`.
+strings, numbers, booleans), counting the nodes it visits and tracking the depth from the path;
+:func:`suggest` words the "did you mean" of a rejection. The schema of the map is in
+:mod:`certbot_fanout.schema`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "YAMLError",
     "compose",
     "decode",
+    "suggest",
 ]
 
 # Bounds that keep a hostile or broken file from costing more than a moment.
@@ -366,9 +368,8 @@ class Reader:
         allowed = tuple(allowed)
         for key, (key_node, _) in items.items():
             if key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-                known = ", ".join(allowed)
-                suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {known}"
+                hint = suggest(key, allowed)
+                suggestion = f"; {hint}" if hint else f"; known keys: {', '.join(allowed)}"
                 shown = f"'{key}'" if key.isprintable() else f"{key!r} (with invisible characters)"
                 raise self.error(key_node, path / key, f"unknown key {shown}{suggestion}")
         for key in required:
@@ -433,6 +434,13 @@ class Reader:
         if node.tag != BOOL_TAG or not isinstance(value, bool):
             raise self.error(node, path, f"expected true or false, got {self.describe(node)}")
         return value
+
+
+def suggest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    """``did you mean 'NEAREST'?`` for the choice nearest to a mistyped ``word`` (at least
+    ``cutoff`` alike, as :func:`difflib.get_close_matches` measures it), else ``""``."""
+    hint = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return f"did you mean '{hint[0]}'?" if hint else ""
 
 
 def _short(value: object, limit: int = 60) -> str:

@@ -347,7 +347,7 @@ def _no_map(
 def test_a_missing_map_gets_one_message_that_says_how_to_begin(
     origin: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from certbot_fanout.config import DEFAULT_CONFIG_PATH
+    from certbot_fanout.model import DEFAULT_CONFIG_PATH
 
     path = str(tmp_path / "no" / "consumers.yaml")
     more: list[str] = []

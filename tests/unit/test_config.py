@@ -13,15 +13,22 @@ import pytest
 from certbot_fanout._pki import ThrowawayCA, write_lineage
 from certbot_fanout.cli import main
 from certbot_fanout.config import (
-    CONFIG_ENV,
-    DEFAULT_CONFIG_PATH,
     MAX_CONFIG_BYTES,
     default_config_path,
     load_config,
     parse_config,
 )
 from certbot_fanout.errors import ConfigError
-from certbot_fanout.model import Config, Consumer, Dialect, Endpoint, FileSpec, Part
+from certbot_fanout.model import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_PATH,
+    Config,
+    Consumer,
+    Dialect,
+    Endpoint,
+    FileSpec,
+    Part,
+)
 from certbot_fanout.presets import PRESETS, Preset
 from certbot_fanout.yamlnode import MAX_NODES
 

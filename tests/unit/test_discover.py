@@ -6,15 +6,19 @@ import datetime
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from certbot_fanout import discover as discover_module
+from certbot_fanout._pki import Issued, write_lineage
 from certbot_fanout.config import parse_config
 from certbot_fanout.discover import discover, listening_sockets
 from certbot_fanout.render_discover import render_discover_text
 from tests.support.cli import invoke
+from tests.support.cli import run as run_command
 from tests.support.lineages import LineageFactory
 from tests.support.peers import Peer
 
@@ -207,3 +211,57 @@ def test_an_expired_copy_reads_as_expired(lineages: LineageFactory, tmp_path: Pa
     (line,) = [line for line in text.splitlines() if line.startswith(f"  file      {copies}/")]
     assert f"current: serial {report.lineages[NAME].cert.serial}, expired {day}" in line
     assert "expires" not in text
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_a_lineage_with_a_negative_serial_is_read_without_a_warning(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    cert = tmp_path / "cert.pem"
+    genpkey = ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    run_command([*genpkey, "-out", key], check=True)
+    req = ["openssl", "req", "-x509", "-key", str(key), "-subj", f"/CN={NAME}", "-days", "1"]
+    run_command([*req, "-set_serial", "-5", "-out", cert], check=True)  # openssl allows it
+    issued = Issued(
+        cert_pem=cert.read_bytes(), chain_pem=cert.read_bytes(), key_pem=key.read_bytes()
+    )
+    config_dir = tmp_path / "letsencrypt"
+    write_lineage(str(config_dir), NAME, issued)
+    (tmp_path / "no-proc").mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = discover(
+            parse_config("version: 1\n"),
+            str(config_dir),
+            [NAME],
+            roots=(),
+            proc_net=str(tmp_path / "no-proc"),
+            service_configs={},
+        )
+    assert report.lineages[NAME].cert.serial == "-05"
+    assert [str(w.message) for w in caught] == [], "the lineage is read inside the filter's scope"
+
+
+def test_the_file_scan_stops_at_its_entry_budget(
+    lineages: LineageFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live, _ = lineages.issue(NAME)
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    for i in range(5):
+        shutil.copyfile(live / "cert.pem", scan / f"copy{i}.pem")
+    (tmp_path / "no-proc").mkdir()
+
+    def look() -> tuple[int, tuple[str, ...]]:
+        report = discover(
+            parse_config("version: 1\n"),
+            str(lineages.config_dir),
+            [NAME],
+            roots=[str(scan)],
+            proc_net=str(tmp_path / "no-proc"),
+            service_configs={},
+        )
+        return report.scanned_files, report.notes
+
+    assert look() == (5, ())
+    monkeypatch.setattr(discover_module, "MAX_ENTRIES", 3)
+    assert look() == (2, (discover_module._SCAN_STOPPED,)), "the third entry ends the scan"

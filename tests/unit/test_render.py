@@ -8,11 +8,13 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from certbot_fanout import cli
 from certbot_fanout._pki import ThrowawayCA, write_lineage
+from certbot_fanout.check import CheckReport, Problem
 from certbot_fanout.config import parse_config
 from certbot_fanout.discover import (
     SERVICE_CONFIGS,
@@ -26,9 +28,12 @@ from certbot_fanout.discover import (
     discover,
 )
 from certbot_fanout.lineage import CertInfo, Lineage
-from certbot_fanout.model import Dialect
+from certbot_fanout.model import Consumer, Dialect
+from certbot_fanout.render_check import render_check_text
 from certbot_fanout.render_common import plural
 from certbot_fanout.render_discover import render_discover_entry, render_discover_text
+from certbot_fanout.render_status import render_status_failures
+from certbot_fanout.status import ConsumerStatus, Level
 
 PACKAGE = Path(cli.__file__).parent
 RENDERERS = sorted(PACKAGE.glob("render_*.py"))
@@ -37,10 +42,15 @@ IMPURE = {"os", "pathlib", "shutil", "glob", "socket", "subprocess", "time", "io
 NAME = "render.test"
 NOT_AFTER = datetime.datetime(2030, 6, 1, tzinfo=datetime.UTC)
 CERT = CertInfo("CN=render.test", "0a1b", NOT_AFTER, "ab" * 32, (NAME,))
+COPY = Copy(certificates=1, holds_key=False, uid=0, gid=0, mode=0o644)
+LISTENER = Listener(host="127.0.0.1", port=443, starttls=None)
+NAMED = Reference(service="nginx", conf="/etc/nginx/nginx.conf", line=2)
+LIVE = Reference(service="nginx", conf="/etc/nginx/nginx.conf", line=3, reads_live=True)
 
 
 def test_there_is_one_renderer_module_per_command_and_no_report_module() -> None:
     assert [p.name for p in RENDERERS] == [
+        "render_check.py",
         "render_common.py",
         "render_deploy.py",
         "render_discover.py",
@@ -125,6 +135,29 @@ def test_the_entries_for_a_listener_and_a_live_reader() -> None:
     assert "    reload: TODO    # reload post:gres after every renewal" in entry
 
 
+@pytest.mark.parametrize(
+    ("kind", "facts", "message"),
+    [
+        (FindKind.LISTENER, {}, "a listener find carries listener, not nothing"),
+        (FindKind.LISTENER, {"copy": COPY}, "a listener find carries listener, not copy"),
+        (FindKind.FILE, {"listener": LISTENER}, "a file find carries copy, not listener"),
+        (FindKind.FILE, {"copy": COPY, "reference": NAMED}, "carries copy, not reference and copy"),
+        (FindKind.CONFIG, {"copy": COPY}, "a config find carries reference and copy, not copy"),
+        (FindKind.CONFIG, {"reference": NAMED}, "carries reference and copy, not reference"),
+        (
+            FindKind.CONFIG,
+            {"reference": LIVE, "copy": COPY},
+            "carries reference, not reference and",
+        ),
+    ],
+)
+def test_a_find_carries_the_facts_of_its_kind_and_no_other(
+    kind: FindKind, facts: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Find(kind, "/srv/x.pem", NAME, CERT, False, **facts)
+
+
 def test_every_kind_is_listed_by_its_word_and_expiry_is_judged_at_checked_at() -> None:
     copy = Copy(certificates=1, holds_key=False, uid=0, gid=0, mode=0o644)
     listener = Listener(host="127.0.0.1", port=443, starttls=None)
@@ -192,4 +225,30 @@ def test_plural() -> None:
         "1 file",
         "0 files",
         "2 files",
+    )
+
+
+def test_the_status_failures_line_names_each_consumer_and_its_problems() -> None:
+    web = ConsumerStatus(
+        Consumer("web", NAME), Level.CRITICAL, problems=("/srv/web.pem: mode 0644", "stale")
+    )
+    db = ConsumerStatus(Consumer("db", NAME), Level.UNKNOWN, problems=("cannot read",))
+    # The words the installer has failed certbot with since before the renderer held them.
+    assert (
+        render_status_failures([web, db]) == "web: /srv/web.pem: mode 0644; stale | db: cannot read"
+    )
+    assert render_status_failures([]) == ""
+
+
+def test_the_check_text_lists_each_problem_then_the_verdict() -> None:
+    problems = (Problem("web", "no such program: nginx"), Problem(f"certificate {NAME}", "gone"))
+    failed = CheckReport(problems, consumers=2, files=1, endpoints=0, probed=False)
+    assert render_check_text(failed, "/etc/map.yaml") == (
+        "PROBLEM: web: no such program: nginx\n"
+        f"PROBLEM: certificate {NAME}: gone\n"
+        "2 problem(s) in /etc/map.yaml (2 consumers, 1 file, 0 endpoints (not probed))\n"
+    )
+    fine = CheckReport((), consumers=1, files=3, endpoints=1, probed=True)
+    assert render_check_text(fine, "m.yaml") == (
+        "OK: m.yaml checks out (1 consumer, 3 files, 1 endpoint)\n"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from certbot_fanout.errors import ConfigError
-from certbot_fanout.yamlnode import MAX_DEPTH, MAX_NODES, Origin, Path, Reader, compose
+from certbot_fanout.yamlnode import MAX_DEPTH, MAX_NODES, Origin, Path, Reader, compose, suggest
 
 SOURCE = "doc.yaml"
 
@@ -98,3 +98,9 @@ def test_an_included_text_points_at_its_origin_and_adds_its_note() -> None:
     assert (error.source, error.line, error.column) == (SOURCE, 1, 6)
     assert error.key_path == "use.port"
     assert error.message == "expected true or false, got a string (via use)"
+
+
+def test_suggest_names_the_nearest_choice_or_nothing() -> None:
+    assert suggest("verfy", ["files", "verify"]) == "did you mean 'verify'?"
+    assert suggest("zzz", ["files", "verify"]) == ""
+    assert suggest("fulchin", ["fullchain"], cutoff=0.9) == ""

@@ -197,7 +197,7 @@ def build_parser() -> _Parser:
         "lineage's current content, owner and mode, and does each endpoint serve the current "
         "certificate (and when does it expire)? Changes nothing unless --repair.",
         epilog="exit codes (monitoring-plugins convention): 0 OK; 1 WARNING (expiry within "
-        "--warn-days, a file's owner or mode drifted); 2 CRITICAL (a stale certificate "
+        "--warn-days, a file's owner, group or mode drifted); 2 CRITICAL (a stale certificate "
         "served or on disk, a failed probe, expiry within --crit-days); 3 UNKNOWN (the "
         "map or a lineage cannot be read).",
     )

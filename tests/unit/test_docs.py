@@ -2,7 +2,7 @@
 
 Every YAML example in README.md and docs/*.md is read by the real map loader (a whole map, a
 consumer entry to paste under ``consumers:``, or a consumer's fields); every JSON example
-parses; the README stays under 10 KB and links every page of docs/; every relative link in
+parses and has the keys of the document a real deploy or status renders; the README stays under 10 KB and links every page of docs/; every relative link in
 them resolves, to a heading where it names one; and contrib's map loads.
 """
 
@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from certbot_fanout.config import load_config, parse_config
+from certbot_fanout.deploy import deploy
+from certbot_fanout.lineage import read_lineage
+from certbot_fanout.render_deploy import render_deploy_document
+from certbot_fanout.render_status import render_status_document
+from certbot_fanout.status import check_status
+from tests.support.lineages import LineageFactory
+from tests.support.services import Service
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -116,6 +125,84 @@ def test_every_yaml_example_is_read_by_the_loader(example: tuple[Path, int, str]
 @pytest.mark.parametrize("example", examples("json"), ids=example_id)
 def test_every_json_example_parses(example: tuple[Path, int, str]) -> None:
     assert isinstance(json.loads(example[2]), dict)
+
+
+def shape_problems(shown: object, real: object, where: str) -> list[str]:
+    """How the keys of an example differ from a real document's. An object that shows the key
+    ``"..."`` elides the rest of its keys; the first item of a list stands for every item."""
+    if isinstance(shown, dict) and isinstance(real, dict):
+        keys = set(shown) - {"..."}
+        problems = [f"{where}.{k}: shown, but no document has it" for k in sorted(keys - set(real))]
+        if "..." not in shown:
+            problems += [
+                f"{where}.{k}: in the document, not shown" for k in sorted(set(real) - keys)
+            ]
+        for k in sorted(keys & set(real)):
+            problems += shape_problems(shown[k], real[k], f"{where}.{k}")
+        return problems
+    if isinstance(shown, list) and isinstance(real, list) and shown and real:
+        return shape_problems(shown[0], real[0], f"{where}[0]")
+    if isinstance(shown, dict) != isinstance(real, dict) and None not in (shown, real):
+        return [f"{where}: shown as {type(shown).__name__}, the document has {type(real).__name__}"]
+    return []
+
+
+@pytest.fixture
+def real_documents(
+    lineages: LineageFactory, start_service: Callable[[str, Path], Service]
+) -> dict[str, dict[str, Any]]:
+    """A deploy's, a status's and a certificate's JSON, from a real deploy to a real service
+    under the certificate names the examples use."""
+    documents: dict[str, dict[str, Any]] = {}
+    for name, kind in (("example.org", "deploy"), ("matrix.example.org", "status")):
+        live, _ = lineages.issue(name)
+        svc = start_service(name, live)
+        lineages.renew(name)
+        config = parse_config(
+            f"version: 1\nconsumers:\n  nginx:\n    certificate: {name}\n    files:\n"
+            f"      - {{path: {svc.cert}, content: fullchain}}\n"
+            f"      - {{path: {svc.key}, content: privkey}}\n"
+            f"    reload: {svc.reload_argv()!r}\n"
+            f"    verify: [{{host: 127.0.0.1, port: {svc.port}, server_name: {name}}}]\n"
+        )
+        result = deploy(config, read_lineage(str(live)))
+        assert not result.failed, render_deploy_document(result)
+        if kind == "deploy":
+            documents[kind] = render_deploy_document(result)
+            documents["certificate"] = documents[kind]["expected"]
+        else:
+            documents[kind] = render_status_document(check_status(config, None))
+    return documents
+
+
+def _document_of(shown: dict[str, Any]) -> str:
+    if "dry_run" in shown:
+        return "deploy"
+    if "exit_code" in shown:
+        return "status"
+    assert "sha256" in shown, "a JSON example that is no document of certbot-fanout"
+    return "certificate"
+
+
+@pytest.mark.parametrize("example", examples("json"), ids=example_id)
+def test_every_json_example_has_the_keys_of_the_real_document(
+    example: tuple[Path, int, str], real_documents: dict[str, dict[str, Any]]
+) -> None:
+    shown = json.loads(example[2])
+    kind = _document_of(shown)
+    assert shape_problems(shown, real_documents[kind], kind) == []
+
+
+def test_the_shape_check_sees_a_missing_an_extra_and_an_elided_key() -> None:
+    real = {"a": 1, "b": [{"c": 2, "d": 3}]}
+    assert shape_problems({"a": 1, "b": [{"c": 2, "d": 3}]}, real, "x") == []
+    assert shape_problems({"a": 1, "b": [{"c": 2, "...": "..."}]}, real, "x") == []
+    assert shape_problems({"a": 1, "b": [{"c": 2}]}, real, "x") == [
+        "x.b[0].d: in the document, not shown"
+    ]
+    assert shape_problems({"a": 1, "z": 0, "...": ""}, real, "x") == [
+        "x.z: shown, but no document has it"
+    ]
 
 
 def test_the_readme_is_short() -> None:

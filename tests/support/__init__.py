@@ -16,6 +16,7 @@
   STARTTLS services, a counted nginx consumer); ``monitoring``: the pieces of
   test_status_real.
 
-The daemon modules and ``proc`` are stand-alone (no pytest, no project imports) so that they
-can be run as ``python -m tests.support.MODULE`` from the repository root.
+The daemon modules, ``proc`` and ``cli`` import no pytest and no ``certbot_fanout`` at module
+level (only ``cli.invoke`` imports the command, when called), so that the daemon modules can be
+run as ``python -m tests.support.MODULE`` from the repository root.
 """

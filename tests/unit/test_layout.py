@@ -108,3 +108,24 @@ def test_tests_cite_only_documents_the_repository_has() -> None:
         str(path.relative_to(ROOT)) for path in TESTS.rglob("*.py") if cited in path.read_text()
     ]
     assert citing == [], f"{cited} does not exist; cite README.md or docs/, or state the fact"
+
+
+# Run as `python -m tests.support.MODULE` (sometimes from a public copy, as a service user):
+# no pytest, and no certbot_fanout until a function asks for it.
+STAND_ALONE = ("cli", "proc", "daemons_db", "daemons_mail", "daemons_xmpp", "synapse_env")
+
+
+def module_level_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("name", STAND_ALONE)
+def test_the_stand_alone_helpers_import_no_pytest_and_no_package(name: str) -> None:
+    imported = module_level_imports(SUPPORT / f"{name}.py")
+    assert not imported & {"pytest", "_pytest", "certbot_fanout"}, imported

@@ -13,6 +13,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -483,10 +484,21 @@ def write_owned(path: Path, data: bytes, uid: int, gid: int, mode: int) -> Path:
     return path
 
 
+def reachable_by_all(path: Path) -> bool:
+    """Every user can traverse ``path`` and each directory above it."""
+    return all(os.stat(p).st_mode & stat.S_IXOTH for p in (path, *path.parents))
+
+
 def public_dir(prefix: str = "certbot-fanout-test-") -> Path:
     """A fresh temp dir, 0755, so every user (every service account) can traverse it
-    (pytest's own tmp_path base is 0700). The caller removes it."""
-    path = Path(tempfile.mkdtemp(prefix=prefix)).resolve()
+    (pytest's own tmp_path base is 0700). It is made in the temp directory when every user can
+    reach that (a private ``$TMPDIR`` cannot be), else in /var/tmp or /tmp. The caller removes
+    it."""
+    bases = [Path(tempfile.gettempdir()).resolve(), Path("/var/tmp"), Path("/tmp")]
+    base = next((b for b in bases if b.is_dir() and reachable_by_all(b)), None)
+    if base is None:
+        raise RuntimeError(f"no temp directory every user can reach among {bases}")
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=base)).resolve()
     path.chmod(0o755)
     return path
 

@@ -2,8 +2,9 @@
 
 Every YAML example in README.md and docs/*.md is read by the real map loader (a whole map, a
 consumer entry to paste under ``consumers:``, or a consumer's fields); every JSON example
-parses and has the keys of the document a real deploy or status renders; the README stays under 10 KB and links every page of docs/; every relative link in
-them resolves, to a heading where it names one; and contrib's map loads.
+parses and has the keys of the document a real deploy or status renders; the README stays
+under 10 KB and links every page of docs/; every relative link in them resolves, to a heading
+where it names one; and contrib's map loads.
 """
 
 from __future__ import annotations

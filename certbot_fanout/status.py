@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import enum
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -63,7 +63,7 @@ FILE_SEVERITY: Mapping[files.DifferenceKind, Level] = {
 }
 
 
-def file_level(found: list[files.Difference]) -> Level:
+def file_level(found: Iterable[files.Difference]) -> Level:
     """The level of a file with the differences ``found``: the worst of their kinds."""
     return max((FILE_SEVERITY[d.kind] for d in found), default=Level.OK)
 
@@ -166,9 +166,10 @@ def _consumer_status(
     problems: list[tuple[Level, str]] = []
     file_results = []
     for spec in consumer.files:
-        result, level = _file_status(spec, lineage)
+        result = _file_status(spec, lineage)
         file_results.append(result)
         if result.changed:
+            level = file_level(result.differences)
             problems.append((level, f"{spec.path}: {', '.join(result.reasons)}"))
     endpoints = _probe_endpoints(consumer, lineage) if options.probe else ()
     problems.extend((Level.CRITICAL, e.error or e.label) for e in endpoints if not e.ok)
@@ -188,14 +189,13 @@ def _consumer_status(
     )
 
 
-def _file_status(spec: FileSpec, lineage: Lineage) -> tuple[FileResult, Level]:
-    """How the file at ``spec.path`` is not what a deploy of ``lineage`` would place, and the
-    level of its worst difference."""
+def _file_status(spec: FileSpec, lineage: Lineage) -> FileResult:
+    """How the file at ``spec.path`` is not what a deploy of ``lineage`` would place."""
     try:
         found = files.compare(desired_file(spec, lineage), files.snapshot(spec.path))
     except PlacementError as e:
         found = [files.Difference(files.DifferenceKind.UNREADABLE, str(e))]
-    return FileResult(spec.path, bool(found), tuple(found)), file_level(found)
+    return FileResult(spec.path, bool(found), tuple(found))
 
 
 def _probe_endpoints(consumer: Consumer, lineage: Lineage) -> tuple[EndpointResult, ...]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import grp
 import os
 import pwd
@@ -27,7 +28,7 @@ import re
 import secrets
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from certbot_fanout.errors import PlacementError
 
@@ -36,6 +37,13 @@ MAX_SYMLINKS = 40  # as the kernel's own limit on a path walk
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_SUFFIX = ".fanout-"
 _TEMP_TOKEN = re.compile(r"[0-9a-f]{12}")  # secrets.token_hex(6)
+ACCESS_ACL = "system.posix_acl_access"
+DEFAULT_ACL = "system.posix_acl_default"
+# What the filesystem says when a file has no ACL, or cannot have one.
+_NO_ACL = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP})
+# The tags of a named user's and a named group's entry in a POSIX ACL's xattr
+# (linux/posix_acl_xattr.h): the entries that grant more than the mode bits say.
+_ACL_USER, _ACL_GROUP = 0x02, 0x08
 
 
 # Why a file is to be placed: there is none at its path (a deploy's text says "new file").
@@ -60,6 +68,7 @@ class DifferenceKind(enum.Enum):
     OWNER = "owner"
     GROUP = "group"
     MODE = "mode"
+    ACL = "acl"  # an extended access ACL: users or groups beyond the mode bits may read it
     UNREADABLE = "unreadable"  # what is at the path cannot be inspected (see snapshot)
 
 
@@ -96,6 +105,9 @@ class Snapshot:
     mode: int = 0
     atime_ns: int = 0
     mtime_ns: int = 0
+    # The named entries of a file's extended access ACL, as getfacl shows them
+    # ("user:nobody:r--"); never put back by :func:`restore`.
+    acl: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -262,9 +274,12 @@ def snapshot(path: str) -> Snapshot:
             raise PlacementError(f"{path}: cannot read: {e.strerror}") from None
         try:
             data = _read_all(fd, MAX_EXISTING_BYTES + 1)
+            acl = _extended_acl(fd, ACCESS_ACL)
+        except OSError as e:
+            raise PlacementError(f"{path}: cannot read: {e.strerror}") from None
         finally:
             os.close(fd)
-        return _snapshot(path, Kind.FILE, st, data=data)
+        return replace(_snapshot(path, Kind.FILE, st, data=data), acl=acl)
 
 
 def _snapshot(
@@ -281,6 +296,60 @@ def _snapshot(
         atime_ns=st.st_atime_ns,
         mtime_ns=st.st_mtime_ns,
     )
+
+
+def _extended_acl(fd_or_path: int | str, name: str) -> tuple[str, ...]:
+    """The named entries of the POSIX ACL ``name`` (:data:`ACCESS_ACL` or
+    :data:`DEFAULT_ACL`) of a file or directory, as getfacl shows them: ``user:nobody:r--``.
+    Empty when it has none, or its filesystem has no ACLs.
+
+    Raises:
+        OSError: the ACL cannot be read.
+    """
+    try:
+        raw = os.getxattr(fd_or_path, name)
+    except OSError as e:
+        if e.errno in _NO_ACL:
+            return ()
+        raise
+    entries = []
+    for offset in range(4, len(raw) - 7, 8):  # a 4-byte version, then 8-byte entries
+        tag = int.from_bytes(raw[offset : offset + 2], "little")
+        perm = int.from_bytes(raw[offset + 2 : offset + 4], "little")
+        ident = int.from_bytes(raw[offset + 4 : offset + 8], "little")
+        if tag not in (_ACL_USER, _ACL_GROUP):
+            continue
+        who = f"user:{_user(ident)}" if tag == _ACL_USER else f"group:{_group(ident)}"
+        rwx = "".join(c if perm & bit else "-" for c, bit in (("r", 4), ("w", 2), ("x", 1)))
+        entries.append(f"{who}:{rwx}")
+    return tuple(entries)
+
+
+def default_acl(directory: str) -> tuple[str, ...]:
+    """The named entries of ``directory``'s default ACL, which every file created in it
+    inherits as its access ACL (see :func:`_extended_acl`); empty when it has none or
+    cannot be read."""
+    try:
+        return _extended_acl(directory, DEFAULT_ACL)
+    except OSError:
+        return ()
+
+
+def _strip_acl(fd: int) -> None:
+    """Remove the access ACL a new file inherited from its directory's default ACL, and make
+    sure none is left.
+
+    Raises:
+        OSError: it could not be removed (or came back).
+    """
+    try:
+        os.removexattr(fd, ACCESS_ACL)
+    except OSError as e:
+        if e.errno not in _NO_ACL:
+            raise
+    left = _extended_acl(fd, ACCESS_ACL)
+    if left:
+        raise OSError(errno.EPERM, f"an access ACL ({', '.join(left)}) is still on it")
 
 
 def _read_all(fd: int, limit: int) -> bytes:
@@ -324,6 +393,9 @@ def compare(desired: Desired, current: Snapshot) -> list[Difference]:
     if current.mode != desired.mode:
         mode = f"mode {current.mode:04o}, expected {desired.mode:04o}"
         found.append(Difference(DifferenceKind.MODE, mode))
+    if current.acl:
+        acl = f"an access ACL also grants {', '.join(current.acl)}"
+        found.append(Difference(DifferenceKind.ACL, acl))
     return found
 
 
@@ -360,6 +432,8 @@ def place(desired: Desired) -> None:
                 try:
                     step = f"set owner {_user(desired.uid)}:{_group(desired.gid)}"
                     os.fchown(fd, desired.uid, desired.gid)
+                    step = "remove the ACL inherited from the directory"
+                    _strip_acl(fd)
                     step = f"set mode {desired.mode:04o}"
                     os.fchmod(fd, desired.mode)
                     step = "write"

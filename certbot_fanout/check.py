@@ -9,7 +9,7 @@ import stat
 from dataclasses import dataclass
 
 from certbot_fanout.errors import FanoutError
-from certbot_fanout.files import enter_problem, reader_problem
+from certbot_fanout.files import default_acl, enter_problem, reader_problem
 from certbot_fanout.lineage import Lineage, lineage_dir, read_lineage
 from certbot_fanout.model import Config, Consumer, FileSpec
 
@@ -108,6 +108,14 @@ def _check_file(spec: FileSpec, lineage: Lineage | None) -> list[str]:
             f"{who} needs to reach it) before the first deploy"
         )
         return found
+    acl = default_acl(directory) if spec.holds_key else ()
+    if acl:
+        found.append(
+            f"{directory}, where {spec.path} holds the private key, has a default ACL "
+            f"({', '.join(acl)}) that every file created there inherits; certbot-fanout strips "
+            f"it from the key it places, but not from what others create there: remove it "
+            f"(setfacl -k {directory})"
+        )
     if os.path.lexists(spec.path):
         st = os.lstat(spec.path)
         if spec.holds_key and stat.S_ISREG(st.st_mode) and st.st_mode & 0o004:

@@ -28,6 +28,7 @@ from certbot_fanout.lineage import (
 )
 from certbot_fanout.lock import default_lock_path, run_lock
 from certbot_fanout.model import DEFAULT_JOBS, Config, Consumer, Endpoint, FileSpec
+from certbot_fanout.schema import CERTBOT_OWNED
 
 logger = logging.getLogger(__name__)
 
@@ -228,12 +229,17 @@ def why_reload(facts: ReloadFacts) -> ReloadDecision:
 
 
 def desired_file(spec: FileSpec, lineage: Lineage) -> files.Desired:
+    """What ``spec`` should be for ``lineage``; never inside the directories certbot owns in
+    the lineage's config dir, wherever the symlinks on the way lead (the map's check reads
+    the path as written)."""
+    keep_out = certbot_owned_dirs(lineage)
     if spec.link:
         return files.Desired(
             path=spec.path,
             uid=spec.owner,
             gid=spec.group,
             target=lineage.live_path(spec.content[0]),
+            keep_out=keep_out,
         )
     return files.Desired(
         path=spec.path,
@@ -241,7 +247,14 @@ def desired_file(spec: FileSpec, lineage: Lineage) -> files.Desired:
         gid=spec.group,
         mode=spec.mode,
         data=lineage.content(spec.content),
+        keep_out=keep_out,
     )
+
+
+def certbot_owned_dirs(lineage: Lineage) -> tuple[str, ...]:
+    """The directories certbot owns in the config dir ``lineage`` is in (``DIR/live/NAME``)."""
+    config_dir = os.path.dirname(os.path.dirname(lineage.live_dir))
+    return tuple(os.path.join(config_dir, name) for name in CERTBOT_OWNED)
 
 
 def deploy(

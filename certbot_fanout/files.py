@@ -6,9 +6,18 @@ follows a symlink at the final path component: a destination directory may be wr
 key write. The directory itself is opened by the kernel and kept only if /proc says the
 descriptor is at exactly the path asked for (no symlink led there); otherwise it is opened one
 pinned component at a time from ``/``, and a symlink met on the way is followed (by reading
-it, never by the kernel) only if root made it: it is owned by root, or it sits in a directory
-that only root can write. A service user who swaps a directory component for a symlink of
-their own is refused, not obeyed.
+it, never by the kernel) only if it sits in a directory that only root can write: owned by
+root (or by the user running certbot-fanout, when that is not root) and writable by neither
+its group nor others. Who owns the link itself proves nothing, since a service user can rename
+a root-owned link into a directory of its own; a service user who swaps a directory component
+for a symlink is refused, not obeyed. A destination whose directory turns out, once opened,
+to be inside one of the directories :attr:`Desired.keep_out` names (certbot's own) is refused
+as well, so a link on the way cannot lead a write into ``live/``.
+
+POSIX ACLs: a temporary file loses the access ACL it inherits from its directory's default ACL
+before its first byte is written, so a placed file is readable by its owner, its group and its
+mode's others, and no one else; an existing file with an extended access ACL is a difference
+(:attr:`DifferenceKind.ACL`), which the next placement removes.
 
 :func:`snapshot` reads what a path holds now, :func:`compare` says how that differs from what is
 :class:`Desired` (each :class:`Difference` typed by a :class:`DifferenceKind`, so no decision
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import grp
 import os
 import pwd
@@ -27,7 +37,7 @@ import re
 import secrets
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from certbot_fanout.errors import PlacementError
 
@@ -36,6 +46,13 @@ MAX_SYMLINKS = 40  # as the kernel's own limit on a path walk
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_SUFFIX = ".fanout-"
 _TEMP_TOKEN = re.compile(r"[0-9a-f]{12}")  # secrets.token_hex(6)
+ACCESS_ACL = "system.posix_acl_access"
+DEFAULT_ACL = "system.posix_acl_default"
+# What the filesystem says when a file has no ACL, or cannot have one.
+_NO_ACL = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP})
+# The tags of a named user's and a named group's entry in a POSIX ACL's xattr
+# (linux/posix_acl_xattr.h): the entries that grant more than the mode bits say.
+_ACL_USER, _ACL_GROUP = 0x02, 0x08
 
 
 # Why a file is to be placed: there is none at its path (a deploy's text says "new file").
@@ -60,6 +77,7 @@ class DifferenceKind(enum.Enum):
     OWNER = "owner"
     GROUP = "group"
     MODE = "mode"
+    ACL = "acl"  # an extended access ACL: users or groups beyond the mode bits may read it
     UNREADABLE = "unreadable"  # what is at the path cannot be inspected (see snapshot)
 
 
@@ -73,7 +91,11 @@ class Difference:
 
 @dataclass(frozen=True)
 class Desired:
-    """What a path should be: a regular file with ``data``, or a symlink to ``target``."""
+    """What a path should be: a regular file with ``data``, or a symlink to ``target``.
+
+    ``keep_out``: absolute directories (certbot's own) the path's directory must not be in
+    once opened, whatever links led there; placing it there is refused.
+    """
 
     path: str
     uid: int
@@ -81,6 +103,7 @@ class Desired:
     mode: int = 0o600
     data: bytes | None = None
     target: str | None = None
+    keep_out: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +119,9 @@ class Snapshot:
     mode: int = 0
     atime_ns: int = 0
     mtime_ns: int = 0
+    # The named entries of a file's extended access ACL, as getfacl shows them
+    # ("user:nobody:r--"); never put back by :func:`restore`.
+    acl: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -196,17 +222,61 @@ def _open_if_plain(directory: str) -> int | None:
 
 
 def _trust_symlink(dfd: int, link: os.stat_result, link_path: str, label: str) -> None:
-    """Refuse a symlink that someone other than root could have made (see the module's doc)."""
-    if link.st_uid == 0:
-        return
+    """Refuse a symlink in a directory that someone other than root could write (see the
+    module's doc): whoever owns the link, such a user could have put it there."""
     parent = os.fstat(dfd)
-    if parent.st_uid == 0 and not parent.st_mode & 0o022:
+    mode = stat.S_IMODE(parent.st_mode)
+    trusted = _trusted_owner(parent.st_uid)
+    if trusted and not mode & 0o022:
         return
+    if trusted:
+        why = f"users other than {_user(parent.st_uid)} can write (mode {mode:04o})"
+    else:
+        why = f"{_user(parent.st_uid)} owns"
     raise PlacementError(
         f"{label}: refusing to follow {link_path}: a symlink owned by {_user(link.st_uid)} in "
-        "a directory that non-root users can write, so a service user could redirect a root "
-        "write; write the real directory in the map"
+        f"{os.path.dirname(link_path) or '/'}, a directory that {why}, so a service user "
+        "could have put it there to redirect a root write; write the real directory in the map"
     )
+
+
+def _trusted_owner(uid: int) -> bool:
+    """Root, or the user running certbot-fanout (a non-root run trusts its own files)."""
+    return uid in (0, os.geteuid())
+
+
+def _inside_problem(dfd: int, path: str, keep_out: tuple[str, ...]) -> str | None:
+    """Why the directory open as ``dfd`` (for ``path``) must not be written: it is, or is
+    below, one of ``keep_out``. Compared by device and inode up the ``..`` chain from the
+    pinned descriptor, so no link and no rename can hide it."""
+    fences: dict[tuple[int, int], str] = {}
+    for directory in keep_out:
+        with contextlib.suppress(OSError):
+            st = os.stat(directory)
+            fences[(st.st_dev, st.st_ino)] = directory
+    if not fences:
+        return None
+    fd = os.dup(dfd)
+    try:
+        for _ in range(4096):  # deeper than any real path
+            st = os.fstat(fd)
+            fence = fences.get((st.st_dev, st.st_ino))
+            if fence is not None:
+                return (
+                    f"{path}: its directory, as the symlinks on the way resolve, is inside "
+                    f"{fence}: certbot owns {fence} and rewrites it on every renewal; refusing "
+                    "to write there (a symlink on the way leads into it: write the real "
+                    "directory in the map, or use link: true for a symlink into live/)"
+                )
+            up = os.open("..", _DIRECTORY_FLAGS, dir_fd=fd)
+            above = os.fstat(up)
+            os.close(fd)
+            fd = up
+            if (above.st_dev, above.st_ino) == (st.st_dev, st.st_ino):
+                return None  # the root
+    finally:
+        os.close(fd)
+    return None
 
 
 def remove_leftovers(path: str) -> None:
@@ -262,9 +332,12 @@ def snapshot(path: str) -> Snapshot:
             raise PlacementError(f"{path}: cannot read: {e.strerror}") from None
         try:
             data = _read_all(fd, MAX_EXISTING_BYTES + 1)
+            acl = _extended_acl(fd, ACCESS_ACL)
+        except OSError as e:
+            raise PlacementError(f"{path}: cannot read: {e.strerror}") from None
         finally:
             os.close(fd)
-        return _snapshot(path, Kind.FILE, st, data=data)
+        return replace(_snapshot(path, Kind.FILE, st, data=data), acl=acl)
 
 
 def _snapshot(
@@ -281,6 +354,60 @@ def _snapshot(
         atime_ns=st.st_atime_ns,
         mtime_ns=st.st_mtime_ns,
     )
+
+
+def _extended_acl(fd_or_path: int | str, name: str) -> tuple[str, ...]:
+    """The named entries of the POSIX ACL ``name`` (:data:`ACCESS_ACL` or
+    :data:`DEFAULT_ACL`) of a file or directory, as getfacl shows them: ``user:nobody:r--``.
+    Empty when it has none, or its filesystem has no ACLs.
+
+    Raises:
+        OSError: the ACL cannot be read.
+    """
+    try:
+        raw = os.getxattr(fd_or_path, name)
+    except OSError as e:
+        if e.errno in _NO_ACL:
+            return ()
+        raise
+    entries = []
+    for offset in range(4, len(raw) - 7, 8):  # a 4-byte version, then 8-byte entries
+        tag = int.from_bytes(raw[offset : offset + 2], "little")
+        perm = int.from_bytes(raw[offset + 2 : offset + 4], "little")
+        ident = int.from_bytes(raw[offset + 4 : offset + 8], "little")
+        if tag not in (_ACL_USER, _ACL_GROUP):
+            continue
+        who = f"user:{_user(ident)}" if tag == _ACL_USER else f"group:{_group(ident)}"
+        rwx = "".join(c if perm & bit else "-" for c, bit in (("r", 4), ("w", 2), ("x", 1)))
+        entries.append(f"{who}:{rwx}")
+    return tuple(entries)
+
+
+def default_acl(directory: str) -> tuple[str, ...]:
+    """The named entries of ``directory``'s default ACL, which every file created in it
+    inherits as its access ACL (see :func:`_extended_acl`); empty when it has none or
+    cannot be read."""
+    try:
+        return _extended_acl(directory, DEFAULT_ACL)
+    except OSError:
+        return ()
+
+
+def _strip_acl(fd: int) -> None:
+    """Remove the access ACL a new file inherited from its directory's default ACL, and make
+    sure none is left.
+
+    Raises:
+        OSError: it could not be removed (or came back).
+    """
+    try:
+        os.removexattr(fd, ACCESS_ACL)
+    except OSError as e:
+        if e.errno not in _NO_ACL:
+            raise
+    left = _extended_acl(fd, ACCESS_ACL)
+    if left:
+        raise OSError(errno.EPERM, f"an access ACL ({', '.join(left)}) is still on it")
 
 
 def _read_all(fd: int, limit: int) -> bytes:
@@ -324,6 +451,9 @@ def compare(desired: Desired, current: Snapshot) -> list[Difference]:
     if current.mode != desired.mode:
         mode = f"mode {current.mode:04o}, expected {desired.mode:04o}"
         found.append(Difference(DifferenceKind.MODE, mode))
+    if current.acl:
+        acl = f"an access ACL also grants {', '.join(current.acl)}"
+        found.append(Difference(DifferenceKind.ACL, acl))
     return found
 
 
@@ -336,13 +466,22 @@ def place(desired: Desired) -> None:
     """Atomically make ``desired.path`` what ``desired`` says.
 
     A temporary file is created beside the destination with O_EXCL|O_NOFOLLOW and mode 0600,
-    given its owner and mode, then filled, fsynced, and renamed over the destination; the
-    directory is fsynced last. No one but the final owner can read it at any instant.
+    given its owner, stripped of the access ACL its directory's default ACL gave it, given its
+    mode, then filled, fsynced, and renamed over the destination; the directory is fsynced
+    last. No one but the final owner can read it at any instant.
 
     Raises:
-        PlacementError: any step failed; the destination is then unchanged.
+        PlacementError: any step failed, or the directory is inside ``desired.keep_out``; the
+            destination is then unchanged.
     """
     with _directory(desired.path) as (dfd, name):
+        try:
+            problem = _inside_problem(dfd, desired.path, desired.keep_out)
+        except OSError as e:
+            where = f"{desired.path}: cannot inspect its directory"
+            raise PlacementError(f"{where}: {e.strerror}") from None
+        if problem:
+            raise PlacementError(problem)
         _remove_leftovers(dfd, name)
         tmp = f".{name}{_TEMP_SUFFIX}{secrets.token_hex(6)}"
         step = "create a temporary file"
@@ -360,6 +499,8 @@ def place(desired: Desired) -> None:
                 try:
                     step = f"set owner {_user(desired.uid)}:{_group(desired.gid)}"
                     os.fchown(fd, desired.uid, desired.gid)
+                    step = "remove the ACL inherited from the directory"
+                    _strip_acl(fd)
                     step = f"set mode {desired.mode:04o}"
                     os.fchmod(fd, desired.mode)
                     step = "write"

@@ -7,7 +7,10 @@ and how each wrong value is refused. A preset's fields are read by the same code
 user's, and an error in one points at the consumer's ``preset:`` line.
 
 Reading a map looks at the host, not only at the text: users and groups are looked up by
-name, and file paths are compared, with symlinks resolved, against Certbot's own directories.
+name, and file paths are compared, as written, against Certbot's own directories (those
+directories resolved, the paths not: a symlink a service user makes in its own directory must
+not make the whole map invalid; a path that only resolves into them fails its consumer when a
+deploy places it, see :attr:`certbot_fanout.files.Desired.keep_out`).
 """
 
 from __future__ import annotations
@@ -319,16 +322,15 @@ class _MapReader(Reader):
     def certbot_owned(self, file_path: str) -> str | None:
         """The certbot-owned directory that holds (or is) ``file_path``, if any.
 
-        Compared as written and with symlinks resolved, so neither a symlinked config dir nor
-        a symlink on the way into it hides the place.
+        Compared as written (the path is already plain, so lexically normal) with certbot's
+        directories as given and resolved: a symlinked config dir does not hide the place.
+        Symlinks on the path itself are not resolved here: anyone who can write a directory
+        on it could then stop every consumer's deploy; placing the file checks where it
+        really is (see the module's doc).
         """
-        candidates = [file_path]
-        resolved = os.path.join(os.path.realpath(os.path.dirname(file_path)), "")
-        candidates.append(resolved + os.path.basename(file_path))
-        for candidate in candidates:
-            for owned in self.owned:
-                if candidate == owned or candidate.startswith(owned + "/"):
-                    return owned
+        for owned in self.owned:
+            if file_path == owned or file_path.startswith(owned + "/"):
+                return owned
         return None
 
     def check_link(self, items: Items, path: Path, content: tuple[Part, ...]) -> None:

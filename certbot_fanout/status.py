@@ -59,6 +59,9 @@ FILE_SEVERITY: Mapping[files.DifferenceKind, Level] = {
     files.DifferenceKind.OWNER: Level.WARNING,
     files.DifferenceKind.GROUP: Level.WARNING,
     files.DifferenceKind.MODE: Level.WARNING,
+    # An ACL is a grant the map never made: on a key it lets others read it, on any file it
+    # may let others replace what the service loads. CRITICAL for every part alike.
+    files.DifferenceKind.ACL: Level.CRITICAL,
     files.DifferenceKind.UNREADABLE: Level.CRITICAL,
 }
 

@@ -19,7 +19,9 @@ Kind = files.DifferenceKind
 NAME = "severity.test"
 
 # The table restated: a stale or missing copy is CRITICAL; a current copy with the wrong owner,
-# group or mode is a WARNING. Changing a severity is a decision, to be made here as well.
+# group or mode is a WARNING; an extended ACL (a grant the map never made, which on a key lets
+# others read it) is CRITICAL on every file. Changing a severity is a decision, to be made here
+# as well.
 EXPECTED = {
     Kind.MISSING: Level.CRITICAL,
     Kind.NOT_A_SYMLINK: Level.CRITICAL,
@@ -29,6 +31,7 @@ EXPECTED = {
     Kind.OWNER: Level.WARNING,
     Kind.GROUP: Level.WARNING,
     Kind.MODE: Level.WARNING,
+    Kind.ACL: Level.CRITICAL,
     Kind.UNREADABLE: Level.CRITICAL,
 }
 

@@ -331,3 +331,22 @@ def test_key_never_readable_by_others_under_umask_000(
     else:
         # Each of the 60 placements was held until seen: at least one exposure each.
         assert len(exposed) >= 60, f"the watcher saw {len(exposed)} exposures in 60 placements"
+
+
+@pytest.mark.parametrize("where", ["live", "live/example.org", "live/example.org/deep"])
+def test_a_directory_inside_keep_out_is_refused_however_it_is_reached(
+    tmp_path: Path, where: str
+) -> None:
+    live = tmp_path / "le" / "live"
+    (tmp_path / "le" / where).mkdir(parents=True)
+    (tmp_path / "way-in").symlink_to(tmp_path / "le" / where)  # root's own link: followed
+    keep_out = (str(live),)
+    for path in (tmp_path / "le" / where / "x.pem", tmp_path / "way-in" / "x.pem"):
+        with pytest.raises(PlacementError, match=rf"is inside {live}: certbot owns {live}"):
+            files.place(files.Desired(str(path), 0, 0, 0o600, KEY, keep_out=keep_out))
+        assert not path.exists()
+    # A neighbour of the fenced directory is fine, and so is a fence that does not exist.
+    (tmp_path / "le" / "live2").mkdir()
+    files.place(files.Desired(str(tmp_path / "le" / "live2" / "x.pem"), 0, 0, keep_out=keep_out))
+    gone = (str(tmp_path / "nonexistent"),)
+    files.place(files.Desired(str(tmp_path / "way-in" / "y.pem"), 0, 0, data=KEY, keep_out=gone))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import pwd
 import stat
@@ -25,7 +26,7 @@ from certbot_fanout import files
 from certbot_fanout.cli import main
 from certbot_fanout.errors import PlacementError
 from tests.support.lineages import LineageFactory
-from tests.support.public import python_for_anyone
+from tests.support.public import PublicInstall, python_for_anyone
 from tests.support.tally import record
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a service user")
@@ -363,3 +364,209 @@ def test_racing_swaps_never_lead_a_write_outside(
     if attack != "file":
         met = sum("refusing to follow" in r for r in refusals)
         assert met > 20, "the swapped symlink was seldom met; the race proves little"
+
+
+# -- a root-owned symlink moved into place (issue 13, item 6) --------------------------------
+
+MOVE_INTO_PLACE = """
+import os, sys
+here, there = sys.argv[1], sys.argv[2]
+if os.path.isdir(there) and not os.path.islink(there):
+    os.rename(there, there + ".moved")
+os.rename(here, there)
+"""
+
+
+@pytest.fixture
+def root_only(layout: Layout) -> Path:
+    """A directory only root can enter, with a file of root's in it."""
+    secret = layout.base / "root-only"
+    secret.mkdir(mode=0o700)
+    (secret / "key.pem").write_bytes(VICTIM_KEY)
+    (secret / "key.pem").chmod(0o600)
+    return secret
+
+
+def fingerprint(directory: Path) -> dict[str, tuple[str, int, int, int]]:
+    """Every entry under ``directory``: its bytes' digest (or link target), owner and mode."""
+    found = {}
+    for path in sorted(directory.rglob("*")):
+        st = path.lstat()
+        if path.is_symlink():
+            what = os.readlink(path)
+        elif path.is_file():
+            what = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            what = ""
+        found[str(path)] = (what, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+    return found
+
+
+def test_a_root_owned_symlink_moved_over_the_directory_is_not_followed(
+    layout: Layout, attacker: pwd.struct_passwd, root_only: Path
+) -> None:
+    # Root made this link once (a link: true placement, an old layout); the service user can
+    # rename it, since it sits in the service user's directory.
+    old = layout.service_dir / "old-link"
+    old.symlink_to(root_only)
+    assert old.lstat().st_uid == 0
+    before = fingerprint(root_only)
+    attacker_does(attacker, MOVE_INTO_PLACE, str(old), str(layout.tls))
+    assert (layout.service_dir / "tls").is_symlink(), "the move did not happen"
+    assert (layout.service_dir / "tls").lstat().st_uid == 0
+
+    code, text = layout.deploy()
+
+    changed = before != fingerprint(root_only)
+    record(AREA, cases=1, writes_through_links=int(changed), tracebacks=text.count("Traceback"))
+    assert not changed
+    assert code == 1, text
+    assert (
+        f"refusing to follow {layout.service_dir}/tls: a symlink owned by root in "
+        f"{layout.service_dir}, a directory that {ATTACKER} owns"
+    ) in text
+    assert "Traceback" not in text
+
+
+def test_a_root_owned_symlink_moved_onto_the_file_name_is_replaced(
+    layout: Layout, attacker: pwd.struct_passwd, root_only: Path
+) -> None:
+    old = layout.tls / "old-link"
+    old.symlink_to(root_only / "key.pem")
+    before = fingerprint(root_only)
+    attacker_does(attacker, MOVE_INTO_PLACE, str(old), str(layout.tls / "key.pem"))
+    assert (layout.tls / "key.pem").is_symlink(), "the move did not happen"
+
+    code, text = layout.deploy()
+
+    changed = before != fingerprint(root_only)
+    record(AREA, cases=1, writes_through_links=int(changed), tracebacks=text.count("Traceback"))
+    assert not changed
+    assert code == 0, text
+    key = layout.tls / "key.pem"
+    assert not key.is_symlink()
+    assert key.read_bytes() == (layout.lineage / "privkey.pem").read_bytes()
+
+
+def test_a_link_in_a_directory_only_root_can_write_is_still_followed(
+    layout: Layout, root_only: Path
+) -> None:
+    # The control for the two above: the same root-owned link, in a root-owned 0755 directory.
+    link = layout.base / "etc-link"
+    link.symlink_to(layout.tls)
+    layout.config.write_text(layout.config.read_text().replace(str(layout.tls), str(link)))
+    code, text = layout.deploy()
+    assert code == 0, text
+    assert (layout.tls / "key.pem").read_bytes() == (layout.lineage / "privkey.pem").read_bytes()
+
+
+# -- one hostile user cannot stop everyone's deploys (issue 13, item 5) ----------------------
+
+
+def two_consumers(layout: Layout, svc_dir: Path) -> Path:
+    """The map with a second consumer, in a directory of root's, beside the service's."""
+    other = layout.base / "other"
+    other.mkdir(mode=0o755, exist_ok=True)
+    layout.config.write_text(
+        "version: 1\nconsumers:\n"
+        f"  other:\n    certificate: {NAME}\n    files:\n"
+        f"      - {{path: {other}/cert.pem, content: fullchain}}\n"
+        f"      - {{path: {other}/key.pem, content: privkey}}\n"
+        f"  svc:\n    certificate: {NAME}\n    files:\n"
+        f"      - {{path: {svc_dir}/cert.pem, content: fullchain}}\n"
+        f"      - {{path: {svc_dir}/key.pem, content: privkey, owner: {ATTACKER}, mode: '0600'}}\n"
+    )
+    return other
+
+
+def consumers_of(text: str) -> dict[str, dict[str, object]]:
+    doc = json.loads(text[text.index("{") :])
+    return {c["name"]: c for c in doc["consumers"]}
+
+
+def check_only_svc_failed(
+    layout: Layout, code: int, text: str, other: Path, changed: bool
+) -> dict[str, object]:
+    """Record and assert: nothing in certbot's directories changed (``changed``), the other
+    consumer deployed, and the service's consumer failed at placing; its result."""
+    ok = code != 2 and consumers_of(text).get("other", {}).get("outcome") == "ok"
+    record(AREA, cases=1, writes_through_links=int(changed), others_affected=int(not ok))
+    assert not changed
+    assert code == 1, text
+    assert ok, text
+    assert (other / "key.pem").read_bytes() == (layout.lineage / "privkey.pem").read_bytes()
+    svc = consumers_of(text)["svc"]
+    assert svc["outcome"] == "failed"
+    assert svc["failed_stage"] == "place"
+    return svc
+
+
+def test_a_service_users_link_into_live_fails_its_consumer_only(
+    layout: Layout, attacker: pwd.struct_passwd, lineages: LineageFactory
+) -> None:
+    other = two_consumers(layout, layout.tls)
+    certbot = fingerprint(lineages.config_dir)
+    attacker_does(attacker, SWAP_DIRECTORY, str(layout.service_dir), str(layout.lineage))
+    assert os.path.realpath(layout.tls) == str(layout.lineage), "the swap did not happen"
+
+    code, text = layout.deploy()
+
+    svc = check_only_svc_failed(
+        layout, code, text, other, certbot != fingerprint(lineages.config_dir)
+    )
+    assert f"refusing to follow {layout.tls}" in str(svc["error"])
+
+
+def test_a_trusted_link_that_leads_into_live_fails_its_consumer_only(
+    layout: Layout, lineages: LineageFactory
+) -> None:
+    # A link root made in a directory only root can write is followed; the placement still
+    # sees that it ends in certbot's live/ and refuses that one consumer.
+    shortcut = layout.base / "shortcut"
+    shortcut.symlink_to(layout.lineage)
+    other = two_consumers(layout, shortcut)
+    certbot = fingerprint(lineages.config_dir)
+
+    code, text = layout.deploy()
+
+    svc = check_only_svc_failed(
+        layout, code, text, other, certbot != fingerprint(lineages.config_dir)
+    )
+    assert f"is inside {lineages.config_dir}/live: certbot owns" in str(svc["error"])
+
+
+PLACE_THROUGH = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from certbot_fanout import files
+from certbot_fanout.errors import PlacementError
+try:
+    files.place(files.Desired(sys.argv[2], -1, -1, 0o600, b"mine"))
+except PlacementError as e:
+    print(e)
+    sys.exit(1)
+"""
+
+
+def test_a_non_root_run_trusts_links_in_its_own_directories(
+    layout: Layout, attacker: pwd.struct_passwd, public_install: PublicInstall
+) -> None:
+    # Running as a service user, that user takes root's place: its own links are its own.
+    mine = layout.service_dir / "mine"
+    attacker_does(attacker, f"import os; os.symlink({str(layout.tls)!r}, {str(mine)!r})")
+    ok = as_attacker(attacker, PLACE_THROUGH, str(public_install.directory), f"{mine}/a.pem")
+    out, err = ok.communicate(timeout=60)
+    assert ok.returncode == 0, out.decode() + err.decode()
+    assert (layout.tls / "a.pem").read_bytes() == b"mine"
+    # A link of root's in a directory others can write is still refused.
+    shared = layout.base / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    (shared / "link").symlink_to(layout.tls)
+    refused = as_attacker(
+        attacker, PLACE_THROUGH, str(public_install.directory), f"{shared}/link/b.pem"
+    )
+    out, err = refused.communicate(timeout=60)
+    assert refused.returncode == 1, out.decode() + err.decode()
+    assert "refusing to follow" in out.decode()
+    assert not (layout.tls / "b.pem").exists()

@@ -10,6 +10,7 @@ interpreter its ``#!`` line names.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import shutil
@@ -113,7 +114,10 @@ def program_problem(path: str) -> trust.TrustProblem | None:
     if problem is not None:
         return problem
     interpreter = _interpreter(path)
-    return None if interpreter is None else trust.path_problem(interpreter)
+    problem = None if interpreter is None else trust.path_problem(interpreter)
+    if problem is None or problem.fault is trust.Fault.MISSING:
+        return problem
+    return dataclasses.replace(problem, via=f"its interpreter {interpreter}")
 
 
 def _trusted_program(name: str, shown: str) -> str:

@@ -50,8 +50,12 @@ class TrustProblem:
     directory: bool = False
     detail: str = ""  # the error, for UNREADABLE
     trusted_uid: int = 0  # the user trusted besides root (0: root alone)
+    via: str = ""  # how the path was reached, when not directly: "the interpreter X"
 
     def __str__(self) -> str:
+        return f"{self.via}: {self._text()}" if self.via else self._text()
+
+    def _text(self) -> str:
         what = f"the directory {self.path}" if self.directory else self.path
         mode = f"mode {self.mode:04o}"
         if self.fault is Fault.OWNER:

@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -144,10 +145,16 @@ def untrusted_program_text(problem: trust.TrustProblem) -> str:
 def _interpreter(path: str) -> str | None:
     """The interpreter a script's ``#!`` line names (made absolute), or None."""
     try:
-        with open(path, "rb") as f:
-            first = f.readline(_SHEBANG_BYTES)
+        # Without blocking, and only from a regular file: a FIFO named as a program never
+        # holds us up.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    with open(fd, "rb") as f:
+        try:
+            first = f.readline(_SHEBANG_BYTES) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        except OSError:
+            return None
     words = first[2:].split() if first.startswith(b"#!") else []
     return os.path.abspath(os.fsdecode(words[0])) if words else None
 

@@ -122,12 +122,12 @@ def path_problem(path: str, uid: int | None = None) -> TrustProblem | None:
     to, and the file itself. A path that does not exist is a problem (MISSING): whoever can
     create it later is not known now."""
     current = "/"
-    pending = _components(os.path.join(os.getcwd(), path))
     links = 0
     try:
+        pending = _components(path if os.path.isabs(path) else os.path.join(os.getcwd(), path))
         problem = stat_problem(current, os.lstat(current), uid)
     except OSError as e:
-        return TrustProblem(current, Fault.UNREADABLE, detail=e.strerror or str(e))
+        return TrustProblem(path, Fault.UNREADABLE, detail=e.strerror or str(e))
     while problem is None and pending:
         name = pending.pop()
         if name == "..":
@@ -138,20 +138,27 @@ def path_problem(path: str, uid: int | None = None) -> TrustProblem | None:
             st = os.lstat(candidate)
         except (FileNotFoundError, NotADirectoryError):
             return TrustProblem(candidate, Fault.MISSING)
-        except OSError as e:
-            return TrustProblem(candidate, Fault.UNREADABLE, detail=e.strerror or str(e))
+        except (OSError, ValueError) as e:  # ValueError: a NUL in the name
+            return TrustProblem(candidate, Fault.UNREADABLE, detail=_reason(e))
         problem = stat_problem(candidate, st, uid)
         if problem is None and stat.S_ISLNK(st.st_mode):
             links += 1
             if links > MAX_LINKS:
                 return TrustProblem(path, Fault.LOOP)
-            target = os.readlink(candidate)
+            try:
+                target = os.readlink(candidate)
+            except OSError:  # gone since lstat
+                return TrustProblem(candidate, Fault.MISSING)
             if os.path.isabs(target):
                 current = "/"
             pending.extend(_components(target))
         elif problem is None:
             current = candidate
     return problem
+
+
+def _reason(error: Exception) -> str:
+    return (error.strerror if isinstance(error, OSError) else None) or str(error)
 
 
 def _components(path: str) -> list[str]:

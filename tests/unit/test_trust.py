@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,8 @@ import pytest
 from certbot import errors as certbot_errors
 
 from certbot_fanout import trust
-from certbot_fanout.commands import COMMAND_PATH_TEXT
+from certbot_fanout.commands import COMMAND_PATH_TEXT, run_command
+from certbot_fanout.errors import CommandError
 from certbot_fanout.plugin import Installer
 from tests.support.cli import explain, invoke, run
 from tests.support.lineages import LineageFactory
@@ -637,3 +639,13 @@ consumers:
         assert seen == COMMAND_PATH_TEXT, (label, seen)
         assert check.returncode == 0, (label, explain(check))
     assert live.exists()
+
+
+def test_a_fifo_named_as_a_program_is_not_waited_on(tmp_path: Path) -> None:
+    """Looking for a program's #! interpreter opens it: never a FIFO's blocking open."""
+    fifo = tmp_path / "reload"
+    os.mkfifo(fifo, 0o755)
+    start = time.monotonic()
+    with pytest.raises(CommandError, match="is not executable"):
+        run_command([str(fifo)], 5, "reload")
+    assert time.monotonic() - start < 2

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import stat
 from dataclasses import dataclass
 
+from certbot_fanout import commands, trust
 from certbot_fanout.errors import FanoutError
 from certbot_fanout.files import default_acl, enter_problem, reader_problem
 from certbot_fanout.lineage import Lineage, lineage_dir, read_lineage
 from certbot_fanout.model import Config, Consumer, FileSpec
 
 CONNECT_TIMEOUT = 5.0
-# certbot runs hooks (and systemd runs units) with the sbin directories on PATH.
-_SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
@@ -135,13 +133,19 @@ def _check_file(spec: FileSpec, lineage: Lineage | None) -> list[str]:
 
 
 def _program_problem(program: str) -> str | None:
-    if "/" in program:
-        if not os.path.exists(program):
-            return f"{program} does not exist"
-        if not os.path.isfile(program) or not os.access(program, os.X_OK):
-            return f"{program} is not an executable file"
-        return None
-    path = os.environ.get("PATH", "")
-    if shutil.which(program, path=f"{path}:{_SEARCH_PATH}" if path else _SEARCH_PATH):
-        return None
-    return f"no program named {program} on PATH (install it, or give its full path)"
+    """Why a command's program would not run: found as a deploy finds it (a bare name in
+    :data:`commands.COMMAND_PATH` only), and trusted as a deploy requires."""
+    path = commands.resolve_program(program)
+    if path is None:
+        return (
+            f"no program named {program} on PATH ({commands.COMMAND_PATH_TEXT}); install it, "
+            "or give its full path"
+        )
+    problem = commands.program_problem(path)
+    if problem is not None and problem.fault is trust.Fault.MISSING:
+        return commands.not_found_text(path)
+    if problem is not None:
+        return f"it would not be run: {commands.untrusted_program_text(problem)}"
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        return f"{path} is not an executable file"
+    return None

@@ -454,7 +454,7 @@ def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> 
 
 def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from certbot_fanout.check import run_checks
-    from certbot_fanout.errors import ConfigError, ConfigNotFound
+    from certbot_fanout.errors import ConfigError, ConfigNotFound, UntrustedConfig
     from certbot_fanout.render_check import render_check_text
 
     try:
@@ -462,6 +462,9 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int
     except ConfigNotFound as e:
         print(f"PROBLEM: {e}", file=out)
         return EXIT_FAILED
+    except UntrustedConfig as e:  # refused, as by every command
+        print(f"PROBLEM: {e}", file=out)
+        return EXIT_USAGE
     except ConfigError as e:
         print(f"PROBLEM: the map is not valid: {e}", file=out)
         return EXIT_FAILED
@@ -536,7 +539,7 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
     import time
 
     from certbot_fanout import files
-    from certbot_fanout.errors import FanoutError
+    from certbot_fanout.errors import FanoutError, UntrustedConfig
     from certbot_fanout.render_status import (
         render_status_json,
         render_status_prometheus,
@@ -557,6 +560,9 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
             report = check_and_repair(config, state_path, options, args.lock_file)
         else:
             report = check_status(config, state_path, options)
+    except UntrustedConfig as e:  # refused with exit 2, as by every command: CRITICAL
+        print(f"CRITICAL: {e}", file=out)
+        return int(Level.CRITICAL)
     except FanoutError as e:
         print(f"UNKNOWN: {e}", file=out)
         return int(Level.UNKNOWN)

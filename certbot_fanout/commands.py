@@ -1,12 +1,21 @@
-"""Running a consumer's test and reload commands: argv only, bounded in time and output."""
+"""Running a consumer's test and reload commands: argv only, bounded in time and output, and
+only programs nobody but root could have changed.
+
+A bare program name is looked up in :data:`COMMAND_PATH` alone, which is also the ``PATH`` every
+command runs with, so ``check`` and a deploy under cron, certbot or a login shell find the same
+programs. :func:`program_problem` applies :mod:`certbot_fanout.trust` to the program and to the
+interpreter its ``#!`` line names.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -14,10 +23,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
 
+from certbot_fanout import trust
 from certbot_fanout.errors import CommandError
 
 OUTPUT_TAIL_BYTES = 4096
 _KILL_GRACE = 2.0
+# Where a bare program name is looked for, and the PATH of every command run: root's own
+# directories (those of Debian's root login and of systemd), whatever PATH the caller had.
+COMMAND_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+COMMAND_PATH_TEXT = os.pathsep.join(COMMAND_PATH)
+# How much of a script is read to find the interpreter its #! line names.
+_SHEBANG_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -35,17 +51,25 @@ def run_command(argv: Sequence[str], timeout: float, what: str = "command") -> C
     starts (and which inherits its stdout) cannot keep us waiting for end-of-file. On timeout the
     whole process group gets SIGTERM, then SIGKILL.
 
+    The program is :func:`resolve_program` of ``argv[0]``; it runs with ``PATH`` set to
+    :data:`COMMAND_PATH`, and only if :func:`program_problem` finds nothing.
+
     Raises:
-        CommandError: the program cannot be started, timed out, or exited non-zero. The message
-            holds the tail of its output.
+        CommandError: the program is missing or could be changed by a user other than root (it
+            was not run), cannot be started, timed out, or exited non-zero. The message holds
+            the tail of its output.
     """
     argv = tuple(argv)
     shown = " ".join(argv)
+    program = _trusted_program(argv[0], f"{what} `{shown}`")
+    environment = {**os.environ, "PATH": COMMAND_PATH_TEXT}
     start = time.monotonic()
     with tempfile.TemporaryFile() as out:
         try:
             proc = subprocess.Popen(
                 argv,
+                executable=program,
+                env=environment,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -53,7 +77,7 @@ def run_command(argv: Sequence[str], timeout: float, what: str = "command") -> C
                 close_fds=True,
             )
         except FileNotFoundError:
-            raise CommandError(f"{what} `{shown}`: {_not_found(argv[0])}") from None
+            raise CommandError(f"{what} `{shown}`: {not_found_text(program)}") from None
         except PermissionError:
             raise CommandError(f"{what} `{shown}`: {argv[0]} is not executable") from None
         except OSError as e:
@@ -75,20 +99,73 @@ def run_command(argv: Sequence[str], timeout: float, what: str = "command") -> C
     return CommandResult(argv, returncode, output, seconds)
 
 
-def _not_found(program: str) -> str:
-    """Why exec said ENOENT: the program is missing (for a bare name: from PATH, which is
-    short under cron and systemd), or it exists and its ``#!`` interpreter does not."""
-    path = program if "/" in program else shutil.which(program)
-    if path is None:
-        return f"program {program} not found on PATH ({os.environ.get('PATH', os.defpath)})"
+def resolve_program(program: str) -> str | None:
+    """The absolute path of a command's program: a bare name found in :data:`COMMAND_PATH`
+    (None when it is in none of its directories), any other path made absolute."""
+    if "/" in program:
+        return os.path.abspath(program)
+    return shutil.which(program, path=COMMAND_PATH_TEXT)
+
+
+def program_problem(path: str) -> trust.TrustProblem | None:
+    """Why the program at ``path`` must not be run: it (or a directory above it, or the
+    interpreter its ``#!`` line names, or one above that) could be changed by a user other
+    than root (in a run by another user: than root or that user), or is missing."""
+    problem = trust.path_problem(path)
+    if problem is not None:
+        return problem
+    interpreter = _interpreter(path)
+    problem = None if interpreter is None else trust.path_problem(interpreter)
+    if problem is None or problem.fault is trust.Fault.MISSING:
+        return problem
+    return dataclasses.replace(problem, via=f"its interpreter {interpreter}")
+
+
+def _trusted_program(name: str, shown: str) -> str:
+    """The path to execute for the program ``name``; CommandError if it must not be run."""
+    program = resolve_program(name)
+    if program is None:
+        raise CommandError(f"{shown}: program {name} not found on PATH ({COMMAND_PATH_TEXT})")
+    problem = program_problem(program)
+    if problem is None:
+        return program
+    if problem.fault is trust.Fault.MISSING:
+        raise CommandError(f"{shown}: {not_found_text(program)}")
+    raise CommandError(f"{shown} was not run: {untrusted_program_text(problem)}")
+
+
+def untrusted_program_text(problem: trust.TrustProblem) -> str:
+    """Why a program is not run, and what to do, in a sentence."""
+    return (
+        f"{problem}, so someone other than {problem.trusted} could change what it runs; "
+        f"certbot-fanout runs only programs that {problem.trusted} alone can change"
+    )
+
+
+def _interpreter(path: str) -> str | None:
+    """The interpreter a script's ``#!`` line names (made absolute), or None."""
     try:
-        with open(path, "rb") as f:
-            first = f.readline(256)
+        # Without blocking, and only from a regular file: a FIFO named as a program never
+        # holds us up.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return f"program {program} not found"
-    if first.startswith(b"#!"):
-        words = first[2:].split()
-        interpreter = words[0].decode(errors="replace") if words else "(none)"
+        return None
+    with open(fd, "rb") as f:
+        try:
+            first = f.readline(_SHEBANG_BYTES) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        except OSError:
+            return None
+    words = first[2:].split() if first.startswith(b"#!") else []
+    return os.path.abspath(os.fsdecode(words[0])) if words else None
+
+
+def not_found_text(path: str) -> str:
+    """Why ``path`` cannot be started: it is missing, or its ``#!`` interpreter is, or (exec
+    said ENOENT of a file that is there) its loader or a library."""
+    if not os.path.exists(path):
+        return f"program {path} not found"
+    interpreter = _interpreter(path)
+    if interpreter is not None and not os.path.exists(interpreter):
         return f"cannot start {path}: its interpreter {interpreter} does not exist"
     return f"cannot start {path}: No such file or directory (a missing loader or library?)"
 

@@ -45,6 +45,11 @@ class ConfigNotFound(ConfigError):
     """There is no consumer map at the path (a newcomer's first run, or a mistyped path)."""
 
 
+class UntrustedConfig(ConfigError):
+    """The consumer map, or a directory above it, could be changed by a user other than root
+    (in a run by another user: than root or that user), so it is not read."""
+
+
 class LineageError(FanoutError):
     """The Certbot lineage is missing, unreadable or inconsistent."""
 

@@ -98,7 +98,9 @@ consumers:
     assert f"the directory {public_tmp}/missing does not exist; create it" in text
     assert (
         "PROBLEM: synapse: the reload command `systemctl-of-a-dream reload synapse` cannot run: "
-        "no program named systemctl-of-a-dream on PATH (install it, or give its full path)"
+        "no program named systemctl-of-a-dream on PATH "
+        "(/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin); install it, or give its "
+        "full path"
     ) in lines
     assert f"{public_tmp}/open/not-executable is not an executable file" in text
     assert f"link to {live}/fullchain.pem, but nobody cannot enter" in text

@@ -45,12 +45,12 @@ def test_missing_and_unexecutable_programs(tmp_path: Path) -> None:
 
 
 def test_a_bare_name_missing_from_path_names_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin")
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin")  # the caller's PATH plays no part
     with pytest.raises(CommandError) as err:
         run_command(["fanout-no-such-program", "reload"], 5, "reload")
     assert str(err.value) == (
         "reload `fanout-no-such-program reload`: program fanout-no-such-program not found "
-        "on PATH (/usr/sbin:/usr/bin)"
+        "on PATH (/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)"
     )
 
 

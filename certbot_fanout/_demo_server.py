@@ -1,7 +1,8 @@
 """A tiny TLS service for the demo: serves a certificate file and re-reads it on SIGHUP.
 
 ``python -m certbot_fanout._demo_server --cert C --key K --port-file F`` listens on a free
-loopback port, writes the port number to F, and answers every TLS client with one line.
+loopback port, writes the port number to F, and answers every TLS client with one line (the demo
+runs it isolated, through ``demo.python_module_argv``).
 ``--check`` only checks that the pair loads (the demo's stand-in for ``nginx -t``).
 """
 

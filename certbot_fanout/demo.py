@@ -7,6 +7,7 @@ demo starts is stopped by PID.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -23,6 +24,21 @@ from certbot_fanout.probe import fetch_leaf
 NAME = "demo.test"
 _WORDS = ("no", "one", "two", "three", "four", "five", "six")
 
+# The directory this certbot_fanout was imported from, for the demo's own Python processes.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_RUN_MODULE = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    'runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)'
+)
+
+
+def python_module_argv(module: str, *args: str) -> list[str]:
+    """``python -m module args`` with this interpreter and this certbot_fanout, isolated
+    (``-I``): ``-m`` alone would put the working directory first on sys.path (and honour
+    PYTHONPATH and the user's site), so a ``certbot_fanout`` planted where the demo is started
+    would run instead."""
+    return [sys.executable, "-I", "-c", _RUN_MODULE, _PACKAGE_ROOT, module, *args]
+
 
 class _Service:
     """A demo TLS service process reading ``cert``/``key`` and reloading on SIGHUP."""
@@ -34,9 +50,7 @@ class _Service:
         port_file = os.path.join(workdir, f"{label}.port")
         self.log = open(os.path.join(workdir, f"{label}.log"), "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
+            python_module_argv(
                 "certbot_fanout._demo_server",
                 "--cert",
                 cert,
@@ -44,7 +58,7 @@ class _Service:
                 key,
                 "--port-file",
                 port_file,
-            ],
+            ),
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -61,6 +75,7 @@ class _Service:
     def reload_argv(self) -> list[str]:
         return [
             sys.executable,
+            "-I",
             "-c",
             "import os,sys; os.kill(int(sys.argv[1]), 1)",
             str(self.proc.pid),
@@ -98,7 +113,7 @@ def _config(workdir: str, services: list[_Service], stale: _Service | None) -> s
     blocks = []
     for svc in [*services, *([stale] if stale else [])]:
         copy_dir = os.path.join(workdir, "services", svc.label)
-        reload_words = ", ".join(f"'{w}'" for w in svc.reload_argv())
+        reload_words = ", ".join(json.dumps(w) for w in svc.reload_argv())
         block = f"""\
   {svc.label}:
     certificate: {NAME}
@@ -119,16 +134,9 @@ def _config(workdir: str, services: list[_Service], stale: _Service | None) -> s
         else:
             block += "    verify_timeout: 15\n"
             test_words = ", ".join(
-                f"'{w}'"
-                for w in (
-                    sys.executable,
-                    "-m",
-                    "certbot_fanout._demo_server",
-                    "--check",
-                    "--cert",
-                    svc.cert,
-                    "--key",
-                    svc.key,
+                json.dumps(w)
+                for w in python_module_argv(
+                    "certbot_fanout._demo_server", "--check", "--cert", svc.cert, "--key", svc.key
                 )
             )
             block += f"    test: [{test_words}]\n"

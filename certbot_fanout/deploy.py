@@ -100,6 +100,7 @@ class EndpointResult:
     attempts: int = 0
     served: CertInfo | None = None
     error: str | None = None
+    legacy_protocol: str | None = None  # "TLSv1" or "TLSv1.1": only those could be spoken
 
     @property
     def label(self) -> str:
@@ -589,6 +590,7 @@ def probe_endpoint(
         got = fetch(ep.host, ep.port, server_name, timeout, ep.starttls)
     except ProbeError as e:
         return EndpointResult(ep, server_name, False, attempts=1, error=str(e))
+    legacy = got.legacy_protocol
     if fingerprint(got.leaf) != expected.fingerprint:
         served = cert_info_from_der(got.leaf)
         error = (
@@ -596,10 +598,15 @@ def probe_endpoint(
             f"expected serial {expected.serial}, not after "
             f"{expected.not_after:%Y-%m-%d %H:%M:%S} UTC, SHA-256 {expected.fingerprint}"
         )
-        return EndpointResult(ep, server_name, False, attempts=1, served=served, error=error)
+        return EndpointResult(
+            ep, server_name, False, attempts=1, served=served, error=error, legacy_protocol=legacy
+        )
     problem = chain_problem(got.chain, lineage) if ep.check_chain else None
     if problem:
+        error = f"{ep.label} (SNI {server_name}) {problem}"
         return EndpointResult(
-            ep, server_name, False, attempts=1, error=f"{ep.label} (SNI {server_name}) {problem}"
+            ep, server_name, False, attempts=1, error=error, legacy_protocol=legacy
         )
-    return EndpointResult(ep, server_name, True, attempts=1, served=expected)
+    return EndpointResult(
+        ep, server_name, True, attempts=1, served=expected, legacy_protocol=legacy
+    )

@@ -6,6 +6,12 @@ PostgreSQL, LDAP, MySQL), then completes a TLS handshake and returns what the se
 (``Served``). One deadline covers the whole exchange, so a silent, slow or garbage-speaking peer
 costs at most the timeout. ``Fetch`` is the type of that callable: deploy's ``Effects`` holds
 one (``fetch_served`` unless a test hands it a stand-in), and status probes through it.
+
+The handshake asks for TLS 1.2 or later. Only when the server refuses that *because of the
+protocol version* does the probe connect once more allowing TLS 1.0 and 1.1 (within the same
+deadline), to read the certificate of a legacy endpoint; the result says so
+(``Served.legacy_protocol``). Nothing else is relaxed: a server that fails the handshake for
+any other reason is not asked again.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import select
 import socket
 import ssl
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +39,16 @@ class Served:
 
     leaf: bytes
     chain: tuple[bytes, ...]
+    protocol: str = ""  # the TLS version negotiated, as ssl names it ("TLSv1.3"); "" if unknown
+
+    @property
+    def legacy_protocol(self) -> str | None:
+        """The version, when the certificate could only be read over TLS 1.0 or 1.1."""
+        return self.protocol if self.protocol in LEGACY_PROTOCOLS else None
+
+
+# What the legacy retry can negotiate, as ``SSLSocket.version()`` names it.
+LEGACY_PROTOCOLS = frozenset({"TLSv1", "TLSv1.1"})
 
 
 # What deploy and status call (through deploy's Effects) to learn what an endpoint serves:
@@ -47,11 +64,36 @@ def _client_context() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    # Set, not left to the build: Debian's Python allows TLS 1.0 by default, python.org's does
+    # not. Older versions are the fallback's, and are reported as such.
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     with contextlib.suppress(ssl.SSLError):
         # A service with a weak key or a SHA-1 signature still deserves an answer about what
         # it serves.
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
     return ctx
+
+
+@functools.cache
+def _legacy_context() -> ssl.SSLContext | None:
+    """A context for TLS 1.0 and 1.1 only, or None when this Python or OpenSSL has none."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TLSv1 names are deprecated
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+        # Their handshakes sign with MD5-SHA1 or SHA-1, which OpenSSL 3 allows only at level 0.
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    except (ValueError, ssl.SSLError):
+        return None
+    return ctx
+
+
+class _ProtocolRefused(ProbeError):
+    """The server refused the TLS versions offered (and nothing else went wrong)."""
 
 
 def fetch_served(
@@ -70,40 +112,76 @@ def fetch_served(
     """
     where = f"{host}:{port}" + (f" ({starttls.value})" if starttls else "")
     deadline = time.monotonic() + timeout
+    attempt = _Attempt(host, port, server_name, starttls, where, deadline, timeout)
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except socket.gaierror as e:
-        raise ProbeError(f"{where}: cannot resolve {host}: {e.strerror}") from None
-    except ConnectionRefusedError:
-        raise ProbeError(f"{where}: connection refused (is the service running?)") from None
-    except TimeoutError:
-        raise ProbeError(f"{where}: no TCP connection within {timeout:g} s") from None
-    except OSError as e:
-        raise ProbeError(f"{where}: cannot connect: {e.strerror or e}") from None
-    with sock:
-        sock.setblocking(False)
-        if starttls is not None:
-            negotiate(
-                sock, starttls, server_name or host, deadline=deadline, where=where, timeout=timeout
-            )
+        return attempt.fetch(_client_context())
+    except _ProtocolRefused as refused:
+        legacy = _legacy_context()
+        if legacy is None:
+            raise ProbeError(str(refused)) from None
         try:
-            tls = _client_context().wrap_socket(
-                sock, server_hostname=server_name or None, do_handshake_on_connect=False
-            )
-        except ConnectionResetError:  # wrap_socket reads from a socket it finds unconnected
-            raise ProbeError(
-                f"{where}: TLS handshake failed: the server reset the connection"
-            ) from None
-        except (OSError, ValueError) as e:
-            detail = getattr(e, "strerror", None) or e
-            raise ProbeError(f"{where}: TLS handshake failed: cannot start TLS: {detail}") from None
-        with tls:
-            _handshake(tls, deadline, where, timeout)
-            leaf = tls.getpeercert(binary_form=True)
-            chain = _peer_chain(tls)
-    if not leaf:
-        raise ProbeError(f"{where}: the server presented no certificate")
-    return Served(leaf=leaf, chain=chain)
+            return attempt.fetch(legacy)
+        except ProbeError as again:
+            raise ProbeError(f"{refused}; with TLS 1.0 and 1.1 allowed too: {again}") from None
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One endpoint to fetch from, and the deadline every attempt at it shares."""
+
+    host: str
+    port: int
+    server_name: str | None
+    starttls: Dialect | None
+    where: str
+    deadline: float
+    timeout: float
+
+    def fetch(self, ctx: ssl.SSLContext) -> Served:
+        where, timeout = self.where, self.timeout
+        connect_within = max(self.deadline - time.monotonic(), 0.001)
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=connect_within)
+        except socket.gaierror as e:
+            raise ProbeError(f"{where}: cannot resolve {self.host}: {e.strerror}") from None
+        except ConnectionRefusedError:
+            raise ProbeError(f"{where}: connection refused (is the service running?)") from None
+        except TimeoutError:
+            raise ProbeError(f"{where}: no TCP connection within {timeout:g} s") from None
+        except OSError as e:
+            raise ProbeError(f"{where}: cannot connect: {e.strerror or e}") from None
+        with sock:
+            sock.setblocking(False)
+            if self.starttls is not None:
+                name = self.server_name or self.host
+                negotiate(
+                    sock, self.starttls, name, deadline=self.deadline, where=where, timeout=timeout
+                )
+            tls = _wrap(ctx, sock, self.server_name, where)
+            with tls:
+                _handshake(tls, self.deadline, where, timeout)
+                leaf = tls.getpeercert(binary_form=True)
+                chain = _peer_chain(tls)
+                protocol = tls.version() or ""
+        if not leaf:
+            raise ProbeError(f"{where}: the server presented no certificate")
+        return Served(leaf=leaf, chain=chain, protocol=protocol)
+
+
+def _wrap(
+    ctx: ssl.SSLContext, sock: socket.socket, server_name: str | None, where: str
+) -> ssl.SSLSocket:
+    try:
+        return ctx.wrap_socket(
+            sock, server_hostname=server_name or None, do_handshake_on_connect=False
+        )
+    except ConnectionResetError:  # wrap_socket reads from a socket it finds unconnected
+        raise ProbeError(
+            f"{where}: TLS handshake failed: the server reset the connection"
+        ) from None
+    except (OSError, ValueError) as e:
+        detail = getattr(e, "strerror", None) or e
+        raise ProbeError(f"{where}: TLS handshake failed: cannot start TLS: {detail}") from None
 
 
 def fetch_leaf(host: str, port: int, server_name: str | None, timeout: float) -> bytes:
@@ -137,7 +215,8 @@ def _handshake(tls: ssl.SSLSocket, deadline: float, where: str, timeout: float) 
         except ssl.SSLError as e:
             reason = e.reason or str(e)
             hint = _HANDSHAKE_HINTS.get(reason, "")
-            raise ProbeError(f"{where}: TLS handshake failed: {reason}{hint}") from None
+            error = _ProtocolRefused if reason in _PROTOCOL_REFUSED else ProbeError
+            raise error(f"{where}: TLS handshake failed: {reason}{hint}") from None
         except ConnectionResetError:
             raise ProbeError(
                 f"{where}: TLS handshake failed: the server reset the connection"
@@ -156,3 +235,8 @@ _HANDSHAKE_HINTS = {
     "HTTP_REQUEST": _NOT_TLS,
     "UNEXPECTED_EOF_WHILE_READING": " (the server closed the connection)",
 }
+# What OpenSSL says when the only thing wrong is the protocol version: the server's alert, or
+# its ServerHello for a version the client did not offer.
+_PROTOCOL_REFUSED = frozenset(
+    {"TLSV1_ALERT_PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL", "WRONG_SSL_VERSION", "VERSION_TOO_LOW"}
+)

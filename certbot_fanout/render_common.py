@@ -48,4 +48,5 @@ def endpoint_document(e: EndpointResult) -> dict[str, Any]:
         "attempts": e.attempts,
         "served": cert_document(e.served),
         "error": e.error,
+        "legacy_protocol": e.legacy_protocol,
     }

@@ -152,7 +152,12 @@ def _run_steps(c: ConsumerResult) -> list[str]:
         steps.append("tested")
     if c.reloaded:
         steps.append("reloaded" + (f" ({c.reload_reason})" if c.reload_reason else ""))
-    steps.extend(f"verified {ep.label} in {_ms(ep.seconds)}" for ep in c.endpoints if ep.ok)
+    steps.extend(
+        f"verified {ep.label} in {_ms(ep.seconds)}"
+        + (f" (served over {ep.legacy_protocol}, a legacy protocol)" if ep.legacy_protocol else "")
+        for ep in c.endpoints
+        if ep.ok
+    )
     return steps
 
 

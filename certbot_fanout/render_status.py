@@ -123,6 +123,11 @@ def _problem_lines(c: ConsumerStatus) -> list[str]:
     lines = [f"{c.name}: {problem}" for problem in c.problems]
     if c.problems and c.consumer.notes and c.level >= Level.CRITICAL:
         lines.append(f"{c.name}: notes: {' '.join(c.consumer.notes.split())}")
+    lines.extend(
+        f"{c.name}: note: {e.label} served over {e.legacy_protocol}, a legacy protocol"
+        for e in c.endpoints
+        if e.legacy_protocol
+    )
     return lines
 
 

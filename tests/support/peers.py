@@ -9,6 +9,7 @@ import ssl
 import struct
 import threading
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
@@ -58,6 +59,9 @@ class Peer(_Loopback):
     (accept, say nothing), ``garbage`` (answer in plaintext), ``drip`` (one byte of a TLS
     record every 0.2 s), ``close`` (accept and hang up), ``alert`` (answer the
     ClientHello with a handshake-failure alert).
+
+    ``versions`` (lowest, highest) limits the TLS versions it speaks, at OpenSSL security level
+    0 so that TLS 1.0 and 1.1 are possible; ``protocols`` lists what each handshake negotiated.
     """
 
     def __init__(
@@ -66,10 +70,13 @@ class Peer(_Loopback):
         cert: Path | None = None,
         key: Path | None = None,
         bind: str = "127.0.0.1",
+        versions: tuple[ssl.TLSVersion, ssl.TLSVersion] | None = None,
     ) -> None:
         self.behaviour = behaviour
         self.cert, self.key = cert, key
+        self.versions = versions
         self.server_names: list[str | None] = []
+        self.protocols: list[str | None] = []
         self.ctx = self._context() if behaviour in ("tls", "alert") else None
         super().__init__(bind)
 
@@ -77,6 +84,11 @@ class Peer(_Loopback):
         assert self.cert and self.key
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(self.cert, self.key)
+        if self.versions is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # TLSv1 and TLSv1_1
+                ctx.minimum_version, ctx.maximum_version = self.versions
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
         alert = self.behaviour == "alert"
 
         def record(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, c: object) -> int | None:
@@ -95,6 +107,7 @@ class Peer(_Loopback):
             if self.behaviour in ("tls", "alert"):
                 assert self.ctx is not None
                 with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                    self.protocols.append(tls.version())
                     tls.sendall(b"ok\n")
             elif self.behaviour == "silent":
                 self._stop.wait(10)

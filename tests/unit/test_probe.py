@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import ssl
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from certbot_fanout._pki import ThrowawayCA
+from certbot_fanout.deploy import probe_endpoint
 from certbot_fanout.errors import ProbeError
 from certbot_fanout.lineage import chain_problem, fingerprint, read_lineage
-from certbot_fanout.model import Dialect, Part
-from certbot_fanout.probe import fetch_leaf, fetch_served
+from certbot_fanout.model import Dialect, Endpoint, Part
+from certbot_fanout.probe import Served, fetch_leaf, fetch_served
+from tests.support.cli import explain, invoke
 from tests.support.lineages import LineageFactory
+from tests.support.maps import config_text
 from tests.support.peers import Peer, ScriptedPeer, Step
+from tests.support.tally import record
 
 
 @pytest.fixture
@@ -234,3 +242,116 @@ def test_the_right_chain_with_an_extra_root_is_fine(live: Path, ca: ThrowawayCA)
         served = fetch_served("127.0.0.1", peer.port, "probe.test", 5)
     assert len(served.chain) == 3
     assert chain_problem(served.chain, lineage) is None
+
+
+# -- legacy endpoints: TLS 1.0 and 1.1 only, read but said so -------------------------------
+
+LEGACY_AREA = "legacy endpoints"
+
+
+def _version(name: str) -> ssl.TLSVersion:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLSv1 and TLSv1_1 are deprecated
+        return ssl.TLSVersion[name]
+
+
+@pytest.mark.parametrize(("version", "shown"), [("TLSv1", "TLSv1"), ("TLSv1_1", "TLSv1.1")])
+def test_an_endpoint_that_speaks_only_a_legacy_version_is_read_and_said_so(
+    live: Path, version: str, shown: str
+) -> None:
+    only = _version(version)
+    with Peer("tls", live / "fullchain.pem", live / "privkey.pem", versions=(only, only)) as peer:
+        try:
+            served: Served | None = fetch_served("127.0.0.1", peer.port, "probe.test", 5)
+        except ProbeError:
+            served = None
+    record(LEGACY_AREA, cases=1, unverified=int(served is None))
+    assert served is not None, "a TLS 1.0/1.1-only endpoint must still be read"
+    assert fingerprint(served.leaf) == read_lineage(str(live)).cert.fingerprint
+    assert (served.protocol, served.legacy_protocol) == (shown, shown)
+    assert peer.protocols == [shown]
+
+
+@pytest.mark.parametrize(
+    ("versions", "shown"),
+    [(None, "TLSv1.3"), (("TLSv1_2", "TLSv1_2"), "TLSv1.2"), (("TLSv1", "TLSv1_3"), "TLSv1.3")],
+    ids=["default", "tls1.2-only", "tls1.0-to-1.3"],
+)
+def test_a_modern_endpoint_is_read_with_the_modern_handshake_alone(
+    live: Path, versions: tuple[str, str] | None, shown: str
+) -> None:
+    limits = None if versions is None else (_version(versions[0]), _version(versions[1]))
+    with Peer("tls", live / "fullchain.pem", live / "privkey.pem", versions=limits) as peer:
+        served = fetch_served("127.0.0.1", peer.port, "probe.test", 5)
+    legacy_handshakes = len(peer.server_names) - 1
+    record(LEGACY_AREA, cases=1, weaker_retries_without_cause=legacy_handshakes)
+    assert (served.protocol, served.legacy_protocol) == (shown, None)
+    assert peer.server_names == ["probe.test"], "one handshake, no second, weaker one"
+
+
+def test_an_endpoint_that_refuses_the_name_is_not_asked_again_with_legacy_versions(
+    live: Path,
+) -> None:
+    with (
+        Peer("alert", live / "fullchain.pem", live / "privkey.pem") as peer,
+        pytest.raises(ProbeError, match=r"SSLV3_ALERT_HANDSHAKE_FAILURE$") as failed,
+    ):
+        fetch_served("127.0.0.1", peer.port, "probe.test", 2)
+    record(LEGACY_AREA, cases=1, weaker_retries_without_cause=len(peer.server_names) - 1)
+    assert peer.server_names == ["probe.test"]
+    assert "TLS 1.0" not in str(failed.value)
+
+
+def test_a_legacy_endpoint_that_then_fails_keeps_both_reasons(live: Path) -> None:
+    only = _version("TLSv1")
+    with (
+        Peer("alert", live / "fullchain.pem", live / "privkey.pem", versions=(only, only)) as p,
+        pytest.raises(ProbeError) as failed,
+    ):
+        fetch_served("127.0.0.1", p.port, "probe.test", 2)
+    assert str(failed.value) == (
+        f"127.0.0.1:{p.port}: TLS handshake failed: TLSV1_ALERT_PROTOCOL_VERSION; with TLS 1.0 "
+        f"and 1.1 allowed too: 127.0.0.1:{p.port}: TLS handshake failed: "
+        "SSLV3_ALERT_HANDSHAKE_FAILURE"
+    )
+
+
+def test_a_legacy_endpoint_serving_another_certificate_still_fails(
+    live: Path, lineages: LineageFactory
+) -> None:
+    other, _ = lineages.issue("other.test")
+    only = _version("TLSv1")
+    with Peer("tls", other / "fullchain.pem", other / "privkey.pem", versions=(only, only)) as p:
+        endpoint = Endpoint("127.0.0.1", p.port, server_name="probe.test")
+        result = probe_endpoint(endpoint, read_lineage(str(live)), fetch_served, 5)
+    record(LEGACY_AREA, cases=1, verdicts_changed=int(result.ok))
+    assert not result.ok and result.legacy_protocol == "TLSv1"
+    assert result.served is not None and "serial" in (result.error or "")
+
+
+def test_the_reports_say_which_legacy_version_was_spoken(
+    live: Path, tmp_path: Path, write_config: Callable[[str], Path]
+) -> None:
+    only = _version("TLSv1_1")
+    with Peer("tls", live / "fullchain.pem", live / "privkey.pem", versions=(only, only)) as p:
+        config = write_config(
+            config_text(
+                "  appliance:\n    certificate: probe.test\n"
+                f"    verify: [{{host: 127.0.0.1, port: {p.port}}}]\n"
+            )
+        )
+        common = ["--config", str(config), "--config-dir", str(live.parent.parent)]
+        common += ["--state-file", str(tmp_path / "state.json")]
+        text = invoke([*common, "status"])
+        document = invoke([*common, "status", "--json"])
+        deployed = invoke(
+            [*common, "--lock-file", str(tmp_path / "lock"), "deploy", "--lineage", str(live)]
+        )
+    assert text.returncode == 0, explain(text)
+    assert f"appliance: note: 127.0.0.1:{p.port} served over TLSv1.1, a legacy protocol" in (
+        text.stdout
+    )
+    endpoints = json.loads(document.stdout)["consumers"][0]["endpoints"]
+    assert [e["legacy_protocol"] for e in endpoints] == ["TLSv1.1"]
+    assert deployed.returncode == 0, explain(deployed)
+    assert "(served over TLSv1.1, a legacy protocol)" in deployed.stdout, deployed.stdout

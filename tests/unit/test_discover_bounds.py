@@ -283,7 +283,9 @@ def test_silent_listeners_cannot_skip_the_file_scan_nor_hide_roots_service(
     shutil.copyfile(stale_copy, scan / "forgotten.pem")
     with Peer("tls", stale_copy, key) as roots_service:
         result = fanout(
-            *discover_argv(lineages, empty_map, "--path", str(scan), "--probe-budget", "3")
+            *discover_argv(lineages, empty_map, "--path", str(scan), "--probe-budget", "3"),
+            "--scan-budget",
+            "2",  # less than the listeners': it counts from the scan's own start
         )
     unprobed = "listening sockets not probed: the listener budget of 3 s ran out"
     shortfall_stated = "NOT COVERED: " in result.stdout and unprobed in result.stdout
@@ -480,3 +482,32 @@ def test_cryptography_warnings_about_odd_certificates_never_reach_stderr(tmp_pat
     assert not leaked, "\n".join(explain(r) for r in leaked)
     assert f"{copies}/odd.pem" in runs[-1].stdout, explain(runs[-1])
     assert "serial -07" in runs[-1].stdout, "the odd certificate is still read and listed"
+
+
+@needs_root
+def test_a_config_symlink_is_followed_only_where_only_root_could_have_put_it(
+    lineages: LineageFactory, stale_copy: Path, tmp_path: Path, service_user: Account
+) -> None:
+    available = tmp_path / "sites-available"
+    available.mkdir()
+    other_copy = stale_copy.with_name("other.pem")
+    shutil.copyfile(stale_copy, other_copy)
+    roots, theirs = tmp_path / "sites-enabled", tmp_path / "theirs"
+    for d, copy in ((roots, stale_copy), (theirs, other_copy)):
+        (available / d.name).write_text(f"ssl_certificate {copy};\n")
+        d.mkdir(mode=0o755)
+        (d / "site").symlink_to(available / d.name)
+    chown_to(theirs, service_user, 0o755)
+    (tmp_path / "no-proc").mkdir()
+    pattern = discover_module.SERVICE_CONFIGS["nginx"].pattern
+    report = discover(
+        parse_config("version: 1\n"),
+        str(lineages.config_dir),
+        [NAME],
+        roots=(),
+        proc_net=str(tmp_path / "no-proc"),
+        service_configs={
+            "nginx": discover_module.ServiceConfig((f"{roots}/*", f"{theirs}/*"), pattern)
+        },
+    )
+    assert [f.via for f in report.finds] == [f"nginx: {roots}/site:1"]

@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 25.0  # a run that takes longer hung: every budget here is a few seconds
 SILENT_LISTENERS = 300
 SERVICE_USER = "fanout-disc"
+# The silent listeners run as the service account, which may not read a virtualenv in a home.
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="plants files as root, other users")
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
@@ -229,7 +231,7 @@ def silent_listeners(service_user: Account) -> Iterator[list[int]]:
     """SILENT_LISTENERS sockets on loopback, owned by the service account, that accept and
     never say a word."""
     proc = subprocess.Popen(
-        ["/usr/bin/python3", "-I", "-c", _LISTEN, str(SILENT_LISTENERS)],
+        [SYSTEM_PYTHON, "-I", "-c", _LISTEN, str(SILENT_LISTENERS)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -239,8 +239,8 @@ def build_parser() -> _Parser:
         "STARTTLS by well-known port), certificate paths in the configuration of common "
         "services, and PEM files under /etc, /var/lib, /opt, /srv, /usr/local/etc and each "
         "--path. Prints a map entry to paste for each find the map does not cover.",
-        epilog="exit codes: 0 nothing unmapped or stale; 1 something to review; 2 usage, "
-        "config or lineage error.",
+        epilog="exit codes: 0 nothing unmapped or stale; 1 something to review, or a budget "
+        "ran out before everything was looked at; 2 usage, config or lineage error.",
     )
     _common_options(discover, top=False)
     discover.add_argument(
@@ -256,6 +256,18 @@ def build_parser() -> _Parser:
         action="append",
         default=[],
         help="also scan this directory for PEM files (repeatable)",
+    )
+    discover.add_argument(
+        "--probe-budget",
+        type=_budget_seconds,
+        metavar="SECONDS",
+        help="time for probing the listeners, root's and system accounts' first (default: 20)",
+    )
+    discover.add_argument(
+        "--scan-budget",
+        type=_budget_seconds,
+        metavar="SECONDS",
+        help="time for reading service configurations and scanning files (default: 40)",
     )
 
     presets = add_command(
@@ -304,6 +316,17 @@ def _parse(parser: _Parser, argv: Sequence[str]) -> argparse.Namespace | int:
 
 
 MAX_DAYS = 99999  # --warn-days and --crit-days; a certificate lives for months, not centuries
+MAX_BUDGET = 3600  # discover's --probe-budget and --scan-budget, in seconds
+
+
+def _budget_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value <= MAX_BUDGET:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"expected seconds above 0, up to {MAX_BUDGET}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -438,7 +461,7 @@ def _presets(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> i
 
 
 def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
-    from certbot_fanout.discover import discover
+    from certbot_fanout.discover import Budgets, discover
     from certbot_fanout.model import Config
     from certbot_fanout.render_discover import render_discover_text
 
@@ -447,8 +470,13 @@ def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> 
         config = _load_map(args, env, _certbot_dirs(args))
     else:  # looking for a certificate before any map exists is fine
         config = Config(path, ())
-    report = discover(config, args.config_dir, args.cert_name, args.path)
+    budgets = Budgets(
+        listeners=args.probe_budget or Budgets.listeners, files=args.scan_budget or Budgets.files
+    )
+    report = discover(config, args.config_dir, args.cert_name, args.path, budgets=budgets)
     out.write(render_discover_text(report))
+    if not report.complete:  # a look cut short is never a clean bill
+        return EXIT_FAILED
     return EXIT_FAILED if any(not f.mapped or not f.current for f in report.finds) else EXIT_OK
 
 

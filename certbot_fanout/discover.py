@@ -6,6 +6,16 @@ configuration of common services; and PEM files under the usual directories. Cer
 directory is skipped, symlinks are never followed, large and special files are never read, and
 no key material is ever printed: only paths and certificate summaries.
 
+Every user of the host can shape what discover reads (a service account owns its configuration
+directory; anyone can listen on a port), so each phase is bounded on its own: a FIFO or device
+is never opened (a path is opened with ``O_PATH`` and checked to be a regular file before a byte
+is read), directory symlinks are never followed (the configuration walk and the file scan), the
+listener phase and the file phase each have a time budget counted from their own start (root's
+and the service accounts' listeners are probed first), every file counts against the file
+phase's deadline and entry budget, each file's certificates are parsed up to a bound, and a
+hard-linked file is read once. What a budget left out is a :attr:`DiscoverReport.shortfalls`
+entry, and a report with one is never a clean "nothing found".
+
 :func:`discover` returns a :class:`DiscoverReport`: each :class:`Find` says how it was found
 (:class:`FindKind`) and carries the facts of its kind (the listener, the configuration line that
 names it, what the copy holds and as whom), so rendering it (``render_discover``) reads nothing.
@@ -16,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
-import glob
+import fnmatch
 import ipaddress
 import os
 import re
@@ -40,9 +50,14 @@ from certbot_fanout.model import Config, Dialect, Endpoint
 SCAN_ROOTS = ("/etc", "/var/lib", "/opt", "/srv", "/usr/local/etc")
 NEVER_SCAN = ("/proc", "/sys", "/dev", "/run")
 MAX_FILE_BYTES = 1 << 20
-MAX_ENTRIES = 400_000
-TIME_BUDGET = 40.0
+MAX_ENTRIES = 400_000  # directory entries the file scan looks at
+MAX_CONFIG_ENTRIES = 20_000  # directory entries the service-configuration walk looks at
+MAX_PEM_BLOCKS = 16  # certificates parsed in one file (a chain is a handful)
+LISTENER_BUDGET = 20.0  # seconds for the listener phase, from its start (--probe-budget)
+FILE_BUDGET = 40.0  # seconds for the configurations and the file scan, from their start
 PROBE_TIMEOUT = 2.0
+MIN_PROBE_SECONDS = 0.25  # a probe is not started with less time than this left
+SYSTEM_UID_MAX = 999  # root's and then the system accounts' listeners are probed first
 
 STARTTLS_PORTS = {
     21: Dialect.FTP,
@@ -217,8 +232,22 @@ class DiscoverReport:
     notes: tuple[str, ...]
     seconds: float
     scanned_files: int
-    listeners: int
+    listeners: int  # how many listening sockets were probed
     checked_at: datetime.datetime  # when the look ended (an expired find reads as expired)
+    shortfalls: tuple[str, ...] = ()  # what a budget left out: the look is incomplete
+
+    @property
+    def complete(self) -> bool:
+        """Every listener was probed and every file scanned: "nothing found" means it."""
+        return not self.shortfalls
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """The seconds each phase may take, each counted from that phase's own start."""
+
+    listeners: float = LISTENER_BUDGET
+    files: float = FILE_BUDGET  # the service configurations, then the file scan
 
 
 def discover(
@@ -229,6 +258,7 @@ def discover(
     roots: Iterable[str] = SCAN_ROOTS,
     proc_net: str = "/proc/net",
     service_configs: Mapping[str, ServiceConfig] = SERVICE_CONFIGS,
+    budgets: Budgets = Budgets(),
 ) -> DiscoverReport:
     """Look for every place on this host that carries one of the lineages' certificates.
 
@@ -237,16 +267,18 @@ def discover(
     """
     start = time.monotonic()
     skip = {os.path.realpath(config_dir)}
-    sockets = listening_sockets(proc_net)
+    sockets = listening_sockets_by_owner(proc_net)
     with warnings.catch_warnings():
         # Certificates found on a host can be odd (negative serials, ...); they are only compared.
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
         lineages, notes = _read_lineages(config, config_dir, cert_names)
-        finds = _listeners(config, lineages, sockets)
-        named = _service_configs(config, lineages, skip, service_configs)
-        scan = _scan_files(config, lineages, [*roots, *extra_paths], skip, start + TIME_BUDGET)
-    seen = {f.where for f in named}
-    finds += named
+        probed = _listeners(config, lineages, sockets, budgets.listeners)
+        files_deadline = time.monotonic() + budgets.files
+        named = _service_configs(config, lineages, skip, service_configs, files_deadline)
+        scan = _scan_files(config, lineages, [*roots, *extra_paths], skip, files_deadline)
+    finds = probed.finds
+    seen = {f.where for f in named.finds}
+    finds += named.finds
     for find in scan.finds:
         if find.where not in seen:
             seen.add(find.where)
@@ -257,8 +289,9 @@ def discover(
         notes=(*notes, *scan.notes),
         seconds=time.monotonic() - start,
         scanned_files=scan.files,
-        listeners=len(sockets),
+        listeners=len(sockets) - probed.unprobed,
         checked_at=datetime.datetime.now(datetime.UTC),
+        shortfalls=tuple(s for s in (probed.shortfall, named.shortfall, scan.shortfall) if s),
     )
 
 
@@ -308,9 +341,25 @@ def _match(info: CertInfo, lineages: Mapping[str, Lineage]) -> Lineage | None:
 # -- listeners ----------------------------------------------------------------------------------
 
 
+class Socket(NamedTuple):
+    """A listening TCP socket, and the uid that owns it (None when the table does not say)."""
+
+    address: str
+    port: int
+    uid: int | None
+
+
 def listening_sockets(proc_net: str = "/proc/net") -> list[tuple[str, int]]:
-    """(address, port) of every listening TCP socket, from /proc/net/tcp and tcp6."""
-    found: dict[tuple[str, int], None] = {}
+    """(address, port) of every listening TCP socket, from /proc/net/tcp and tcp6, root's
+    first, then the system accounts', then everyone else's."""
+    return [(s.address, s.port) for s in listening_sockets_by_owner(proc_net)]
+
+
+def listening_sockets_by_owner(proc_net: str = "/proc/net") -> list[Socket]:
+    """Every listening TCP socket, ordered by whose it is: root's, then the system accounts'
+    (up to SYSTEM_UID_MAX), then the rest (in table order within each), so that a user who
+    opens many silent listeners cannot spend the listener budget before the services' turn."""
+    found: dict[tuple[str, int], int | None] = {}
     for table, width in (("tcp", 8), ("tcp6", 32)):
         try:
             with open(os.path.join(proc_net, table)) as f:
@@ -318,20 +367,38 @@ def listening_sockets(proc_net: str = "/proc/net") -> list[tuple[str, int]]:
         except OSError:
             continue
         for line in lines:
-            fields = line.split()
-            if len(fields) < 4 or fields[3] != "0A":  # TCP_LISTEN
-                continue
-            address, _, port_hex = fields[1].partition(":")
-            if len(address) != width:
-                continue
-            raw = bytes.fromhex(address)
-            # The kernel prints each 32-bit word in host (little-endian) order.
-            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-            ip = ipaddress.ip_address(words)
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-                ip = ip.ipv4_mapped
-            found[(str(ip), int(port_hex, 16))] = None
-    return list(found)
+            parsed = _socket_line(line.split(), width)
+            if parsed is not None:
+                found.setdefault((parsed.address, parsed.port), parsed.uid)
+    sockets = [Socket(address, port, uid) for (address, port), uid in found.items()]
+    return sorted(sockets, key=_owner_rank)
+
+
+def _owner_rank(s: Socket) -> int:
+    if s.uid == 0:
+        return 0
+    return 1 if s.uid is not None and s.uid <= SYSTEM_UID_MAX else 2
+
+
+def _socket_line(fields: list[str], width: int) -> Socket | None:
+    """A listening socket's line of /proc/net/tcp*: ``sl local rem st queues timer retr uid``."""
+    if len(fields) < 4 or fields[3] != "0A":  # TCP_LISTEN
+        return None
+    address, _, port_hex = fields[1].partition(":")
+    if len(address) != width:
+        return None
+    try:
+        raw = bytes.fromhex(address)
+        port = int(port_hex, 16)
+    except ValueError:
+        return None
+    # The kernel prints each 32-bit word in host (little-endian) order.
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    ip = ipaddress.ip_address(words)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    uid = int(fields[7]) if len(fields) > 7 and fields[7].isdigit() else None
+    return Socket(str(ip), port, uid)
 
 
 def _connect_to(address: str) -> str:
@@ -365,42 +432,74 @@ def _endpoint_covers(ep: Endpoint, address: str, port: int) -> bool:
     return False
 
 
+class _Probed(NamedTuple):
+    finds: list[Find]
+    unprobed: int  # listening sockets the budget left unprobed
+    shortfall: str | None
+
+
 def _listeners(
-    config: Config, lineages: Mapping[str, Lineage], sockets: list[tuple[str, int]]
-) -> list[Find]:
-    """Each listening socket that serves one of the lineages' certificates (probed at once)."""
-    jobs = [(a, p, lin) for a, p in sockets for lin in lineages.values()]
+    config: Config, lineages: Mapping[str, Lineage], sockets: list[Socket], budget: float
+) -> _Probed:
+    """Each listening socket that serves one of the lineages' certificates (probed at once, in
+    the sockets' order, until the budget runs out)."""
+    jobs = [(s, lin) for s in sockets for lin in lineages.values()]
     if not jobs:
-        return []
+        return _Probed([], 0, None)
+    deadline = time.monotonic() + budget
+
+    def look(job: tuple[Socket, Lineage]) -> Find | bool | None:
+        """The find, None, or False when there was no time left to probe."""
+        if deadline - time.monotonic() < MIN_PROBE_SECONDS:
+            return False
+        return _listener_find(config, job[0].address, job[0].port, job[1], deadline)
+
     with ThreadPoolExecutor(max_workers=min(32, len(jobs))) as pool:
-        looked = list(pool.map(lambda job: _listener_find(config, *job), jobs))
+        looked = list(pool.map(look, jobs))
     unique: dict[tuple[str, int, str], Find] = {}
-    for (address, port, lineage), find in zip(jobs, looked, strict=True):
-        if find is not None:
-            unique.setdefault((_connect_to(address), port, lineage.name), find)
-    return list(unique.values())
+    unprobed: set[Socket] = set()
+    for (sock, lineage), find in zip(jobs, looked, strict=True):
+        if find is False:
+            unprobed.add(sock)
+        elif isinstance(find, Find):
+            unique.setdefault((_connect_to(sock.address), sock.port, lineage.name), find)
+    shortfall = None
+    if unprobed:
+        shortfall = (
+            f"{len(unprobed)} of {len(sockets)} listening sockets not probed: the listener "
+            f"budget of {budget:g} s ran out (root's and the system accounts' come first; "
+            "raise it with --probe-budget)"
+        )
+    return _Probed(list(unique.values()), len(unprobed), shortfall)
 
 
 def _probe_listener(
-    host: str, port: int, lineage: Lineage
+    host: str, port: int, lineage: Lineage, deadline: float
 ) -> tuple[probe.Served, Dialect | None] | None:
     """What the socket serves for the lineage's name, and the dialect it answered in."""
     name = lineage.default_server_name
     dialect = STARTTLS_PORTS.get(port)
     try:
-        return probe.fetch_served(host, port, name, PROBE_TIMEOUT, dialect), dialect
+        return probe.fetch_served(host, port, name, _probe_timeout(deadline), dialect), dialect
     except ProbeError:
         if dialect is None:
             return None
     try:  # a well-known port may still speak TLS directly (or not at all)
-        return probe.fetch_served(host, port, name, PROBE_TIMEOUT, None), None
+        return probe.fetch_served(host, port, name, _probe_timeout(deadline), None), None
     except ProbeError:
         return None
 
 
-def _listener_find(config: Config, address: str, port: int, lineage: Lineage) -> Find | None:
+def _probe_timeout(deadline: float) -> float:
+    """PROBE_TIMEOUT, or what is left of the listener budget if that is less."""
+    return max(0.05, min(PROBE_TIMEOUT, deadline - time.monotonic()))
+
+
+def _listener_find(
+    config: Config, address: str, port: int, lineage: Lineage, deadline: float
+) -> Find | None:
     host = _connect_to(address)
-    probed = _probe_listener(host, port, lineage)
+    probed = _probe_listener(host, port, lineage, deadline)
     if probed is None:
         return None
     served, dialect = probed
@@ -436,14 +535,27 @@ def _info(der: bytes) -> CertInfo | None:
 
 # -- files ----------------------------------------------------------------------------------------
 
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
-def _mapped_path(config: Config, path: str) -> str | None:
+
+def _mapped_path(config: Config, path: str, status: os.stat_result | None = None) -> str | None:
+    """The consumer whose ``files:`` name this path, or the same file (a hard link to it)."""
     real = os.path.realpath(path)
     for consumer in config.consumers:
         for spec in consumer.files:
             if spec.path == path or os.path.realpath(spec.path) == real:
                 return consumer.name
+            if status is not None and status.st_nlink > 1 and _same_file(spec.path, status):
+                return consumer.name
     return None
+
+
+def _same_file(path: str, status: os.stat_result) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (status.st_dev, status.st_ino)
 
 
 class _Pem(NamedTuple):
@@ -453,22 +565,74 @@ class _Pem(NamedTuple):
     status: os.stat_result
 
 
-def _read_pem(path: str) -> _Pem | None:
-    """The file, if it is a small regular file (never a symlink) with a PEM certificate in it."""
+def _open_regular(path: str, follow: bool) -> int | None:
+    """A descriptor to read ``path`` if it is a regular file, found without opening anything
+    else: ``O_PATH`` opens neither a FIFO (whose open blocks) nor a device (whose open and read
+    have effects of their own), and the file it names is reopened for reading through
+    /proc/self/fd, so nothing can be swapped in between the check and the read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        handle = os.open(path, os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
     except OSError:
         return None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):  # a FIFO, a device, a symlink, ...
             return None
-        data = os.read(fd, MAX_FILE_BYTES)
+        try:
+            return os.open(f"/proc/self/fd/{handle}", _READ_FLAGS)
+        except FileNotFoundError:  # no /proc: open the path itself, if it is still that file
+            return _reopen(path, handle, follow)
+    except OSError:
+        return None
+    finally:
+        os.close(handle)
+
+
+def _reopen(path: str, handle: int, follow: bool) -> int | None:
+    fd = os.open(path, _READ_FLAGS | (0 if follow else os.O_NOFOLLOW))
+    checked, opened = os.fstat(handle), os.fstat(fd)
+    if (checked.st_dev, checked.st_ino) != (opened.st_dev, opened.st_ino):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read_regular(
+    path: str,
+    *,
+    follow: bool = False,
+    max_size: int | None = None,
+    seen: set[tuple[int, int]] | None = None,
+) -> _Pem | None:
+    """At most MAX_FILE_BYTES of ``path`` and its status, if it is a regular file (never a
+    symlink unless ``follow``); None if it is larger than ``max_size``, or is a hard link to a
+    file already in ``seen`` (a file with several names is read once)."""
+    fd = _open_regular(path, follow)
+    if fd is None:
+        return None
+    try:
+        st = os.fstat(fd)
+        if max_size is not None and st.st_size > max_size:
+            return None
+        if seen is not None and st.st_nlink > 1:
+            if (st.st_dev, st.st_ino) in seen:
+                return None
+            seen.add((st.st_dev, st.st_ino))
+        chunks: list[bytes] = []
+        left = MAX_FILE_BYTES
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return _Pem(b"".join(chunks), st)
     except OSError:
         return None
     finally:
         os.close(fd)
-    return _Pem(data, st) if _PEM_CERT in data else None
+
+
+def _read_pem(path: str, seen: set[tuple[int, int]] | None = None) -> _Pem | None:
+    """The file, if it is a small regular file (never a symlink) with a PEM certificate in it."""
+    pem = _read_regular(path, max_size=MAX_FILE_BYTES, seen=seen)
+    return pem if pem is not None and _PEM_CERT in pem.data else None
 
 
 def _file_find(
@@ -480,7 +644,8 @@ def _file_find(
     reference: Reference | None = None,
 ) -> Find | None:
     certs: list[CertInfo] = []
-    for block in pem.data.split(_PEM_CERT)[1:]:
+    # At most MAX_PEM_BLOCKS certificates: a megabyte of BEGIN lines is not worth parsing.
+    for block in pem.data.split(_PEM_CERT, MAX_PEM_BLOCKS)[1:]:
         try:
             certs.append(cert_info(x509.load_pem_x509_certificate(_PEM_CERT + block)))
         except ValueError:
@@ -497,7 +662,7 @@ def _file_find(
         certificate=lineage.name,
         served=info,
         current=info.fingerprint == lineage.cert.fingerprint,
-        mapped_by=_mapped_path(config, path),
+        mapped_by=_mapped_path(config, path, pem.status),
         reference=reference,
         copy=Copy(
             certificates=len(certs),
@@ -511,33 +676,143 @@ def _file_find(
 
 # -- service configurations ---------------------------------------------------------------------
 
+MAX_CONFIG_DEPTH = 24  # directories below a ``**``
+
+
+@dataclass
+class _Allowance:
+    """What is left of a walk's entry budget before its deadline; where it stopped, once it has."""
+
+    deadline: float
+    entries: int
+    stopped: str | None = None
+
+    def spend(self, where: str) -> bool:
+        """Count one entry (at ``where``); False once the entries or the time are spent."""
+        if self.stopped is None:
+            self.entries -= 1
+            if self.entries < 0:
+                self.stopped = f"{where} (its budget of {MAX_CONFIG_ENTRIES} entries ran out)"
+            elif time.monotonic() > self.deadline:
+                self.stopped = f"{where} (the file budget ran out; raise it with --scan-budget)"
+        return self.stopped is None
+
+    def stop(self, where: str, why: str) -> None:
+        if self.stopped is None:
+            self.stopped = f"{where} ({why})"
+
+
+class _Named(NamedTuple):
+    finds: list[Find]
+    shortfall: str | None
+
 
 def _service_configs(
     config: Config,
     lineages: Mapping[str, Lineage],
     skip: set[str],
     services: Mapping[str, ServiceConfig],
-) -> list[Find]:
-    """Each certificate path named in a service's configuration that carries a lineage."""
+    deadline: float,
+) -> _Named:
+    """Each certificate path named in a service's configuration that carries a lineage (each
+    path read once, however often it is named)."""
+    allowance = _Allowance(deadline, MAX_CONFIG_ENTRIES)
     finds = []
-    for reference, path in _references(services):
+    looked: set[str] = set()
+    for reference, path in _references(services, allowance):
+        if path in looked or not allowance.spend(reference.conf):
+            continue
+        looked.add(path)
         find = _referenced_find(config, lineages, skip, reference, path)
         if find is not None:
             finds.append(find)
-    return finds
+    shortfall = None
+    if allowance.stopped:
+        shortfall = f"the service configurations were read only up to {allowance.stopped}"
+    return _Named(finds, shortfall)
 
 
-def _references(services: Mapping[str, ServiceConfig]) -> Iterator[tuple[Reference, str]]:
+def _references(
+    services: Mapping[str, ServiceConfig], allowance: _Allowance
+) -> Iterator[tuple[Reference, str]]:
     """Every absolute path the services' configuration files name, with where it is named."""
     for service, (globs, pattern) in services.items():
-        for conf in sorted({p for pat in globs for p in glob.glob(pat, recursive=True)}):
-            try:
-                with open(conf, errors="replace") as f:
-                    text = f.read(MAX_FILE_BYTES)
-            except OSError:
+        for conf in sorted({p for pat in globs for p in expand_glob(pat, allowance)}):
+            if not allowance.spend(conf):
+                return
+            read = _read_regular(conf, follow=_links_trusted_in(os.path.dirname(conf)))
+            if read is None:
                 continue
+            text = read.data.decode(errors="replace")
             for line, path in _named_paths(text, pattern):
                 yield Reference(service=service, conf=conf, line=line), path
+
+
+def _links_trusted_in(directory: str) -> bool:
+    """Whether a symlink in ``directory`` (such as Debian's ``sites-enabled/``) can only have
+    been put there by this user: the directory is its own, and nobody else may write to it. A
+    service account's own configuration directory does not qualify."""
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def expand_glob(pattern: str, allowance: _Allowance) -> Iterator[str]:
+    """The paths an absolute configuration glob matches (``*``, ``?`` and ``[...]`` within a
+    name, ``**`` for any depth of directories, hidden names only for a pattern that starts with
+    a dot, as with glob), found without following a directory symlink and with each directory
+    entry counted against ``allowance``. The standard ``glob`` follows them: two ``x -> .``
+    links make its ``**`` walk exponential."""
+    parts = [p for p in pattern.split("/") if p]
+    if parts:
+        yield from _expand_in("/", parts, allowance, 0)
+
+
+def _expand_in(
+    directory: str, parts: list[str], allowance: _Allowance, depth: int
+) -> Iterator[str]:
+    head, rest = parts[0], parts[1:]
+    if head == "**":
+        if depth > MAX_CONFIG_DEPTH:
+            allowance.stop(directory, f"deeper than {MAX_CONFIG_DEPTH} directories")
+            return
+        if rest:
+            yield from _expand_in(directory, rest, allowance, depth)
+        for name, is_dir in _matching(directory, "*", allowance):
+            if is_dir:
+                yield from _expand_in(os.path.join(directory, name), parts, allowance, depth + 1)
+        return
+    for name, is_dir in _matching(directory, head, allowance):
+        path = os.path.join(directory, name)
+        if not rest:
+            yield path
+        elif is_dir:
+            yield from _expand_in(path, rest, allowance, depth)
+
+
+def _matching(directory: str, pattern: str, allowance: _Allowance) -> Iterator[tuple[str, bool]]:
+    """(name, is a directory and not a symlink) of each entry of ``directory`` that matches."""
+    if not any(c in pattern for c in "*?["):
+        try:
+            st = os.lstat(os.path.join(directory, pattern))
+        except OSError:
+            return
+        if allowance.spend(directory):
+            yield pattern, stat.S_ISDIR(st.st_mode)
+        return
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if not allowance.spend(directory):
+                    return
+                if entry.name.startswith(".") and not pattern.startswith("."):
+                    continue
+                if fnmatch.fnmatchcase(entry.name, pattern):
+                    yield entry.name, entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return
 
 
 def _named_paths(text: str, pattern: re.Pattern[str]) -> Iterator[tuple[int, str]]:
@@ -602,6 +877,7 @@ class _Scan(NamedTuple):
     finds: list[Find]
     files: int  # how many files were read
     notes: tuple[str, ...]
+    shortfall: str | None = None
 
 
 def _scan_files(
@@ -611,48 +887,64 @@ def _scan_files(
     skip: set[str],
     deadline: float,
 ) -> _Scan:
+    """Each PEM file under ``roots`` that carries a lineage, every entry counted against the
+    entry budget and checked against the deadline."""
     never = {os.path.realpath(p) for p in NEVER_SCAN} | skip
     finds: list[Find] = []
     read = entries = 0
-    for root in dict.fromkeys(os.path.abspath(r) for r in roots):
-        if not os.path.isdir(root):
-            continue
-        for path in _walk(root, never, deadline):
+    seen: set[tuple[int, int]] = set()  # (device, inode) of each hard-linked file read
+    todo = [r for r in dict.fromkeys(os.path.abspath(r) for r in roots) if os.path.isdir(r)]
+    for i, root in enumerate(todo):
+        for directory, path in _walk(root, never):
             entries += 1
-            if entries >= MAX_ENTRIES:
-                return _Scan(finds, read, (_SCAN_STOPPED,))
+            if entries >= MAX_ENTRIES or time.monotonic() > deadline:
+                why = "entry" if entries >= MAX_ENTRIES else "time"
+                stopped = _scan_shortfall(directory, read, why, todo[i + 1 :])
+                return _Scan(finds, read, (_SCAN_STOPPED,), stopped)
             if path is None:
                 continue
             read += 1
-            pem = _read_pem(path)
+            pem = _read_pem(path, seen)
             find = None if pem is None else _file_find(config, lineages, path, pem, FindKind.FILE)
             if find is not None:
                 finds.append(find)
-        if time.monotonic() > deadline:
-            return _Scan(finds, read, (_SCAN_STOPPED,))
     return _Scan(finds, read, ())
 
 
-def _walk(root: str, never: set[str], deadline: float) -> Iterator[str | None]:
+def _scan_shortfall(directory: str, read: int, why: str, left: list[str]) -> str:
+    budget = (
+        f"its budget of {MAX_ENTRIES} entries ran out"
+        if why == "entry"
+        else "its time budget ran out; raise it with --scan-budget"
+    )
+    text = f"the file scan stopped in {directory} after {read} files ({budget})"
+    return text + (f"; not reached: {', '.join(left)}" if left else "")
+
+
+def _walk(root: str, never: set[str]) -> Iterator[tuple[str, str | None]]:
     """Every entry under ``root``, depth first, never following a symlink nor entering a
-    directory in ``never`` or after the deadline: a regular file as its path, anything else as
-    None (each entry counts against the scan's budget)."""
+    directory in ``never``, with the directory it is in: a regular file as its path, anything
+    else as None (each entry counts against the scan's budget)."""
     stack = [root]
     while stack:
         directory = stack.pop()
-        if directory in never or time.monotonic() > deadline:
+        if directory in never:
             continue
         try:
-            entries = list(os.scandir(directory))
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    yield directory, _file_or_descend(entry, stack)
         except OSError:
             continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False):
-                    yield entry.path
-                    continue
-            except OSError:
-                pass
-            yield None
+
+
+def _file_or_descend(entry: os.DirEntry[str], stack: list[str]) -> str | None:
+    """A regular file's path; a directory (not a symlink) is put on the stack instead."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            stack.append(entry.path)
+        elif entry.is_file(follow_symlinks=False):
+            return entry.path
+    except OSError:
+        pass
+    return None

@@ -6,10 +6,12 @@ import datetime
 import hashlib
 import os
 import stat
+import warnings
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from certbot_fanout.errors import LineageError
@@ -24,6 +26,18 @@ _PEM_FILES = {
     Part.PRIVKEY: "privkey.pem",
 }
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+
+# A certificate found on a host or served by a peer can be odd (a zero or negative serial, a
+# non-canonical encoding), and cryptography warns about it on every parse and every read of the
+# serial. certbot-fanout only summarises and compares certificates, so those warnings, raised
+# where this module and discover parse them, never reach the admin's stderr. A filter by module
+# rather than catch_warnings(): status and deploy parse in worker threads, where
+# catch_warnings() (which swaps the process-wide filter list) is not safe.
+warnings.filterwarnings(
+    "ignore",
+    category=CryptographyDeprecationWarning,
+    module=r"certbot_fanout\.(lineage|discover)\Z",
+)
 
 
 @dataclass(frozen=True)

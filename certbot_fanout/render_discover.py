@@ -34,7 +34,7 @@ def render_discover_text(report: DiscoverReport) -> str:
         if group:
             lines.append(f"{title}:")
             lines.extend(_find_line(f, report.checked_at) for f in group)
-    if not report.finds:
+    if not report.finds and report.complete:
         lines.append("nothing on this host carries these certificates outside certbot's files")
     lines.extend(_paste_lines([f for f in report.finds if not f.mapped]))
     return "\n".join(lines) + "\n"
@@ -60,6 +60,7 @@ def _header_lines(report: DiscoverReport) -> list[str]:
         f"in {report.seconds:.1f} s"
     )
     lines.extend(f"  note: {note}" for note in report.notes)
+    lines.extend(f"  NOT COVERED: {shortfall}" for shortfall in report.shortfalls)
     return lines
 
 

@@ -45,6 +45,20 @@ class ConfigNotFound(ConfigError):
     """There is no consumer map at the path (a newcomer's first run, or a mistyped path)."""
 
 
+class UnfinishedMap(ConfigError):
+    """The map still holds placeholders (``"<fill in: ...>"``, as ``discover --write-map``
+    writes them): each field left to fill in is one of ``fields``, with its place and key path.
+    """
+
+    def __init__(self, fields: tuple[ConfigError, ...], source: str = "") -> None:
+        self.fields = fields
+        first = fields[0] if fields else ConfigError("", source)
+        more = f" (and {len(fields) - 1} more fields to fill in)" if len(fields) > 1 else ""
+        super().__init__(
+            first.message + more, first.source or source, first.line, first.column, first.key_path
+        )
+
+
 class LineageError(FanoutError):
     """The Certbot lineage is missing, unreadable or inconsistent."""
 

@@ -146,7 +146,7 @@ def refusal(name: str) -> str | None:
 
 def find_refusal(find: Find) -> str | None:
     """Why the find cannot go into a map: its path, or its lineage's name, is refused."""
-    for name in (find.where, find.certificate, find.reference.conf if find.reference else ""):
+    for name in (find.where, find.certificate):
         why = refusal(name)
         if why is not None:
             return why
@@ -306,7 +306,10 @@ def _notes(finds: Iterable[Find]) -> str:
     for find in finds:
         if find.reference is not None:
             ref = find.reference
-            said.append(f"{ref.conf}:{ref.line} names {find.where}")
+            conf = (
+                ref.conf if refusal(ref.conf) is None else f"a configuration file of {ref.service}"
+            )
+            said.append(f"{conf}:{ref.line} names {find.where}")
         elif find.listener is not None:
             said.append(f"{find.where} serves the certificate")
         else:

@@ -1,6 +1,6 @@
 """The renderers of what discover found: the listing (``render_discover_text``), which ends
 with a map entry to paste for each unmapped find (``render_discover_entry``), and the whole
-first map that ``discover --write-map`` writes (``render_first_map``).
+first map that ``discover --write-map`` writes (``render_discover_map``).
 
 Pure: every function reads only the report or find it is given; the facts an entry needs (a
 file's owner and mode, what it holds) were gathered by discover when it read the file.
@@ -189,7 +189,7 @@ def _consumer_value(c: MapConsumer) -> dict[str, object]:
     return body
 
 
-def render_consumer(c: MapConsumer) -> str:
+def render_discover_consumer(c: MapConsumer) -> str:
     """One consumer entry, indented to go under ``consumers:``, after a comment that says what
     it is (in the program's words)."""
     entry = _dump({c.name: _consumer_value(c)})
@@ -203,10 +203,10 @@ def render_discover_entry(find: Find, index: int) -> str:
     planned = consumer_for(find, f"found-{index}")
     if isinstance(planned, LeftOut):
         return f"  # find {index} left out: {planned.why} (rename it, or map it by hand)\n"
-    return render_consumer(planned)
+    return render_discover_consumer(planned)
 
 
-def render_first_map(first: FirstMap) -> str:
+def render_discover_map(first: FirstMap) -> str:
     """The whole map ``discover --write-map`` writes: version, a comment that says how to
     finish it, and every consumer."""
     lines = [
@@ -230,4 +230,4 @@ def render_first_map(first: FirstMap) -> str:
     text = "\n".join(lines) + "\n" + _dump({"version": 1})
     if not first.consumers:
         return text + "consumers: {}  # discover found nothing to put here\n"
-    return text + "consumers:\n" + "".join(render_consumer(c) for c in first.consumers)
+    return text + "consumers:\n" + "".join(render_discover_consumer(c) for c in first.consumers)

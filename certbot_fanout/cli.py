@@ -26,6 +26,7 @@ from certbot_fanout.model import (
 )
 
 if TYPE_CHECKING:
+    from certbot_fanout.discover import DiscoverReport
     from certbot_fanout.model import Config
 
 EXIT_OK = 0
@@ -182,7 +183,7 @@ def build_parser() -> _Parser:
         "file's owner can reach it, no key is readable by others, test and reload programs "
         "exist, link targets can be followed, and every endpoint accepts a connection.",
         epilog="exit codes: 0 nothing found; 1 problems found (each listed, with what to do); "
-        "2 usage error.",
+        '2 usage error, or a map that still holds a "<fill in: ...>" (each one named).',
     )
     _common_options(check, top=False)
     check.add_argument(
@@ -268,6 +269,13 @@ def build_parser() -> _Parser:
         type=_budget_seconds,
         metavar="SECONDS",
         help="time for reading service configurations and scanning files (default: 40)",
+    )
+    discover.add_argument(
+        "--write-map",
+        metavar="FILE",
+        help="also write a first map of everything found to FILE (a new file, mode 0600; "
+        "never overwritten): one consumer per service, with the fields discover could not "
+        'know left as "<fill in: ...>" for check to name',
     )
 
     presets = add_command(
@@ -466,27 +474,64 @@ def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> 
     from certbot_fanout.render_discover import render_discover_text
 
     path = _config_path(args, env)
-    if os.path.exists(path) or args.config or not args.cert_name:
+    if args.write_map:
+        from certbot_fanout.mapwriter import refuse_existing
+
+        refuse_existing(args.write_map)  # before the scan, not after it
+    if os.path.exists(path) or args.config or not (args.cert_name or args.write_map):
         config = _load_map(args, env, _certbot_dirs(args))
-    else:  # looking for a certificate before any map exists is fine
+    else:  # looking for a certificate, or writing a first map, before any map exists is fine
         config = Config(path, ())
     budgets = Budgets(
         listeners=args.probe_budget or Budgets.listeners, files=args.scan_budget or Budgets.files
     )
     report = discover(config, args.config_dir, args.cert_name, args.path, budgets=budgets)
     out.write(render_discover_text(report))
+    if args.write_map:
+        _write_first_map(args, report, out)
     if not report.complete:  # a look cut short is never a clean bill
         return EXIT_FAILED
     return EXIT_FAILED if any(not f.mapped or not f.current for f in report.finds) else EXIT_OK
 
 
+def _write_first_map(args: argparse.Namespace, report: DiscoverReport, out: TextIO) -> None:
+    """``discover --write-map FILE``: the first map of what was found, as a new file."""
+    import shlex
+
+    from certbot_fanout.mapwriter import listener_services, plan_map, write_new_file
+    from certbot_fanout.render_discover import render_discover_map
+
+    ports = {f.listener.port for f in report.finds if f.listener is not None}
+    config_dir = None if args.config_dir == DEFAULT_CERTBOT_DIR else str(args.config_dir)
+    first = plan_map(report, listener_services(ports), config_dir)
+    write_new_file(args.write_map, render_discover_map(first))
+    dir_option = f" --config-dir {shlex.quote(config_dir)}" if config_dir else ""
+    print(
+        f"wrote a first map to {shlex.quote(args.write_map)}: {len(first.consumers)} "
+        f"consumers, {first.unfilled} fields to fill in; then run: certbot-fanout check "
+        f"--config {shlex.quote(args.write_map)}{dir_option}",
+        file=out,
+    )
+    for left in first.left_out:
+        print(f"  left out of the map: {left.where!a}: {left.why}", file=out)
+
+
 def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from certbot_fanout.check import run_checks
-    from certbot_fanout.errors import ConfigError, ConfigNotFound, UntrustedConfig
+    from certbot_fanout.errors import ConfigError, ConfigNotFound, UnfinishedMap, UntrustedConfig
     from certbot_fanout.render_check import render_check_text
 
     try:
         config = _load_map(args, env, _certbot_dirs(args))
+    except UnfinishedMap as e:  # a map still being written: what is left, a usage error
+        for field in e.fields:
+            print(f"UNFINISHED: {field}", file=out)
+        print(
+            f"the map is not finished: {len(e.fields)} fields still hold a placeholder; "
+            "fill each in, then run check again",
+            file=out,
+        )
+        return EXIT_USAGE
     except ConfigNotFound as e:
         print(f"PROBLEM: {e}", file=out)
         return EXIT_FAILED

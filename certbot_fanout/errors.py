@@ -50,6 +50,20 @@ class UntrustedConfig(ConfigError):
     (in a run by another user: than root or that user), so it is not read."""
 
 
+class UnfinishedMap(ConfigError):
+    """The map still holds placeholders (``"<fill in: ...>"``, as ``discover --write-map``
+    writes them): each field left to fill in is one of ``fields``, with its place and key path.
+    """
+
+    def __init__(self, fields: tuple[ConfigError, ...], source: str = "") -> None:
+        self.fields = fields
+        first = fields[0] if fields else ConfigError("", source)
+        more = f" (and {len(fields) - 1} more fields to fill in)" if len(fields) > 1 else ""
+        super().__init__(
+            first.message + more, first.source or source, first.line, first.column, first.key_path
+        )
+
+
 class LineageError(FanoutError):
     """The Certbot lineage is missing, unreadable or inconsistent."""
 

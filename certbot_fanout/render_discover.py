@@ -1,5 +1,6 @@
 """The renderers of what discover found: the listing (``render_discover_text``), which ends
-with a map entry to paste for each unmapped find (``render_discover_entry``).
+with a map entry to paste for each unmapped find (``render_discover_entry``), and the whole
+first map that ``discover --write-map`` writes (``render_discover_map``).
 
 Pure: every function reads only the report or find it is given; the facts an entry needs (a
 file's owner and mode, what it holds) were gathered by discover when it read the file.
@@ -8,9 +9,21 @@ file's owner and mode, what it holds) were gathered by discover when it read the
 from __future__ import annotations
 
 import datetime
+import textwrap
 from collections.abc import Callable
 
-from certbot_fanout.discover import Copy, DiscoverReport, Find, FindKind, Listener, Reference
+import yaml
+
+from certbot_fanout.discover import DiscoverReport, Find, FindKind
+from certbot_fanout.mapwriter import (
+    FirstMap,
+    LeftOut,
+    MapConsumer,
+    MapEndpoint,
+    MapFile,
+    consumer_for,
+    refusal,
+)
 
 # How the listing groups the finds, in order: the title and which finds it holds.
 _GROUPS: tuple[tuple[str, Callable[[Find], bool]], ...] = (
@@ -43,7 +56,7 @@ def render_discover_text(report: DiscoverReport) -> str:
 def _paste_lines(unmapped: list[Find]) -> list[str]:
     if not unmapped:
         return []
-    lines = ["Paste into the map (under consumers:) and complete the TODOs:"]
+    lines = ['Paste into the map (under consumers:) and fill in each "<fill in: ...>":']
     for i, f in enumerate(unmapped, 1):
         lines.extend(render_discover_entry(f, i).rstrip("\n").splitlines())
     return lines
@@ -79,55 +92,143 @@ def _find_line(f: Find, now: datetime.datetime) -> str:
     return line
 
 
-# -- what to paste ---------------------------------------------------------------------------
+# -- what to paste, and the first map ---------------------------------------------------------
+#
+# Every entry is emitted by a YAML emitter from values, never by formatting text: a found
+# name is a double-quoted scalar (a find whose name holds a control character is left out,
+# see mapwriter.refusal), and comments hold only the program's own words.
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block sequences indented under their key (``files:`` then ``  - {...}``)."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
+class _Quoted(str):
+    """A string emitted double-quoted, whatever it holds."""
+
+
+def _represent_quoted(dumper: yaml.SafeDumper, value: _Quoted) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", str(value), style='"')
+
+
+class _FlowMap(dict[str, object]):
+    """A mapping emitted on one line: ``{path: "...", content: fullchain}``."""
+
+
+class _FlowList(list[object]):
+    """A list emitted on one line: ``["systemctl", "reload", "nginx"]``."""
+
+
+def _represent_flow_map(dumper: yaml.SafeDumper, value: _FlowMap) -> yaml.MappingNode:
+    return dumper.represent_mapping("tag:yaml.org,2002:map", value, flow_style=True)
+
+
+def _represent_flow_list(dumper: yaml.SafeDumper, value: _FlowList) -> yaml.SequenceNode:
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True)
+
+
+_Dumper.add_representer(_Quoted, _represent_quoted)
+_Dumper.add_representer(_FlowMap, _represent_flow_map)
+_Dumper.add_representer(_FlowList, _represent_flow_list)
+
+
+def _dump(value: object) -> str:
+    return yaml.dump(
+        value,
+        Dumper=_Dumper,
+        default_flow_style=False,
+        sort_keys=False,
+        allow_unicode=True,
+        width=1 << 16,
+        indent=2,
+    )
+
+
+def _file_value(f: MapFile) -> _FlowMap:
+    content: object = f.content[0] if len(f.content) == 1 else _FlowList(f.content)
+    return _FlowMap(
+        {
+            "path": _Quoted(f.path),
+            "content": content,
+            "owner": _Quoted(f.owner) if isinstance(f.owner, str) else f.owner,
+            "group": _Quoted(f.group) if isinstance(f.group, str) else f.group,
+            "mode": _Quoted(f"{f.mode:04o}"),
+        }
+    )
+
+
+def _endpoint_value(e: MapEndpoint) -> _FlowMap:
+    value = _FlowMap({"host": _Quoted(e.host), "port": e.port})
+    if e.starttls:
+        value["starttls"] = e.starttls
+    return value
+
+
+def _command_value(command: tuple[str, ...] | str) -> object:
+    if isinstance(command, str):
+        return _Quoted(command)
+    return _FlowList(_Quoted(word) for word in command)
+
+
+def _consumer_value(c: MapConsumer) -> dict[str, object]:
+    body: dict[str, object] = {"certificate": _Quoted(c.certificate)}
+    if isinstance(c.files, str):
+        body["files"] = _Quoted(c.files)
+    elif c.files:
+        body["files"] = [_file_value(f) for f in c.files]
+    if c.test:
+        body["test"] = _command_value(c.test)
+    if c.reload:
+        body["reload"] = _command_value(c.reload)
+    if c.verify:
+        body["verify"] = [_endpoint_value(e) for e in c.verify]
+    if c.notes:
+        body["notes"] = _Quoted(c.notes)
+    return body
+
+
+def render_discover_consumer(c: MapConsumer) -> str:
+    """One consumer entry, indented to go under ``consumers:``, after a comment that says what
+    it is (in the program's words)."""
+    entry = _dump({c.name: _consumer_value(c)})
+    about = "".join(f"  # {line}\n" for line in textwrap.wrap(c.about, 94))
+    return about + "".join(f"  {line}\n" for line in entry.splitlines())
 
 
 def render_discover_entry(find: Find, index: int) -> str:
-    """A consumer-map entry that would cover an unmapped find (to be completed by a human)."""
-    name = f"found-{index}"
-    # Find.__post_init__ holds each kind to its facts: the asserts only tell the type checker.
-    if find.kind is FindKind.LISTENER:
-        assert find.listener is not None
-        return _listener_entry(name, find, find.listener)
-    if find.kind is FindKind.CONFIG and find.reads_live:
-        assert find.reference is not None
-        return _live_reader_entry(name, find, find.reference)
-    assert find.copy is not None
-    return _copy_entry(name, find, find.copy)
+    """A consumer-map entry that would cover an unmapped find, its unknown fields left as
+    placeholders; or, for a find whose name cannot go into a map, a comment saying so."""
+    planned = consumer_for(find, f"found-{index}")
+    if isinstance(planned, LeftOut):
+        return f"  # find {index} left out: {planned.why} (rename it, or map it by hand)\n"
+    return render_discover_consumer(planned)
 
 
-def _listener_entry(name: str, find: Find, listener: Listener) -> str:
-    starttls = f", starttls: {listener.starttls.value}" if listener.starttls else ""
-    return (
-        f"  {name}:   # the service listening on {find.where}\n"
-        f"    certificate: {find.certificate}\n"
-        f"    reload: TODO    # how this service reloads its certificate\n"
-        f"    verify:\n"
-        f"      - {{host: {listener.host}, port: {listener.port}{starttls}}}\n"
-    )
-
-
-def _live_reader_entry(name: str, find: Find, reference: Reference) -> str:
-    return (
-        f"  {name}:   # {reference.via} reads certbot's files directly\n"
-        f"    certificate: {find.certificate}\n"
-        f"    reload: TODO    # reload {reference.service} after every renewal\n"
-    )
-
-
-def _copy_entry(name: str, find: Find, copy: Copy) -> str:
-    mode = copy.mode
-    parts = ["fullchain" if copy.certificates > 1 else "cert"]
-    if copy.holds_key:
-        parts = ["privkey", *parts]
-        mode &= 0o770  # a key is never for others to read
-    content = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
-    origin = f"named in {find.via}" if find.kind is FindKind.CONFIG else "found on disk"
-    return (
-        f"  {name}:   # {origin}\n"
-        f"    certificate: {find.certificate}\n"
-        f"    files:\n"
-        f"      - {{path: {find.where}, content: {content}, owner: {copy.uid}, group: {copy.gid}, "
-        f'mode: "{mode:04o}"}}\n'
-        f"    reload: TODO    # how the service reading this file reloads it\n"
-    )
+def render_discover_map(first: FirstMap) -> str:
+    """The whole map ``discover --write-map`` writes: version, a comment that says how to
+    finish it, and every consumer."""
+    lines = [
+        "# A first consumer map, written by certbot-fanout discover --write-map from what it",
+        '# found on this host. Each value "<fill in: ...>" is left for you to write:',
+        "# certbot-fanout check names every one still there, then checks the host.",
+        "# Every field is described in docs/map.md (certbot-fanout(8): FILES).",
+    ]
+    if first.config_dir is not None:
+        if refusal(first.config_dir) is None:
+            lines.append(
+                f"# Written for certbot's directory {first.config_dir}: give every command "
+                f"--config-dir {first.config_dir}."
+            )
+        else:
+            lines.append("# Give every command the --config-dir that discover was given.")
+    if first.left_out:
+        lines.append(
+            f"# {len(first.left_out)} find(s) left out: discover's listing says which and why."
+        )
+    text = "\n".join(lines) + "\n" + _dump({"version": 1})
+    if not first.consumers:
+        return text + "consumers: {}  # discover found nothing to put here\n"
+    return text + "consumers:\n" + "".join(render_discover_consumer(c) for c in first.consumers)

@@ -3,8 +3,9 @@
 On top of the generic reader of :mod:`certbot_fanout.yamlnode`, this module says what a map
 holds: ``version``, ``defaults`` and ``consumers``; each consumer's certificate, preset, files
 (their paths, content, owner, group and mode), commands (test, reload) and endpoints (verify);
-and how each wrong value is refused. A preset's fields are read by the same code as the
-user's, and an error in one points at the consumer's ``preset:`` line.
+and how each wrong value is refused (a field still holding a placeholder,
+``"<fill in: WHAT>"``, is named as left to fill in). A preset's fields are read by the same
+code as the user's, and an error in one points at the consumer's ``preset:`` line.
 
 Reading a map looks at the host, not only at the text: users and groups are looked up by
 name, and file paths are compared, as written, against Certbot's own directories (those
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-from certbot_fanout.errors import ConfigError
+from certbot_fanout.errors import ConfigError, UnfinishedMap
 from certbot_fanout.model import (
     DEFAULT_CERTBOT_DIR,
     DEFAULT_RELOAD_TIMEOUT,
@@ -41,6 +42,8 @@ from certbot_fanout.model import (
 from certbot_fanout.presets import CERTIFICATE_RE, PRESETS
 from certbot_fanout.yamlnode import (
     INT_TAG,
+    MAX_DEPTH,
+    MAX_NODES,
     NULL_TAG,
     STR_TAG,
     Items,
@@ -51,6 +54,7 @@ from certbot_fanout.yamlnode import (
     ScalarNode,
     SequenceNode,
     YAMLError,
+    _visible,
     suggest,
 )
 
@@ -82,6 +86,53 @@ _FIELD_STEP = 2
 
 K = TypeVar("K")
 
+# A value left for the admin to write (discover --write-map writes these): "<fill in: WHAT>".
+PLACEHOLDER_PREFIX = "<fill in: "
+PLACEHOLDER_SUFFIX = ">"
+
+
+def placeholder(what: str) -> str:
+    """The placeholder for a field the admin must fill in; ``what`` says with what."""
+    return f"{PLACEHOLDER_PREFIX}{what}{PLACEHOLDER_SUFFIX}"
+
+
+def unfilled_fields(root: Node, source: str) -> tuple[ConfigError, ...]:
+    """Each string value of the document that is still a placeholder, as an error at its
+    place and key path saying what to fill in (the walk is bounded like the reader's)."""
+    found: list[ConfigError] = []
+    stack: list[tuple[Node, Path]] = [(root, Path())]
+    visited = 0
+    while stack and visited < MAX_NODES:
+        node, path = stack.pop()
+        visited += 1
+        if isinstance(node, ScalarNode):
+            value = node.value
+            if node.tag == STR_TAG and isinstance(value, str) and _is_placeholder(value):
+                what = value[len(PLACEHOLDER_PREFIX) : -len(PLACEHOLDER_SUFFIX)].strip()
+                line, column = node.start_mark.line + 1, node.start_mark.column + 1
+                found.append(
+                    ConfigError(
+                        _visible(f"fill in {what}"), source, line, column, _visible(str(path))
+                    )
+                )
+            continue
+        if path.depth >= MAX_DEPTH:
+            continue
+        if isinstance(node, SequenceNode):
+            children = [(item, path / i) for i, item in enumerate(node.value)]
+        else:  # a mapping: its values under their (string) keys
+            children = [
+                (value_node, path / str(key_node.value))
+                for key_node, value_node in node.value
+                if isinstance(key_node, ScalarNode)
+            ]
+        stack.extend(reversed(children))
+    return tuple(found)
+
+
+def _is_placeholder(value: str) -> bool:
+    return value.startswith(PLACEHOLDER_PREFIX) and value.endswith(PLACEHOLDER_SUFFIX)
+
 
 def read_config(
     root: Node | None, source: str, certbot_dirs: Sequence[str] = (DEFAULT_CERTBOT_DIR,)
@@ -92,8 +143,13 @@ def read_config(
     ``live/``, ``archive/``, ``keys/``, ``renewal/`` or ``accounts/`` is refused.
 
     Raises:
+        UnfinishedMap: a field still holds a placeholder (each one is named).
         ConfigError: the document does not follow schema version 1.
     """
+    if root is not None:
+        unfilled = unfilled_fields(root, source)
+        if unfilled:
+            raise UnfinishedMap(unfilled, source)
     if root is None:
         raise ConfigError(
             "the document is empty; expected a mapping with 'version: 1' and 'consumers'", source

@@ -97,13 +97,16 @@ def test_finds_the_unmapped_stale_listener_and_the_forgotten_copy(
         rf"listener  127\.0\.0\.1:{mapped.port}  {NAME} current.*\[consumer nginx\]", covered
     )
     assert re.search(rf"file      {current_copy}  {NAME} current.*\[consumer nginx\]", covered)
-    snippets = out.split("complete the TODOs:\n")[1]
-    assert f"      - {{host: 127.0.0.1, port: {stale.port}}}" in snippets
-    assert f"      - {{path: {forgotten}, content: fullchain, owner: 0, group: 0, " in snippets
+    snippets = out.split('fill in each "<fill in: ...>":\n')[1]
+    assert f'      - {{host: "127.0.0.1", port: {stale.port}}}' in snippets
+    assert f'      - {{path: "{forgotten}", content: fullchain, owner: "root", group: "root", ' in (
+        snippets
+    )
     assert "PRIVATE KEY" not in out
     assert str(lineages.config_dir) not in out.split("\n", 1)[1], "certbot's own files are skipped"
     parse_config(
-        "version: 1\nconsumers:\n" + snippets.replace("TODO", "['true']"), "pasted"
+        "version: 1\nconsumers:\n" + re.sub(r'"<fill in: [^"]*>"', "['true']", snippets),
+        "pasted",
     )  # the snippets are valid map entries once completed
 
 

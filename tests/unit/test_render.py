@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from certbot_fanout import cli
 from certbot_fanout._pki import ThrowawayCA, write_lineage
@@ -105,34 +106,45 @@ def _copy_find(path: str, copy: Copy, reference: Reference | None = None) -> Fin
     return Find(kind, path, NAME, CERT, False, reference=reference, copy=copy)
 
 
+def _entry_fields(entry: str, name: str) -> dict[str, Any]:
+    """The consumer an entry to paste holds, as the YAML it is."""
+    loaded: dict[str, Any] = yaml.safe_load(entry)
+    return dict(loaded[name])
+
+
 def test_the_entry_for_a_copy_uses_the_facts_gathered_when_it_was_read(tmp_path: Path) -> None:
     gone = str(tmp_path / "never-existed.pem")  # rendering stats nothing
     key_and_chain = Copy(certificates=2, holds_key=True, uid=104, gid=112, mode=0o664)
     entry = render_discover_entry(_copy_find(gone, key_and_chain), 3)
-    assert entry.splitlines()[0] == "  found-3:   # found on disk"
-    assert (
-        f"      - {{path: {gone}, content: [privkey, fullchain], owner: 104, group: 112, "
-        'mode: "0660"}'
-    ) in entry, "a file holding a key is never suggested readable by others"
+    assert entry.splitlines()[0] == "  # a copy of the certificate found on disk"
+    (file,) = _entry_fields(entry, "found-3")["files"]
+    assert file["path"] == gone and file["content"] == ["privkey", "fullchain"]
+    assert file["mode"] == "0660", "a file holding a key is never suggested readable by others"
     cert_only = Copy(certificates=1, holds_key=False, uid=0, gid=0, mode=0o644)
     named = Reference(service="nginx", conf="/etc/nginx/sites-enabled/x", line=4)
     entry = render_discover_entry(_copy_find(gone, cert_only, named), 1)
-    assert "  found-1:   # named in nginx: /etc/nginx/sites-enabled/x:4" in entry
-    assert 'content: cert, owner: 0, group: 0, mode: "0644"}' in entry
+    fields = _entry_fields(entry, "found-1")
+    assert fields["files"][0] == {
+        "path": gone, "content": "cert", "owner": "root", "group": "root", "mode": "0644"
+    }  # fmt: skip
+    assert fields["reload"] == ["systemctl", "reload", "nginx"], "the nginx preset's"
+    assert "/etc/nginx/sites-enabled/x:4" in fields["notes"]
+    assert "/etc/nginx" not in "".join(line for line in entry.splitlines() if "#" in line[:4])
 
 
 def test_the_entries_for_a_listener_and_a_live_reader() -> None:
     listener = Listener(host="::1", port=587, starttls=Dialect.SMTP)
     find = Find(FindKind.LISTENER, "[::1]:587 (smtp)", NAME, CERT, False, listener=listener)
     entry = render_discover_entry(find, 1)
-    assert "# the service listening on [::1]:587 (smtp)" in entry
-    assert "      - {host: ::1, port: 587, starttls: smtp}" in entry
+    assert "  # a service listening on port 587, which serves the certificate" in entry
+    assert '      - {host: "::1", port: 587, starttls: smtp}' in entry
     # The service's name comes from the find, not from its description.
     reader = Reference(service="post:gres", conf="/etc/pg.conf", line=9, reads_live=True)
     find = Find(FindKind.CONFIG, f"/le/live/{NAME}/cert.pem", NAME, CERT, True, reference=reader)
     entry = render_discover_entry(find, 2)
-    assert "  found-2:   # post:gres: /etc/pg.conf:9 reads certbot's files directly" in entry
-    assert "    reload: TODO    # reload post:gres after every renewal" in entry
+    fields = _entry_fields(entry, "found-2")
+    assert "files" not in fields and fields["reload"].startswith("<fill in: the command")
+    assert "/etc/pg.conf:9" in fields["notes"] and "post:gres" not in entry
 
 
 @pytest.mark.parametrize(
@@ -207,7 +219,8 @@ def test_discover_gathers_the_copy_and_filters_warnings_only_while_it_looks(
     entry = render_discover_entry(find, 1)
     shutil.rmtree(copies)
     assert render_discover_entry(find, 1) == entry, "the entry reads nothing from disk"
-    assert f"content: [privkey, fullchain], owner: {st.st_uid}, group: {st.st_gid}, " in entry
+    (file,) = _entry_fields(entry, "found-1")["files"]
+    assert file["content"] == ["privkey", "fullchain"] and file["mode"] == "0640"
 
 
 def test_the_service_table_is_typed() -> None:

@@ -1,0 +1,510 @@
+"""A first map from what discover found: the plan of each consumer, and writing it as a file.
+
+:func:`plan_map` turns a :class:`~certbot_fanout.discover.DiscoverReport` into a
+:class:`FirstMap`: one consumer per recognised service (by the configuration that names the
+certificate, or by the process that listens on a port serving it), with the test and reload
+of its preset, the files found for it and the endpoints it listens on; one consumer for each
+find no service was recognised for. What the scan could not know is a placeholder
+(:func:`certbot_fanout.schema.placeholder`), which ``check`` names until it is filled in.
+
+A find whose name holds a control character, or is not UTF-8 (the map holds only UTF-8
+text), is left out with a note: a found name only ever reaches the map as a quoted YAML value,
+never as a comment or a key. :func:`listener_services` reads ``/proc`` to say which service
+holds a listening socket; :func:`write_new_file` writes the map without ever replacing a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import yaml
+
+from certbot_fanout.discover import Copy, DiscoverReport, Find
+from certbot_fanout.errors import FanoutError
+from certbot_fanout.presets import PRESETS
+from certbot_fanout.schema import placeholder
+
+# Which preset a listening process is, by its name (/proc/PID/comm) or, for an interpreter,
+# by a word of its command line.
+_PROCESS_NAMES: Mapping[str, str] = {
+    "nginx": "nginx",
+    "apache2": "apache",
+    "httpd": "apache",
+    "haproxy": "haproxy",
+    "dovecot": "dovecot",
+    "exim4": "exim",
+    "postgres": "postgresql",
+    "mariadbd": "mariadb",
+    "mysqld": "mariadb",
+    "turnserver": "coturn",
+    "mosquitto": "mosquitto",
+    "lighttpd": "lighttpd",
+    "prosody": "prosody",
+}
+_COMMAND_WORDS: Mapping[str, str] = {
+    "synapse.app.homeserver": "synapse",
+    "synctl": "synapse",
+    "prosody": "prosody",
+    "ejabberd": "ejabberd",
+    "/usr/lib/postfix/sbin/master": "postfix",
+}
+# Services whose one combined file holds the chain before the key.
+_CHAIN_FIRST = ("haproxy", "ejabberd")
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_ACCOUNT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]*$")
+_PROC_BUDGET = 2.0  # seconds for reading /proc
+_MAX_FD_LINKS = 200_000
+
+
+@dataclass(frozen=True)
+class MapFile:
+    """One ``files:`` entry: a found path (or a placeholder), what it holds, as whom."""
+
+    path: str
+    content: tuple[str, ...]
+    owner: str | int
+    group: str | int
+    mode: int
+
+
+@dataclass(frozen=True)
+class MapEndpoint:
+    """One ``verify:`` endpoint, from a listener that served the certificate."""
+
+    host: str
+    port: int
+    starttls: str | None = None
+
+
+@dataclass(frozen=True)
+class MapConsumer:
+    """One consumer of the first map. ``files`` or ``reload`` is a placeholder string where
+    the scan could not know it; ``about`` is what the map's comment says of it (the
+    program's own words, never a found name)."""
+
+    name: str
+    certificate: str
+    about: str
+    files: tuple[MapFile, ...] | str = ()
+    test: tuple[str, ...] | None = None
+    reload: tuple[str, ...] | str | None = None
+    verify: tuple[MapEndpoint, ...] = ()
+    notes: str = ""
+
+    @property
+    def unfilled(self) -> int:
+        """How many of its fields are placeholders."""
+        count = int(isinstance(self.files, str)) + int(isinstance(self.reload, str))
+        if not isinstance(self.files, str):
+            count += sum(f.path.startswith("<fill in: ") for f in self.files)
+        return count
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A find that is not in the map, and why (``where`` is shown escaped, never in YAML)."""
+
+    where: str
+    why: str
+
+
+@dataclass(frozen=True)
+class FirstMap:
+    """What ``discover --write-map`` writes: the consumers, and what it left out."""
+
+    consumers: tuple[MapConsumer, ...]
+    left_out: tuple[LeftOut, ...]
+    config_dir: str | None = None  # certbot's directory, when not the default
+
+    @property
+    def unfilled(self) -> int:
+        return sum(c.unfilled for c in self.consumers)
+
+
+# -- refusing names -----------------------------------------------------------------------
+
+
+def refusal(name: str) -> str | None:
+    """Why a found name cannot go into a map, or None when it can (as a quoted value)."""
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
+        return "its name holds a control character"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not UTF-8 (a map holds only UTF-8 text)"
+    if not name.isprintable():
+        return "its name holds a character that is not printable"
+    return None
+
+
+def find_refusal(find: Find) -> str | None:
+    """Why the find cannot go into a map: its path, or its lineage's name, is refused."""
+    for name in (find.where, find.certificate):
+        why = refusal(name)
+        if why is not None:
+            return why
+    return None
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+
+def plan_map(
+    report: DiscoverReport,
+    services: Mapping[int, str] | None = None,
+    config_dir: str | None = None,
+) -> FirstMap:
+    """The first map of what discover found; ``services`` says which preset listens on
+    which port (:func:`listener_services`)."""
+    services = services or {}
+    groups: dict[tuple[str, str], list[Find]] = {}
+    alone: list[Find] = []
+    left_out: list[LeftOut] = []
+    for find in report.finds:
+        why = find_refusal(find)
+        if why is not None:
+            left_out.append(LeftOut(find.where, why))
+            continue
+        service = _service_of(find, services)
+        if service is None:
+            alone.append(find)
+        else:
+            groups.setdefault((service, find.certificate), []).append(find)
+    per_service: dict[str, int] = {}
+    for service, _cert in groups:
+        per_service[service] = per_service.get(service, 0) + 1
+    consumers: list[MapConsumer] = []
+    names: set[str] = set()
+    for (service, cert), finds in groups.items():
+        name = service if per_service[service] == 1 else f"{service}-{cert}"
+        consumers.append(_service_consumer(_unique(name, names), service, cert, finds))
+    for find in alone:
+        consumers.append(_lone_consumer(_unique(_lone_name(find), names), find))
+    return FirstMap(tuple(consumers), tuple(left_out), config_dir)
+
+
+def consumer_for(find: Find, name: str) -> MapConsumer | LeftOut:
+    """The consumer that would cover one find (named ``name``), or why it is left out."""
+    why = find_refusal(find)
+    if why is not None:
+        return LeftOut(find.where, why)
+    service = _service_of(find, {})
+    if service is None:
+        return _lone_consumer(name, find)
+    return _service_consumer(name, service, find.certificate, [find])
+
+
+def _service_of(find: Find, services: Mapping[int, str]) -> str | None:
+    if find.reference is not None and find.reference.service in PRESETS:
+        return find.reference.service
+    if find.listener is not None:
+        return services.get(find.listener.port)
+    return None
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    name = _NAME_CHARS.sub("-", name).strip("-") or "consumer"
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}-{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def _lone_name(find: Find) -> str:
+    if find.listener is not None:
+        return f"port-{find.listener.port}"
+    return "copy"
+
+
+def _service_consumer(name: str, service: str, certificate: str, finds: list[Find]) -> MapConsumer:
+    """A recognised service: its preset's test and reload, the files found for it (and a
+    placeholder for its key when no file found holds one), the endpoints it listens on."""
+    test, reload = _preset_commands(service)
+    files = [f for f in (_file(find, service) for find in finds) if f is not None]
+    verify = tuple(e for e in (_endpoint(find) for find in finds) if e is not None)
+    reads_live = any(find.reads_live for find in finds)
+    why = []
+    if any(find.reference is not None for find in finds):
+        why.append("its configuration names the certificate")
+    if verify:
+        why.append("it listens on a port that serves it")
+    about = (
+        f"{service}, recognised because {' and '.join(why)}; test and reload are the {service} "
+        f"preset's (certbot-fanout presets {service}): change them if this host runs "
+        f"{service} otherwise"
+    )
+    placed: tuple[MapFile, ...] | str = tuple(files)
+    if files and not any("privkey" in f.content for f in files):
+        first = files[0]
+        key = MapFile(
+            path=placeholder(
+                f"the path of the private key {service} reads with this certificate (its "
+                "configuration names it); the file must exist for check to pass"
+            ),
+            content=("privkey",),
+            owner=first.owner,
+            group=first.group,
+            mode=0o600,
+        )
+        placed = (*files, key)
+    elif not files and not reads_live:
+        placed = placeholder(
+            f"the files {service} reads this certificate from, as a list of "
+            f"{{path: ..., content: ...}} (certbot-fanout presets {service} shows the usual ones)"
+        )
+    return MapConsumer(
+        name=name,
+        certificate=certificate,
+        about=about,
+        files=placed,
+        test=test,
+        reload=reload or placeholder(f"the command that reloads {service}"),
+        verify=verify,
+        notes=_notes(finds),
+    )
+
+
+def _lone_consumer(name: str, find: Find) -> MapConsumer:
+    """A find no service was recognised for: what it is, and the reload left to fill in."""
+    if find.listener is not None:
+        about = f"a service listening on port {find.listener.port}, which serves the certificate"
+        what = f"the command that makes the service on port {find.listener.port} reload it"
+    elif find.reads_live:
+        about = "a service that reads certbot's live/ files directly: it needs a reload"
+        what = "the command that reloads the service that reads certbot's files"
+    else:
+        about = "a copy of the certificate found on disk"
+        what = (
+            "the command that reloads the service reading this copy (if it also reads a "
+            "key from another file, add that file with content: privkey)"
+        )
+    file = _file(find, None)
+    endpoint = _endpoint(find)
+    return MapConsumer(
+        name=name,
+        certificate=find.certificate,
+        about=about,
+        files=(file,) if file else (),
+        reload=placeholder(what),
+        verify=(endpoint,) if endpoint else (),
+        notes=_notes([find]),
+    )
+
+
+def _notes(finds: Iterable[Find]) -> str:
+    """Where discover found the consumer (a value of the map, never a comment)."""
+    said = []
+    for find in finds:
+        if find.reference is not None:
+            ref = find.reference
+            conf = (
+                ref.conf if refusal(ref.conf) is None else f"a configuration file of {ref.service}"
+            )
+            said.append(f"{conf}:{ref.line} names {find.where}")
+        elif find.listener is not None:
+            said.append(f"{find.where} serves the certificate")
+        else:
+            said.append(f"{find.where} holds a copy")
+    return "found by certbot-fanout discover: " + "; ".join(said)
+
+
+def _preset_commands(service: str) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """The preset's test and reload commands, as words."""
+    fields = yaml.safe_load(PRESETS[service].expand("example.org"))
+
+    def words(key: str) -> tuple[str, ...] | None:
+        value = fields.get(key)
+        return tuple(str(w) for w in value) if isinstance(value, list) else None
+
+    return words("test"), words("reload")
+
+
+def _endpoint(find: Find) -> MapEndpoint | None:
+    if find.listener is None:
+        return None
+    dialect = find.listener.starttls
+    return MapEndpoint(find.listener.host, find.listener.port, dialect.value if dialect else None)
+
+
+def _content(copy: Copy, service: str | None) -> tuple[str, ...]:
+    chain = "fullchain" if copy.certificates > 1 else "cert"
+    if not copy.holds_key:
+        return (chain,)
+    return (chain, "privkey") if service in _CHAIN_FIRST else ("privkey", chain)
+
+
+def _account(number: int, *, user: bool) -> str | int:
+    """The account's name when it has a plain one, else the number."""
+    try:
+        name = pwd.getpwuid(number).pw_name if user else grp.getgrgid(number).gr_name
+    except KeyError:
+        return number
+    return name if _ACCOUNT_RE.match(name) else number
+
+
+def _file(find: Find, service: str | None) -> MapFile | None:
+    if find.copy is None:
+        return None
+    copy = find.copy
+    mode = copy.mode & 0o770 if copy.holds_key else copy.mode  # a key is never for others
+    return MapFile(
+        path=find.where,
+        content=_content(copy, service),
+        owner=_account(copy.uid, user=True),
+        group=_account(copy.gid, user=False),
+        mode=mode,
+    )
+
+
+# -- which service listens ----------------------------------------------------------------
+
+
+def listener_services(ports: Iterable[int], proc: str = "/proc") -> dict[int, str]:
+    """The preset each listening port's process is (for the ports given), from /proc: the
+    socket's inode in net/tcp and tcp6, the process whose fd is that socket, its name. Only
+    links are read, within a time and count budget; a port not told apart is left out."""
+    wanted = set(ports)
+    inodes = _listening_inodes(wanted, proc)
+    if not inodes:
+        return {}
+    found: dict[int, str] = {}
+    deadline = time.monotonic() + _PROC_BUDGET
+    links = 0
+    for pid in _pids(proc):
+        if time.monotonic() > deadline or links > _MAX_FD_LINKS or len(found) == len(wanted):
+            break
+        fd_dir = os.path.join(proc, pid, "fd")
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        service: str | None = None
+        for fd in fds:
+            links += 1
+            try:
+                target = os.readlink(os.path.join(fd_dir, fd))
+            except OSError:
+                continue
+            port = inodes.get(target)
+            if port is None or port in found:
+                continue
+            service = service or _process_service(proc, pid) or ""
+            if service:
+                found[port] = service
+    return found
+
+
+def _pids(proc: str) -> list[str]:
+    try:
+        return sorted((p for p in os.listdir(proc) if p.isdigit()), key=int)
+    except OSError:
+        return []
+
+
+def _listening_inodes(ports: set[int], proc: str) -> dict[str, int]:
+    """``socket:[INODE]`` -> port, for each listening TCP socket on one of ``ports``."""
+    inodes: dict[str, int] = {}
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(os.path.join(proc, "net", table)) as f:
+                lines = f.read(4 << 20).splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "0A":  # TCP_LISTEN
+                continue
+            try:
+                port = int(fields[1].rpartition(":")[2], 16)
+            except ValueError:
+                continue
+            if port in ports and fields[9] != "0":
+                inodes[f"socket:[{fields[9]}]"] = port
+    return inodes
+
+
+def _read_small(path: str, limit: int = 4096) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, limit)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _process_service(proc: str, pid: str) -> str | None:
+    comm = _read_small(os.path.join(proc, pid, "comm"), 64).decode(errors="replace").strip()
+    if comm in _PROCESS_NAMES:
+        return _PROCESS_NAMES[comm]
+    words = _read_small(os.path.join(proc, pid, "cmdline")).decode(errors="replace").split("\0")
+    for word in words:
+        if word in _COMMAND_WORDS:
+            return _COMMAND_WORDS[word]
+    return None
+
+
+# -- writing the map ------------------------------------------------------------------------
+
+
+def refuse_existing(path: str) -> None:
+    """Raise if something is at ``path`` already (a map is never overwritten).
+
+    Raises:
+        FanoutError: there is a file (or a link, or anything) at ``path``.
+    """
+    if os.path.lexists(path):
+        raise FanoutError(
+            f"--write-map {path}: a file is already there; certbot-fanout never overwrites a "
+            "map (move it away, or give another FILE)"
+        )
+
+
+def write_new_file(path: str, text: str) -> None:
+    """Write ``text`` as a new file at ``path``, mode 0600, owned by the running user; the file
+    appears whole or not at all, and nothing already at ``path`` is ever replaced.
+
+    The text goes into a temporary file created beside it (``O_CREAT|O_EXCL|O_NOFOLLOW``),
+    which is synced and then hard-linked to ``path``: the link fails if ``path`` exists.
+
+    Raises:
+        FanoutError: ``path`` exists, or the file cannot be written.
+    """
+    directory = os.path.dirname(os.path.abspath(path)) or "/"
+    temp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(temp, flags, 0o600)
+    except OSError as e:
+        raise FanoutError(f"--write-map {path}: cannot create a file there: {e.strerror}") from None
+    try:
+        try:
+            os.fchown(fd, os.geteuid(), os.getegid())
+            os.fchmod(fd, 0o600)
+            data = text.encode("utf-8")
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(temp, path, follow_symlinks=False)
+    except FileExistsError:
+        refuse_existing(path)
+        raise
+    except OSError as e:
+        raise FanoutError(f"--write-map {path}: cannot write the map: {e.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)

@@ -381,6 +381,8 @@ def main(
 
     from certbot_fanout.errors import FanoutError
 
+    # status is a monitoring check: whatever ends it early is UNKNOWN, never WARNING.
+    status = args.command == "status"
     try:
         return _COMMANDS[args.command](args, env, out)
     except FanoutError as e:
@@ -392,8 +394,10 @@ def main(
     except BrokenPipeError:  # e.g. `certbot-fanout presets | head`
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAILED
+        return STATUS_UNKNOWN if status else EXIT_FAILED
     except Exception as e:
+        if status:
+            return _status_internal_error(e, args.debug, out)
         if args.debug:
             raise
         print(
@@ -402,6 +406,32 @@ def main(
             file=sys.stderr,
         )
         return EXIT_FAILED
+
+
+def _status_internal_error(error: Exception, debug: bool, out: TextIO) -> int:
+    """A bug (or a failing output stream) in ``status`` is UNKNOWN, on one line, never the
+    WARNING an exit 1 would mean (which the shipped systemd unit counts as success); with
+    --debug the traceback goes to stderr and the exit code stays UNKNOWN."""
+    import traceback
+
+    from certbot_fanout.escape import printable
+
+    if debug:
+        traceback.print_exception(error, file=sys.stderr)
+    line = (
+        f"UNKNOWN: internal error: {printable(f'{type(error).__name__}: {error}')} "
+        "(run with --debug for the traceback, and please report it)\n"
+    )
+    for stream in (out, sys.stderr):
+        # The stream that failed may fail again (a full disk, an ASCII-only terminal): the
+        # exit code must still say UNKNOWN, without a traceback about the report.
+        try:
+            stream.write(line.encode("ascii", "backslashreplace").decode("ascii"))
+            stream.flush()
+            break
+        except (OSError, ValueError):
+            continue
+    return STATUS_UNKNOWN
 
 
 def _bare(

@@ -31,6 +31,7 @@ from certbot_fanout.config import (
 )
 from certbot_fanout.deploy import DeployOptions, DeployResult, Effects, deploy_lineage
 from certbot_fanout.errors import ConfigNotFound, FanoutError
+from certbot_fanout.escape import printable
 from certbot_fanout.model import CONFIG_ENV, DEFAULT_CERTBOT_DIR, DEFAULT_CONFIG_PATH, Config
 from certbot_fanout.render_common import plural
 from certbot_fanout.render_deploy import render_deploy_failures, render_deploy_text
@@ -131,7 +132,8 @@ class Installer(
                 try:
                     commands.run_command(consumer.test, consumer.reload_timeout, "test")
                 except FanoutError as e:
-                    failures.append(f"{consumer.name}: {e}")
+                    # The message holds the command's output: escaped, as in every report.
+                    failures.append(printable(f"{consumer.name}: {e}"))
         if failures:
             raise errors.MisconfigurationError(
                 "certbot-fanout: config test failed for " + "; ".join(failures)
@@ -159,7 +161,7 @@ class Installer(
             report = check_and_repair(subset, default_state_path(), options)
         except FanoutError as e:
             raise errors.PluginError(f"certbot-fanout: {e}") from None
-        for line in render_status_text(report).splitlines():
+        for line in render_status_text(report).splitlines():  # escaped by the renderer
             logger.info("%s", line)
         # Only what a deploy should have fixed fails certbot: a certificate that is current
         # everywhere but expires soon (a short-lived one, or a renewal that keeps failing) is
@@ -209,13 +211,17 @@ class Installer(
         except FanoutError as e:
             raise errors.PluginError(f"certbot-fanout: {e}") from None
         if result is None:
-            logger.info("certbot-fanout: no consumer in %s uses %s", config.source, live_dir)
+            logger.info(
+                "certbot-fanout: no consumer in %s uses %s",
+                printable(config.source),
+                printable(live_dir),
+            )
             return
         self._report(result)
 
     def _report(self, result: DeployResult) -> None:
         text = render_deploy_text(result)
-        for line in text.splitlines():
+        for line in text.splitlines():  # escaped by the renderer
             logger.info("%s", line)
         if result.failed:
             raise errors.PluginError(
@@ -240,5 +246,7 @@ class Installer(
             try:
                 files.restore(original)
             except FanoutError as e:
-                logger.error("certbot-fanout: cannot restore %s: %s", path, e)
+                logger.error(
+                    "certbot-fanout: cannot restore %s: %s", printable(path), printable(str(e))
+                )
         self._originals.clear()

@@ -2,7 +2,8 @@
 a Certbot error carries (``render_deploy_failures``), and the stable JSON document
 (``render_deploy_document``, ``render_deploy_json``, version :data:`DEPLOY_JSON_VERSION`).
 
-Pure: every function reads only the result it is given.
+Pure: every function reads only the result it is given. The text passes every string it did
+not write itself through ``escape.printable``; the JSON document keeps them as they are.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from certbot_fanout.deploy import (
     Outcome,
     Stage,
 )
+from certbot_fanout.escape import printable
 from certbot_fanout.lineage import CertInfo
 from certbot_fanout.render_common import cert_document, endpoint_document, file_document, plural
 
@@ -41,7 +43,7 @@ def _ms(seconds: float) -> str:
 def render_deploy_text(result: DeployResult, verbose: bool = False) -> str:
     """One header line, one line per consumer (plus its notes when it failed), one summary."""
     lines = [_header(result)]
-    width = max((len(c.name) for c in result.consumers), default=0)
+    width = max((len(printable(c.name)) for c in result.consumers), default=0)
     for consumer in result.consumers:
         lines.extend(_consumer_lines(consumer, width, verbose or result.dry_run, result.expected))
     lines.append(_summary(result))
@@ -49,7 +51,7 @@ def render_deploy_text(result: DeployResult, verbose: bool = False) -> str:
 
 
 def _header(result: DeployResult) -> str:
-    head = f"certbot-fanout: {result.certificate}"
+    head = f"certbot-fanout: {printable(result.certificate)}"
     expected = result.expected
     if expected:
         head += (
@@ -69,7 +71,7 @@ def _consumer_lines(
     c: ConsumerResult, width: int, verbose: bool, expected: CertInfo | None
 ) -> list[str]:
     indent = " " * (width + 12)
-    lines = [f"  {c.name:<{width}}  {_STATUS_WORD[c.outcome]:<7} {_story(c)}"]
+    lines = [f"  {printable(c.name):<{width}}  {_STATUS_WORD[c.outcome]:<7} {_story(c)}"]
     lines.extend(indent + line for line in _file_lines(c, verbose or c.outcome is Outcome.FAILED))
     if c.outcome is Outcome.FAILED:
         lines.extend(indent + line for line in _endpoint_failure_lines(c, expected))
@@ -84,9 +86,9 @@ def _file_lines(c: ConsumerResult, detail: bool) -> list[str]:
     for f in c.files:
         if detail and f.changed:
             reasons = ", ".join(_SHOWN.get(d.kind, d.message) for d in f.differences) or "forced"
-            lines.append(f"{verb} {f.path} ({reasons})")
+            lines.append(f"{verb} {printable(f.path)} ({printable(reasons)})")
         if f.warning:
-            lines.append(f"warning: {f.path}: {f.warning}")
+            lines.append(f"warning: {printable(f.path)}: {printable(f.warning)}")
     return lines
 
 
@@ -97,19 +99,23 @@ def _endpoint_failure_lines(c: ConsumerResult, expected: CertInfo | None) -> lis
         if ep.ok:
             continue
         if ep.served is None:
-            lines.append(f"{ep.error}")
+            lines.append(printable(f"{ep.error}"))
             continue
-        lines.append(f"{ep.label} (SNI {ep.server_name}) serves another certificate")
-        lines.append(f"  served:   {ep.served.describe()}")
+        lines.append(
+            f"{printable(ep.label)} (SNI {printable(str(ep.server_name))}) serves another "
+            "certificate"
+        )
+        lines.append(f"  served:   {printable(ep.served.describe())}")
         if expected is not None:
-            lines.append(f"  expected: {expected.describe()}")
+            lines.append(f"  expected: {printable(expected.describe())}")
         lines.append(f"  {_waited(ep)}")
     return lines
 
 
 def _note_lines(notes: str) -> list[str]:
     return [
-        f"{'notes: ' if i == 0 else '       '}{note}" for i, note in enumerate(notes.splitlines())
+        f"{'notes: ' if i == 0 else '       '}{printable(note)}"
+        for i, note in enumerate(notes.splitlines())
     ]
 
 
@@ -128,11 +134,11 @@ def _planned_steps(c: ConsumerResult) -> list[str]:
     else:
         steps = ["files are current" if c.files else "no files"]
     if c.tested and c.consumer.test:
-        steps.append(f"run `{' '.join(c.consumer.test)}`")
+        steps.append(f"run `{printable(' '.join(c.consumer.test))}`")
     if c.reloaded and c.consumer.reload:
-        steps.append(f"reload with `{' '.join(c.consumer.reload)}`")
+        steps.append(f"reload with `{printable(' '.join(c.consumer.reload))}`")
     if c.consumer.verify:
-        steps.append(f"verify {', '.join(e.label for e in c.consumer.verify)}")
+        steps.append(f"verify {printable(', '.join(e.label for e in c.consumer.verify))}")
     return steps
 
 
@@ -151,9 +157,9 @@ def _run_steps(c: ConsumerResult) -> list[str]:
     if c.tested and c.failed_stage is not Stage.TEST:
         steps.append("tested")
     if c.reloaded:
-        steps.append("reloaded" + (f" ({c.reload_reason})" if c.reload_reason else ""))
+        steps.append("reloaded" + (f" ({printable(c.reload_reason)})" if c.reload_reason else ""))
     steps.extend(
-        f"verified {ep.label} in {_ms(ep.seconds)}"
+        f"verified {printable(ep.label)} in {_ms(ep.seconds)}"
         + (f" (served over {ep.legacy_protocol}, a legacy protocol)" if ep.legacy_protocol else "")
         for ep in c.endpoints
         if ep.ok
@@ -166,7 +172,7 @@ def _verdict_steps(c: ConsumerResult) -> list[str]:
         return ["verify failed:"]
     if c.outcome is Outcome.FAILED:
         stage = c.failed_stage.value if c.failed_stage else "?"
-        return [f"failed at {stage}: {c.error}"]
+        return [f"failed at {stage}: {printable(str(c.error))}"]
     return []
 
 
@@ -176,7 +182,7 @@ def _summary(result: DeployResult) -> str:
         return f"{plural(n, 'consumer')} planned; run without --dry-run to deploy."
     failed = len(result.failed)
     if failed:
-        names = ", ".join(c.name for c in result.failed)
+        names = printable(", ".join(c.name for c in result.failed))
         return (
             f"{failed} of {plural(n, 'consumer')} FAILED ({names}); "
             f"{n - failed} ok ({result.seconds:.2f} s)"
@@ -189,7 +195,7 @@ def render_deploy_failures(result: DeployResult) -> str:
     parts = []
     for c in result.failed:
         stage = c.failed_stage.value if c.failed_stage else "?"
-        parts.append(f"{c.name} failed at {stage}: {_why(c)}")
+        parts.append(f"{printable(c.name)} failed at {stage}: {printable(_why(c))}")
     return f"{len(parts)} of {plural(len(result.consumers), 'consumer')} failed: " + " | ".join(
         parts
     )

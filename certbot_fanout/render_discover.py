@@ -3,7 +3,9 @@ with a map entry to paste for each unmapped find (``render_discover_entry``), an
 first map that ``discover --write-map`` writes (``render_discover_map``).
 
 Pure: every function reads only the report or find it is given; the facts an entry needs (a
-file's owner and mode, what it holds) were gathered by discover when it read the file.
+file's owner and mode, what it holds) were gathered by discover when it read the file. The
+listing passes every name found on this host (paths, configuration files, certificate names)
+through ``escape.printable``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 import yaml
 
 from certbot_fanout.discover import DiscoverReport, Find, FindKind
+from certbot_fanout.escape import printable
 from certbot_fanout.mapwriter import (
     FirstMap,
     LeftOut,
@@ -64,16 +67,17 @@ def _paste_lines(unmapped: list[Find]) -> list[str]:
 
 def _header_lines(report: DiscoverReport) -> list[str]:
     lines = [
-        f"certbot-fanout discover: {name} ({', '.join(lineage.cert.names)}), current serial "
-        f"{lineage.cert.serial}, {_expires(lineage.cert.not_after, report.checked_at)}"
+        f"certbot-fanout discover: {printable(name)} ({printable(', '.join(lineage.cert.names))}), "
+        f"current serial {printable(lineage.cert.serial)}, "
+        f"{_expires(lineage.cert.not_after, report.checked_at)}"
         for name, lineage in report.lineages.items()
     ]
     lines.append(
         f"  {report.listeners} listening sockets probed, {report.scanned_files} files read, "
         f"in {report.seconds:.1f} s"
     )
-    lines.extend(f"  note: {note}" for note in report.notes)
-    lines.extend(f"  NOT COVERED: {shortfall}" for shortfall in report.shortfalls)
+    lines.extend(f"  note: {printable(note)}" for note in report.notes)
+    lines.extend(f"  NOT COVERED: {printable(shortfall)}" for shortfall in report.shortfalls)
     return lines
 
 
@@ -82,13 +86,13 @@ def _find_line(f: Find, now: datetime.datetime) -> str:
     what = (
         "reads certbot's live/ directly"
         if f.reads_live
-        else f"{state}: serial {f.served.serial}, {_expires(f.served.not_after, now)}"
+        else f"{state}: serial {printable(f.served.serial)}, {_expires(f.served.not_after, now)}"
     )
-    line = f"  {f.kind:<8}  {f.where}  {f.certificate} {what}"
+    line = f"  {f.kind:<8}  {printable(f.where)}  {printable(f.certificate)} {what}"
     if f.kind is FindKind.CONFIG:
-        line += f"  ({f.via})"
+        line += f"  ({printable(f.via)})"
     if f.mapped_by:
-        line += f"  [consumer {f.mapped_by}]"
+        line += f"  [consumer {printable(f.mapped_by)}]"
     return line
 
 

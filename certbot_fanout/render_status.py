@@ -5,7 +5,8 @@ stays broken (``render_status_failures``), the stable JSON document
 node_exporter textfile-collector metrics (``render_status_prometheus``).
 
 Pure: every function reads only the report (or consumers) it is given and, for the metrics, the
-moment of the run, passed in.
+moment of the run, passed in. The text passes every string it did not write itself through
+``escape.printable``; JSON and the metrics have escapes of their own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+from certbot_fanout.escape import printable
 from certbot_fanout.render_common import (
     ISO_FORMAT,
     cert_document,
@@ -49,7 +51,7 @@ def render_status_summary(report: StatusReport) -> str:
     n = len(report.consumers)
     if not report.consumers:
         return "OK: no consumer in the map"
-    counts = {lvl: [c.name for c in report.consumers if c.level == lvl] for lvl in Level}
+    counts = {lvl: [printable(c.name) for c in report.consumers if c.level == lvl] for lvl in Level}
     parts = [
         f"{len(counts[lvl])} {lvl.name} ({', '.join(counts[lvl])})"
         for lvl in (Level.UNKNOWN, Level.CRITICAL, Level.WARNING)
@@ -58,13 +60,13 @@ def render_status_summary(report: StatusReport) -> str:
     parts.append(f"{len(counts[Level.OK])} of {plural(n, 'consumer')} OK")
     text = f"{report.level.name}: " + "; ".join(parts)
     if report.repaired:
-        text += f"; repaired: {', '.join(report.repaired)}"
+        text += f"; repaired: {printable(', '.join(report.repaired))}"
     return text
 
 
 def render_status_failures(consumers: Iterable[ConsumerStatus]) -> str:
     """One line naming each given consumer and its problems, e.g. for a Certbot PluginError."""
-    return " | ".join(f"{c.name}: {'; '.join(c.problems)}" for c in consumers)
+    return " | ".join(f"{printable(c.name)}: {printable('; '.join(c.problems))}" for c in consumers)
 
 
 def render_status_text(report: StatusReport) -> str:
@@ -78,15 +80,15 @@ def render_status_text(report: StatusReport) -> str:
     )
     for c in report.consumers:
         lines.extend(_problem_lines(c))
-    lines.extend(f"repair: {error}" for error in report.repair_errors)
+    lines.extend(f"repair: {printable(error)}" for error in report.repair_errors)
     return "\n".join(lines) + "\n"
 
 
 def _row(c: ConsumerStatus) -> tuple[str, ...]:
     deployed = _when(c.record.last_deployed if c.record else None)
     return (
-        c.name,
-        c.certificate,
+        printable(c.name),
+        printable(c.certificate),
         _files_cell(c),
         _endpoints_cell(c),
         _expires_cell(c),
@@ -120,11 +122,12 @@ def _expires_cell(c: ConsumerStatus) -> str:
 
 
 def _problem_lines(c: ConsumerStatus) -> list[str]:
-    lines = [f"{c.name}: {problem}" for problem in c.problems]
+    name = printable(c.name)
+    lines = [f"{name}: {printable(problem)}" for problem in c.problems]
     if c.problems and c.consumer.notes and c.level >= Level.CRITICAL:
-        lines.append(f"{c.name}: notes: {' '.join(c.consumer.notes.split())}")
+        lines.append(f"{name}: notes: {printable(' '.join(c.consumer.notes.split()))}")
     lines.extend(
-        f"{c.name}: note: {e.label} served over {e.legacy_protocol}, a legacy protocol"
+        f"{name}: note: {printable(e.label)} served over {e.legacy_protocol}, a legacy protocol"
         for e in c.endpoints
         if e.legacy_protocol
     )

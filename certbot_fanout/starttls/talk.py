@@ -30,14 +30,15 @@ def wait(fd: int, events: int, deadline: float) -> bool:
 
 
 def show(data: bytes, limit: int = 120) -> str:
-    """Text as text (``limit`` characters), anything else as byte escapes (a third as many):
-    quoted, printable, on one line."""
-    quote: Callable[[str], str] = repr
+    """What the peer sent, quoted and cut to ``limit`` characters (a third as many when it is
+    not UTF-8), otherwise as it came: bytes that are not UTF-8 stay surrogate escapes, and the
+    text reports escape it where they show it (``certbot_fanout.escape``), so it is escaped
+    once, not twice."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        text, quote, limit = data.decode("latin-1"), ascii, limit // 3
-    return quote(text[:limit] + ("..." if len(text) > limit else ""))
+        text, limit = data.decode("utf-8", "surrogateescape"), limit // 3
+    return "'" + text[:limit] + ("..." if len(text) > limit else "") + "'"
 
 
 class Plaintext:

@@ -34,6 +34,7 @@ import pytest
 
 from certbot_fanout import deploy as deploy_module
 from certbot_fanout.errors import ProbeError
+from certbot_fanout.escape import printable
 from certbot_fanout.lineage import fingerprint, read_lineage
 from certbot_fanout.model import Dialect
 from certbot_fanout.probe import fetch_served
@@ -494,14 +495,17 @@ def outcomes(peers: dict[str, ScriptedPeer]) -> dict[str, Outcome]:
 
 
 def readable(message: str) -> bool:
-    """One printable line of sensible length, nothing a terminal would mangle, no Python."""
+    """As every text report shows it (what the peer sent is quoted raw in the message, and
+    escaped once, by the report): one printable line of sensible length, nothing a terminal
+    would mangle, no Python."""
+    shown = printable(message)
     return (
-        message.isprintable()
-        and 20 < len(message) < 400
-        and "\ufffd" not in message
-        and "Traceback" not in message
-        and " object at 0x" not in message
-        and "Errno" not in message
+        shown.isprintable()
+        and 20 < len(shown) < 400
+        and "\ufffd" not in shown
+        and "Traceback" not in shown
+        and " object at 0x" not in shown
+        and "Errno" not in shown
     )
 
 
@@ -531,7 +535,7 @@ def test_hostile_peer_fails_its_endpoint_in_time_with_a_clear_message(
     for error in outcome.errors:
         message = str(error)
         assert readable(message), message
-        assert re.match(rf"{where}: {case.stage}\b.*({case.why})", message), message
+        assert re.match(rf"{where}: {case.stage}\b.*({case.why})", printable(message)), message
 
 
 # -- one deploy run with every case as a consumer ----------------------------------------------

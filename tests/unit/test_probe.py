@@ -158,17 +158,17 @@ def test_every_dialect_has_a_negotiation() -> None:
         (
             Dialect.SMTP,
             [("send", b"220 mx\r\n"), ("line", b""), ("send", b"250-mx\r\n"), ("sleep", 5.0)],
-            r"EHLO: no answer within 1 s, only 8 bytes of one: '250-mx\\r\\n'$",
+            r"EHLO: no answer within 1 s, only 8 bytes of one: '250-mx\r\n'$",
         ),
         (
             Dialect.LDAP,
             [("recv", 5.0), ("send", b"\x30\x0c"), ("sleep", 5.0)],
-            r"StartTLS request: no answer within 1 s, only 2 bytes of one: '0\\x0c'$",
+            r"StartTLS request: no answer within 1 s, only 2 bytes of one: '0\x0c'$",
         ),
         (
             Dialect.IMAP,
             [("send", b"* OK ready\r\n"), ("line", b""), ("send", b"* CAPABILITY\r\n")],
-            r"STARTTLS: the server closed the connection after sending '\* CAPABILITY\\r\\n'$",
+            r"STARTTLS: the server closed the connection after sending '\* CAPABILITY\r\n'$",
         ),
     ],
     ids=[

@@ -31,6 +31,14 @@ TESTS = (
     "tests/integration/test_exposure.py",
     "tests/integration/test_crashes.py",
     "tests/integration/test_faults.py",
+    "tests/unit/test_trust.py",
+    "tests/unit/test_acl.py",
+    "tests/unit/test_isolation.py",
+    "tests/unit/test_lock.py",
+    "tests/unit/test_probe.py",
+    "tests/unit/test_escaping.py",
+    "tests/integration/test_discover_bounds.py",
+    "tests/unit/test_write_map.py",
 )
 # Counts that must be zero: what each protection exists to prevent.
 MUST_BE_ZERO = (
@@ -53,6 +61,22 @@ MUST_BE_ZERO = (
     "leftover_processes",
     "temp_files_left",
     "reloads_lost",
+    "commands_run_from_writable",
+    "untrusted_accepted",
+    "acl_readable_keys",
+    "imports_from_cwd",
+    "runs_blocked_by_others",
+    "links_followed",
+    "raw_control_chars",
+    "discover_hangs",
+    "false_nothing_found",
+    "warnings_leaked",
+    "commands_from_names",
+    "unisolated_wrappers",
+    "unisolated_spawns",
+    "unverified",
+    "weaker_retries_without_cause",
+    "verdicts_changed",
 )
 
 

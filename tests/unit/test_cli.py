@@ -239,6 +239,7 @@ def demo_run() -> DemoRun:
     return DemoRun(code, out, started, before)
 
 
+@pytest.mark.integration  # seconds of real processes: kept out of the fast unit suite
 def test_demo_in_process_passes_and_leaves_nothing(demo_run: DemoRun) -> None:
     code, out = demo_run.code, demo_run.out
     assert code == 0, out
@@ -279,6 +280,7 @@ def test_demo_says_how_many_services_it_starts_and_lists_each(demo_run: DemoRun)
     assert f"starts {said[1].lower()} loopback TLS services" in " ".join(quick_start.split())
 
 
+@pytest.mark.integration  # seconds of real processes: kept out of the fast unit suite
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to nobody needs root")
 def test_demo_passes_as_an_unprivileged_user(public_install: PublicInstall) -> None:
     """The demo as nobody, on Debian's own python3 and its python3-cryptography/yaml."""

@@ -256,6 +256,7 @@ def scene(lineages: LineageFactory, tmp_path: Path) -> Iterator[Scene]:
         yield Scene(config, lineages.config_dir, tmp_path / "state.json", link)
 
 
+@pytest.mark.integration  # seconds of real processes: kept out of the fast unit suite
 def test_no_report_puts_outside_text_on_a_terminal_raw(scene: Scene) -> None:
     runs = {
         "status": certbot_fanout(*scene.argv("status")),
@@ -289,6 +290,7 @@ def test_no_report_puts_outside_text_on_a_terminal_raw(scene: Scene) -> None:
     assert "\\xff\\xfe" in text["deploy --dry-run"]
 
 
+@pytest.mark.integration  # seconds of real processes: kept out of the fast unit suite
 def test_the_json_reports_stay_json_and_keep_the_text_as_it_came(scene: Scene) -> None:
     scene.link.unlink()
     os.symlink(b"/nowhere/\xff\n", os.fsencode(scene.link))
@@ -361,6 +363,7 @@ def test_discover_lists_found_names_escaped(lineages: LineageFactory, tmp_path: 
 # -- status: an internal error is UNKNOWN ------------------------------------------------------
 
 
+@pytest.mark.integration  # seconds of real processes: kept out of the fast unit suite
 def test_a_status_that_cannot_write_its_report_is_unknown(scene: Scene) -> None:
     """Real ways status breaks after it has checked everything: a report it cannot encode (an
     ASCII-only stdout meets the é a peer put in its subject), a full disk, a reader that went

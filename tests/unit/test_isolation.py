@@ -144,6 +144,7 @@ def test_the_debian_hook_imports_nothing_from_the_working_directory(
     assert "No module named certbot_fanout" in proc.stderr, proc.stderr
 
 
+@pytest.mark.integration  # seconds of real processes: kept out of the fast unit suite
 def test_the_demo_and_its_services_import_nothing_from_the_working_directory(
     trap: Trap,
 ) -> None:

@@ -233,6 +233,7 @@ def test_another_user_cannot_hold_or_redirect_the_lock(host: Host, attack: str) 
     assert directory not in {p for _, p, _ in planted}, path
 
 
+@pytest.mark.integration  # seconds of real processes: kept out of the fast unit suite
 def test_the_owners_own_runs_still_exclude_each_other_when_the_name_was_taken(
     host: Host,
 ) -> None:

@@ -392,8 +392,7 @@ def main(
         print("certbot-fanout: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `certbot-fanout presets | head`
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _discard(sys.stdout)
         return STATUS_UNKNOWN if status else EXIT_FAILED
     except Exception as e:
         if status:
@@ -430,8 +429,16 @@ def _status_internal_error(error: Exception, debug: bool, out: TextIO) -> int:
             stream.flush()
             break
         except (OSError, ValueError):
+            _discard(stream)
             continue
     return STATUS_UNKNOWN
+
+
+def _discard(stream: TextIO) -> None:
+    """Point a stream that cannot be written at /dev/null, so that what is still buffered in
+    it cannot fail again when the interpreter flushes it at exit (exit code 120)."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def _bare(

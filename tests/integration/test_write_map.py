@@ -141,6 +141,7 @@ def test_discover_writes_a_map_that_check_and_deploy_accept_once_filled_in(
                  "--path", str(nginx_tls), "--path", str(synapse_tls), "--write-map", str(written)],
             )  # fmt: skip
             assert found.returncode == 1, found.stdout + found.stderr  # all of it to review
+            assert written.exists(), found.stdout + found.stderr
             text = written.read_text()
             st = written.stat()
             first: dict[str, Any] = yaml.safe_load(text)

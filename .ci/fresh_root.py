@@ -10,9 +10,10 @@
    files copied, directories bind-mounted read-only at the same path), the extra CA
    certificates it trusts, its resolver, and Debian's standard ``/etc/hosts``;
 3. clones the commit under test (HEAD of this checkout) to ``/root/certbot-fanout``;
-4. in a private mount and PID namespace, mounts /proc, /sys, /dev, /dev/pts, and tmpfs on
-   /dev/shm, /run and /tmp, and runs ``./dev demo`` and then ``./dev test`` there, each with a
-   clean environment (only HOME, LANG, PATH and the ``PIP_*`` variables);
+4. in a private mount and PID namespace, bind-mounts the root onto itself (so "/" is a mount
+   point, as on a booted machine), mounts /proc, /sys, /dev, /dev/pts, and tmpfs on /dev/shm,
+   /run and /tmp, and runs ``./dev demo`` and then ``./dev test`` there, each with a clean
+   environment (only HOME, LANG, PATH and the ``PIP_*`` variables);
 5. tears everything down, also on failure or timeout: the PID namespace ends with its first
    process (so no daemon a test started outlives the run), its mounts go with it, and the run
    checks that no process and no mount is left under the root before it removes it.
@@ -246,6 +247,9 @@ def mount(*args: str) -> None:
 def inside(root: Path, binds: list[Path], log: Path) -> int:
     """PID 1 of a private PID and mount namespace: mount, run both commands, unmount."""
     mount("--make-rprivate", "/")
+    # The root is a mount point, as on a booted machine: a test that makes its own private
+    # mount namespace (unshare --propagation private) changes the propagation of "/".
+    mount("--bind", str(root), str(root))
     mount("-t", "proc", "proc", str(root / "proc"))
     mount("-t", "sysfs", "sysfs", str(root / "sys"))
     mount("--bind", "/dev", str(root / "dev"))

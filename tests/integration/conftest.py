@@ -19,6 +19,13 @@ from tests.support.integration import (
 )
 from tests.support.proc import Account, find_account
 from tests.support.stack import HAPROXY_BIN, NGINX_BIN, PEBBLE_BIN, Certbot, HAProxy, Nginx, Pebble
+from tests.support.synapse_env import (
+    SYNAPSE_REQUIREMENT,
+    SYNAPSE_USER,
+    SYNAPSE_VENV,
+    SynapseVenvError,
+    ensure_synapse_venv,
+)
 
 FANOUT = Path(sys.prefix) / "bin" / "certbot-fanout"
 
@@ -113,3 +120,18 @@ def web_account(root: None) -> Iterator[Account]:
         yield existing
         return
     yield from service_account("fanout-www")  # also one left by a killed run
+
+
+@pytest.fixture(scope="module")
+def synapse_python(root: None) -> Path:
+    """The Python of the Synapse venv (built once, cached), or a skip saying why not."""
+    try:
+        return ensure_synapse_venv()
+    except SynapseVenvError as e:
+        pytest.skip(f"cannot provide the Synapse venv {SYNAPSE_VENV} ({SYNAPSE_REQUIREMENT}): {e}")
+
+
+@pytest.fixture(scope="module")
+def synapse_account(root: None) -> Iterator[Account]:
+    """The system account the tests run Synapse as."""
+    yield from service_account(SYNAPSE_USER)

@@ -31,7 +31,6 @@ from tests.support.integration import (
     lineage_fingerprint,
     log_text,
     require_binary,
-    service_account,
 )
 from tests.support.maps import config_text
 from tests.support.proc import Account, public_tempdir, write_owned
@@ -45,12 +44,7 @@ from tests.support.stack import (
     settled_workers,
 )
 from tests.support.synapse_env import (
-    SYNAPSE_REQUIREMENT,
-    SYNAPSE_USER,
-    SYNAPSE_VENV,
     Synapse,
-    SynapseVenvError,
-    ensure_synapse_venv,
 )
 
 MATRIX = "matrix.fanout.test"
@@ -119,19 +113,6 @@ class Story:
         run's letsencrypt.log; certbot starts a new log file at every run)."""
         result = self.certbot.renew("--deploy-hook", self.hook_command, check=False)
         return result.returncode, self.log()
-
-
-@pytest.fixture(scope="module")
-def synapse_python(root: None) -> Path:
-    try:
-        return ensure_synapse_venv()
-    except SynapseVenvError as e:
-        pytest.skip(f"cannot provide the Synapse venv {SYNAPSE_VENV} ({SYNAPSE_REQUIREMENT}): {e}")
-
-
-@pytest.fixture(scope="module")
-def synapse_account(root: None) -> Iterator[Account]:
-    yield from service_account(SYNAPSE_USER)
 
 
 @pytest.fixture(scope="module")

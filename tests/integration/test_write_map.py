@@ -15,23 +15,17 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.support.integration import lineage_files, require_binary, service_account
+from tests.support.integration import lineage_files, require_binary
 from tests.support.proc import Account, public_tempdir, write_owned
 from tests.support.stack import NGINX_BIN, Certbot, Nginx, Pebble
 from tests.support.synapse_env import (
-    SYNAPSE_REQUIREMENT,
-    SYNAPSE_USER,
-    SYNAPSE_VENV,
     Synapse,
-    SynapseVenvError,
-    ensure_synapse_venv,
 )
 from tests.support.tally import record
 
@@ -39,19 +33,6 @@ pytestmark = pytest.mark.integration
 
 MATRIX = "matrix.writemap.test"
 DISCOVER_TIMEOUT = 120
-
-
-@pytest.fixture(scope="module")
-def synapse_python(root: None) -> Path:
-    try:
-        return ensure_synapse_venv()
-    except SynapseVenvError as e:
-        pytest.skip(f"cannot provide the Synapse venv {SYNAPSE_VENV} ({SYNAPSE_REQUIREMENT}): {e}")
-
-
-@pytest.fixture(scope="module")
-def synapse_account(root: None) -> Iterator[Account]:
-    yield from service_account(SYNAPSE_USER)
 
 
 def _run(argv: list[str], timeout: float = 180) -> subprocess.CompletedProcess[str]:

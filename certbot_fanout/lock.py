@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 
+from certbot_fanout import trust
 from certbot_fanout.errors import LockError
 
 logger = logging.getLogger(__name__)
@@ -95,17 +96,14 @@ def _user_dir(tmp: str, uid: int) -> str:
 
 
 def _shared_dir_problem(tmp: str, uid: int) -> str | None:
-    """Why another user could move a directory made in ``tmp``: it belongs to someone else, or
-    others can write to it without the sticky bit."""
+    """Why another user could move a directory made in ``tmp``: the trust rule of the map
+    (owned by root or ``uid``; writable by others only with the sticky bit)."""
     try:
         st = os.stat(tmp)
     except OSError as e:
         return f"{tmp}: {e.strerror}"
-    if st.st_uid not in (0, uid):
-        return f"the temporary directory {tmp} belongs to uid {st.st_uid}"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
-        return f"others can write to the temporary directory {tmp}, which is not sticky"
-    return None
+    problem = trust.stat_problem(tmp, st, uid)
+    return None if problem is None else str(problem)
 
 
 @contextlib.contextmanager

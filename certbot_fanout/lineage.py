@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from certbot_fanout.errors import LineageError
-from certbot_fanout.model import Part
+from certbot_fanout.model import KeyType, Part
 
 MAX_PEM_BYTES = 1 << 20
 
@@ -49,6 +50,7 @@ class CertInfo:
     not_after: datetime.datetime
     fingerprint: str
     names: tuple[str, ...] = ()
+    key_type: KeyType | None = None  # None: neither RSA nor ECDSA (or unparseable)
 
     def describe(self) -> str:
         return (
@@ -119,7 +121,18 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
         not_after=not_after,
         fingerprint=fingerprint(der),
         names=tuple(names),
+        key_type=key_type_of(cert),
     )
+
+
+def key_type_of(cert: x509.Certificate) -> KeyType | None:
+    """RSA or ECDSA, by the certificate's public key; None for any other kind."""
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return KeyType.RSA
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return KeyType.ECDSA
+    return None
 
 
 def cert_info_from_der(der: bytes) -> CertInfo:

@@ -50,6 +50,20 @@ class Dialect(enum.Enum):
     MYSQL = "mysql"
 
 
+class Family(enum.Enum):
+    """An address family an endpoint is checked over (unset: every address its host has)."""
+
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+
+
+class KeyType(enum.Enum):
+    """The kind of key a certificate certifies, as far as the probe can ask a server for it."""
+
+    RSA = "rsa"
+    ECDSA = "ecdsa"
+
+
 class Part(enum.Enum):
     """A piece of the lineage that a placed file can hold."""
 
@@ -86,11 +100,22 @@ class Endpoint:
     server_name: str | None = None
     starttls: Dialect | None = None
     check_chain: bool = True
+    family: Family | None = None  # only this family's addresses; None: every address
+    # A Matrix server name: the endpoints are those its federation peers find (then host is
+    # that name and port is 0), each checked against the system trust or ca_file too.
+    federation: str | None = None
+    ca_file: str | None = None
 
     @property
     def label(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        if self.federation is not None:
+            return f"federation {self.federation}"
+        return address_label(self.host, self.port)
+
+
+def address_label(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from certbot_fanout.lineage import (
     read_lineage,
     split_pem_certs,
 )
-from certbot_fanout.model import Part
+from certbot_fanout.model import KeyType, Part
 
 
 class Lineages(Protocol):
@@ -86,6 +86,7 @@ def test_reads_every_part_through_relative_symlinks(lineages: Lineages) -> None:
         not_after=cert.not_valid_after_utc,
         fingerprint=hashlib.sha256(der).hexdigest(),
         names=("example.org", "www.example.org"),
+        key_type=KeyType.ECDSA,
     )
     assert lineage.cert.not_after.tzinfo is not None
     assert lineage.default_server_name == "example.org"
@@ -416,6 +417,7 @@ def test_cert_info_without_san_or_common_name() -> None:
         not_after=datetime.datetime(2031, 2, 3, 4, 5, 6, tzinfo=datetime.UTC),
         fingerprint=hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
         names=(),
+        key_type=KeyType.ECDSA,
     )
     assert "(empty subject)" in info.describe()
     assert "2031-02-03 04:05:06 UTC" in info.describe()

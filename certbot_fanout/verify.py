@@ -17,6 +17,7 @@ the resolution path, that failed.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import socket
 import time
@@ -26,7 +27,13 @@ from typing import TYPE_CHECKING
 
 from certbot_fanout import probe
 from certbot_fanout.errors import ProbeError
-from certbot_fanout.lineage import CertInfo, Lineage, cert_info_from_der, chain_problem, fingerprint
+from certbot_fanout.lineage import (
+    CertInfo,
+    Lineage,
+    cert_info_from_der,
+    chain_verdict,
+    fingerprint,
+)
 from certbot_fanout.model import Endpoint, Family, KeyType, address_label
 
 if TYPE_CHECKING:
@@ -57,6 +64,7 @@ class AddressResult:
     error: str | None = None
     legacy_protocol: str | None = None
     stale: bool = False  # it served a certificate other than the lineage's
+    warning: str | None = None  # it passes, but deserves a look (a chain out of order, say)
 
     @property
     def label(self) -> str:
@@ -201,7 +209,7 @@ def _endpoint_result(
         addresses=results,
         key_type=lineage.cert.key_type,
         resolution=plan.resolution,
-        warnings=plan.warnings,
+        warnings=plan.warnings + tuple(r.warning for r in results if r.warning),
     )
 
 
@@ -288,19 +296,20 @@ def _probe_address(
     base = replace(base, legacy_protocol=got.legacy_protocol)
     served = cert_info_from_der(got.leaf)
     stale = target.compare and fingerprint(got.leaf) != lineage.cert.fingerprint
-    problem = _problem(ep, target, got, served, lineage, stale)
+    problem = _problem(target, got, served, lineage, stale)
     if problem:
         return replace(base, served=served, error=f"{where} {problem}", stale=stale)
+    if target.compare and ep.check_chain:
+        verdict = chain_verdict(got.chain, lineage, datetime.datetime.now(datetime.UTC))
+        if verdict.problem:
+            return replace(base, served=served, error=f"{where} {verdict.problem}")
+        if verdict.warning:
+            base = replace(base, warning=f"{base.label}: {verdict.warning}")
     return replace(base, ok=True, served=served)
 
 
 def _problem(
-    ep: Endpoint,
-    target: _Target,
-    got: probe.Served,
-    served: CertInfo,
-    lineage: Lineage,
-    stale: bool,
+    target: _Target, got: probe.Served, served: CertInfo, lineage: Lineage, stale: bool
 ) -> str | None:
     expected = lineage.cert
     if stale:
@@ -312,10 +321,6 @@ def _problem(
     if got.trust_error:
         name = target.trust.name if target.trust else target.server_name
         return f"presents a certificate federation peers refuse for {name}: {got.trust_error}"
-    if target.compare and ep.check_chain:
-        problem = chain_problem(got.chain, lineage)
-        if problem:
-            return problem
     return None
 
 

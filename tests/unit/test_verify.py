@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from certbot_fanout import verify
+from certbot_fanout._pki import ThrowawayCA
 from certbot_fanout.errors import ProbeError
 from certbot_fanout.lineage import Lineage, read_lineage
-from certbot_fanout.model import Endpoint, Family
+from certbot_fanout.model import Endpoint, Family, Part
 from certbot_fanout.probe import fetch_served
 from tests.support.cli import explain
 from tests.support.hosts import available, python_with_hosts
@@ -72,7 +73,7 @@ def _probe(tmp_path: Path, live: Path, host: str, port: int, family: str | None 
         "import json, sys\n"
         "from certbot_fanout import verify\n"
         "from certbot_fanout.lineage import read_lineage\n"
-        "from certbot_fanout.model import Endpoint, Family\n"
+        "from certbot_fanout.model import Endpoint, Family, Part\n"
         "from certbot_fanout.probe import fetch_served\n"
         "from certbot_fanout.render_common import endpoint_document\n"
         f"family = Family({family!r}) if {family!r} else None\n"
@@ -180,3 +181,19 @@ def test_an_address_found_current_is_not_asked_again(pair: Pair) -> None:
             Endpoint("127.0.0.1", current.port), pair.lineage, counting, time.monotonic() + 0.3
         )
     assert result.ok and calls == ["127.0.0.1"]
+
+
+def test_a_chain_out_of_order_passes_with_a_warning_that_status_counts(
+    pair: Pair, ca: ThrowawayCA, tmp_path: Path
+) -> None:
+    # The root first, then the intermediate: clients build the path anyway (RFC 8446 4.4.2),
+    # so the endpoint is current, but the order is worth a look.
+    lineage = pair.lineage
+    shuffled = tmp_path / "root-first.pem"
+    shuffled.write_bytes(lineage.pems[Part.CERT] + ca.root_pem + lineage.pems[Part.CHAIN])
+    with Peer("tls", shuffled, pair.key) as peer:
+        result = verify.probe_endpoint(Endpoint("127.0.0.1", peer.port), lineage, fetch_served, 5)
+    assert result.ok, result.error
+    (warning,) = result.warnings
+    assert warning.startswith(f"127.0.0.1:{peer.port}: ")
+    assert "order" in warning

@@ -71,8 +71,9 @@ class Target:
     Attributes:
         host: a DNS name to resolve (A and AAAA), or an IP literal (no brackets).
         port: the TCP port.
-        cert_name: the name (or IP literal) the certificate must be valid for; also the SNI
-            and the ``Host`` a peer sends.
+        cert_name: the name (or IP literal) the certificate must be valid for, and the SNI
+            to send (a peer's ``Host`` header is this name, with the port when the server
+            name or ``m.server`` gave one).
     """
 
     host: str

@@ -293,7 +293,11 @@ def test_a_malformed_server_name_is_refused_with_the_reason(name: str, why: str)
 # --------------------------------------------------------------------------- delegation
 
 
-def test_a_well_known_with_a_port_delegates_to_that_name_and_port(site: Site) -> None:
+def test_a_well_known_with_a_port_delegates_to_that_name_and_port(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for proxy in ("https_proxy", "HTTPS_PROXY", "all_proxy"):  # peers connect directly
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")
     site.routes.set(WK, Reply.json({"m.server": "hs.x.test:8449"}))
     found = resolve_wk(site, site.lookup(None))  # no SRV step: srv() would fail the test
     assert found.targets == (Target("hs.x.test", 8449, "hs.x.test"),)

@@ -37,7 +37,7 @@ from certbot_fanout.lineage import (
 from certbot_fanout.model import Endpoint, Family, KeyType, address_label
 
 if TYPE_CHECKING:
-    from certbot_fanout.federation import Resolution  # type: ignore[import-not-found]
+    from certbot_fanout.federation import Resolution
 
 PROBE_ATTEMPT_TIMEOUT = 10.0
 # How long a stale answer is asked again before it is believed, after a reload and in status.
@@ -162,11 +162,31 @@ def probe_endpoint(
     (and, unless turned off, its chain). Addresses already in ``done`` (current in an earlier
     look) are not asked again."""
     server_name = ep.server_name or lineage.default_server_name
-    key_type = lineage.cert.key_type
     try:
         plan = _plan(ep, server_name, lineage, timeout)
     except ProbeError as e:
-        return EndpointResult(ep, server_name, False, attempts=1, error=str(e), key_type=key_type)
+        return _unresolved(ep, server_name, lineage, e)
+    return probe_plan(ep, plan, lineage, fetch, timeout, done)
+
+
+def _unresolved(
+    ep: Endpoint, server_name: str | None, lineage: Lineage, e: ProbeError
+) -> EndpointResult:
+    error = f"{ep.label}: {e}" if ep.federation is not None else str(e)
+    key_type = lineage.cert.key_type
+    return EndpointResult(ep, server_name, False, attempts=1, error=error, key_type=key_type)
+
+
+def probe_plan(
+    ep: Endpoint,
+    plan: _Plan,
+    lineage: Lineage,
+    fetch: probe.Fetch,
+    timeout: float,
+    done: Mapping[tuple[str, str, int], AddressResult] | None = None,
+) -> EndpointResult:
+    """One look at the targets of ``plan`` (``ep`` resolved): every address of each."""
+    server_name = ep.server_name or lineage.default_server_name
     results: list[AddressResult] = []
     errors: list[str] = []
     for target in plan.targets:
@@ -218,7 +238,7 @@ def _plan(ep: Endpoint, server_name: str | None, lineage: Lineage, timeout: floa
         context = "" if _literal(ep.host) else ep.label
         return _Plan((_Target(ep.host, ep.port, server_name, context=context),))
     # Imported only when a federation endpoint is checked: the hook's start-up is unchanged.
-    from certbot_fanout import federation  # type: ignore[attr-defined,unused-ignore]
+    from certbot_fanout import federation
 
     resolution = federation.resolve(ep.federation, timeout=timeout, ca_file=ep.ca_file)
     return _federation_plan(ep, resolution, lineage)
@@ -350,10 +370,20 @@ def poll_endpoint(
     delay = FIRST_RETRY_DELAY
     attempts = 0
     done: dict[tuple[str, str, int], AddressResult] = {}
+    plan: _Plan | None = None  # a federation name is resolved once, then its places asked
+    server_name = ep.server_name or lineage.default_server_name
     while True:
         attempts += 1
         timeout = min(max(deadline - time.monotonic(), 1.0), PROBE_ATTEMPT_TIMEOUT)
-        result = probe_endpoint(ep, lineage, fetch, timeout, done)
+        result = None
+        if plan is None:
+            try:
+                plan = _plan(ep, server_name, lineage, timeout)
+            except ProbeError as e:
+                result = _unresolved(ep, server_name, lineage, e)
+        if plan is not None:
+            result = probe_plan(ep, plan, lineage, fetch, timeout, done)
+        assert result is not None
         done.update(((a.host, a.address, a.port), a) for a in result.addresses if a.ok)
         now = time.monotonic()
         if result.ok or now >= deadline:

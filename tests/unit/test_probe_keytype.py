@@ -21,9 +21,9 @@ from cryptography.x509.oid import NameOID
 from certbot_fanout import probe
 from certbot_fanout.errors import ProbeError
 from certbot_fanout.lineage import key_type_of
-from certbot_fanout.model import KeyType
+from certbot_fanout.model import Dialect, KeyType
 from certbot_fanout.probe import Served, Trust, fetch_served
-from tests.support.peers import Peer
+from tests.support.peers import Peer, ScriptedPeer, Step
 from tests.support.stack import NGINX_BIN, Nginx
 
 NAME = "dual.test"
@@ -204,6 +204,25 @@ def test_a_server_without_the_key_type_asked_for_serves_its_other_one_and_says_s
     assert peer.connections == (6 if versions and versions[0] == "TLSv1" else 3)
 
 
+def test_the_key_type_asked_for_is_served_after_starttls_too(
+    rsa_leaf: Pair, ecdsa_leaf: Pair
+) -> None:
+    steps: list[Step] = [
+        ("send", b"220 mx.test ESMTP\r\n"),
+        ("line", b""),
+        ("send", b"250-mx.test\r\n250 STARTTLS\r\n"),
+        ("line", b""),
+        ("send", b"220 2.0.0 go ahead\r\n"),
+        ("tls", b""),
+    ]
+    with ScriptedPeer(steps, ecdsa_leaf.cert, ecdsa_leaf.key) as peer:
+        assert peer.ctx is not None
+        peer.ctx.load_cert_chain(rsa_leaf.cert, rsa_leaf.key)
+        as_rsa = fetch_served("127.0.0.1", peer.port, NAME, 5, Dialect.SMTP, key_type=RSA)
+        as_ecdsa = fetch_served("127.0.0.1", peer.port, NAME, 5, Dialect.SMTP, key_type=ECDSA)
+    assert (as_rsa.leaf, as_ecdsa.leaf) == (rsa_leaf.der, ecdsa_leaf.der)
+
+
 def test_a_failure_with_any_key_type_keeps_both_reasons(rsa_leaf: Pair) -> None:
     with (
         Peer("alert", rsa_leaf.cert, rsa_leaf.key) as peer,
@@ -352,6 +371,32 @@ def test_a_name_other_than_the_sni_is_checked_after_the_handshake(
         served = fetch_served("127.0.0.1", peer.port, NAME, 5, trust=Trust(name, str(pki.root)))
     assert (served.leaf, served.trust_error) == (leaf.der, problem)
     assert peer.server_names == [NAME], "the SNI is the server name; one handshake"
+
+
+def test_a_dns_name_is_checked_also_when_no_sni_is_sent(pki: PrivateCA, ecdsa_leaf: Pair) -> None:
+    trust = Trust(NAME, str(pki.root))
+    with dual_peer(ecdsa_leaf) as peer:
+        ok = fetch_served("127.0.0.1", peer.port, None, 5, trust=trust)
+        wrong = fetch_served("127.0.0.1", peer.port, None, 5, trust=Trust("x.test", trust.ca_file))
+    assert (ok.trust_error, wrong.trust_error) == (
+        None,
+        "Hostname mismatch, certificate is not valid for 'x.test'.",
+    )
+    assert peer.server_names == [None, None]
+
+
+def test_without_x509_check_host_a_name_other_than_the_sni_is_sent_as_the_sni(
+    pki: PrivateCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(probe, "_openssl", lambda: None)
+    _clear_cached_contexts()
+    leaf = pki.issue("two-names", ECDSA, (NAME, "alt.test"))
+    with dual_peer(leaf) as peer:
+        served = fetch_served(
+            "127.0.0.1", peer.port, NAME, 5, trust=Trust("alt.test", str(pki.root))
+        )
+    assert served.trust_error is None
+    assert peer.server_names == ["alt.test"]
 
 
 def test_trust_and_a_key_type_together(pki: PrivateCA, rsa_leaf: Pair, ecdsa_leaf: Pair) -> None:

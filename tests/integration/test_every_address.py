@@ -290,8 +290,11 @@ def test_both_addresses_current_deploy_and_status_ok(
 ) -> None:
     bed = start_bed()
     bed.consumer_map()
-    deployed = bed.deploy()
+    deployed = bed.fanout("deploy", "--cert-name", NAME, "--json")
     assert deployed.returncode == 0, explain(deployed)
+    proved = addresses(json.loads(deployed.stdout))
+    assert set(proved) == {V4, V6}, proved
+    assert all(entry["ok"] is True for entry in proved.values()), proved
 
     metrics = tmp_path / "fanout.prom"
     proc, doc = bed.status_json("--prometheus", str(metrics))

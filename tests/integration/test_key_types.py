@@ -247,10 +247,14 @@ def test_the_bed_serves_each_key_type_to_a_client_that_offers_only_it(
 # --------------------------------------------------------------------------- both current
 
 
-def deploy_both(bed: Bed) -> None:
+def deploy_both(bed: Bed) -> dict[str, dict[str, Any]]:
+    """``deploy --json`` of each lineage, which must succeed; each one's consumer document."""
+    documents = {}
     for lineage in LINEAGES:
-        deployed = bed.deploy(lineage)
+        deployed = bed.fanout("deploy", "--cert-name", lineage, "--json")
         assert deployed.returncode == 0, explain(deployed)
+        documents[lineage] = by_name(json.loads(deployed.stdout))[CONSUMER[lineage]]
+    return documents
 
 
 def address_ok_samples(path: Path) -> dict[str, tuple[str, float]]:
@@ -271,7 +275,10 @@ def test_both_lineages_current_deploy_and_status_ok(
 ) -> None:
     bed = start_bed(protocols=protocols)
     bed.consumer_map()
-    deploy_both(bed)
+    for lineage, deployed in deploy_both(bed).items():
+        (endpoint,) = deployed["endpoints"]
+        assert endpoint["key_type"] == KEY_TYPE[lineage], endpoint
+        assert address_of(endpoint)["key_type"] == KEY_TYPE[lineage], endpoint
 
     metrics = tmp_path / "fanout.prom"
     proc, doc = bed.status_json("--prometheus", str(metrics))

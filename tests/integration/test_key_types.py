@@ -123,7 +123,8 @@ class Bed:
     def where(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def consumer_map(self) -> Path:
+    def consumer_map(self, lineages: tuple[str, ...] = LINEAGES) -> Path:
+        """A map with a consumer for each of ``lineages``, all verifying the one endpoint."""
         consumers = {
             CONSUMER[lineage]: {
                 "certificate": lineage,
@@ -136,7 +137,7 @@ class Bed:
                 "verify": [{"host": "127.0.0.1", "port": self.port, "server_name": NAME}],
                 "verify_timeout": 2,
             }
-            for lineage in LINEAGES
+            for lineage in lineages
         }
         return write_map(self.tmp / "map", {"version": 1, "consumers": consumers})
 
@@ -391,3 +392,31 @@ def test_discover_finds_the_listener_for_both_lineages(
     ]
     assert elsewhere == [], explain(found)
     assert found.returncode == 0 or "NOT COVERED" in found.stdout, explain(found)
+
+
+def test_discover_says_the_listener_of_a_lineage_without_a_consumer_is_not_in_the_map(
+    dual: Dual, start_bed: Callable[..., Bed]
+) -> None:
+    """Only the ECDSA lineage has a consumer: the RSA certificate the same listener serves is
+    NOT IN THE MAP (no consumer verifies it there), whatever covers the ECDSA one."""
+    bed = start_bed(current=True)
+    bed.consumer_map(lineages=(NAME,))
+    found = bed.fanout(
+        "discover", "--cert-name", NAME, "--cert-name", RSA_LINEAGE, "--probe-budget", "15"
+    )
+    assert found.returncode == 1, explain(found)
+    parts = sections(found.stdout)
+    covered = "\n".join(parts.get("IN THE MAP", []))
+    unmapped = "\n".join(parts.get("NOT IN THE MAP", []))
+    assert re.search(
+        rf"^  listener\s+{re.escape(bed.where)}\s+{re.escape(NAME)} current: serial "
+        rf"{dual.serial(NAME)},.*\[consumer {CONSUMER[NAME]}\]$",
+        covered,
+        re.MULTILINE,
+    ), explain(found)
+    assert re.search(
+        rf"^  listener\s+{re.escape(bed.where)}\s+{re.escape(RSA_LINEAGE)} current: serial "
+        rf"{dual.serial(RSA_LINEAGE)}, expires \S+$",
+        unmapped,
+        re.MULTILINE,
+    ), explain(found)

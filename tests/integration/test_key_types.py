@@ -361,26 +361,34 @@ def test_a_stale_ecdsa_certificate_behind_a_current_rsa_one_is_caught(
 # --------------------------------------------------------------------------- discover
 
 
+def discover_both(bed: Bed) -> tuple[subprocess.CompletedProcess[str], dict[str, list[str]]]:
+    """``discover`` of both lineages; its result and its sections."""
+    found = bed.fanout(
+        "discover", "--cert-name", NAME, "--cert-name", RSA_LINEAGE, "--probe-budget", "15"
+    )
+    return found, sections(found.stdout)
+
+
+def listener_line(bed: Bed, lineage: str, serial: str) -> str:
+    """A regular expression for discover's line of the bed's listener carrying ``lineage``."""
+    return (
+        rf"^  listener\s+{re.escape(bed.where)}\s+{re.escape(lineage)} current: serial "
+        rf"{serial}, expires \S+"
+    )
+
+
 def test_discover_finds_the_listener_for_both_lineages(
     dual: Dual, start_bed: Callable[..., Bed]
 ) -> None:
     """discover probes each key type: the one nginx listener (serving both current
-    certificates, no deploy needed) carries both lineages, each current and covered by its
-    own consumer."""
+    certificates, no deploy needed) carries both lineages, each current and in the map."""
     bed = start_bed(current=True)
     bed.consumer_map()
-    found = bed.fanout(
-        "discover", "--cert-name", NAME, "--cert-name", RSA_LINEAGE, "--probe-budget", "15"
-    )
-    parts = sections(found.stdout)
+    found, parts = discover_both(bed)
     covered = "\n".join(parts.get("IN THE MAP", []))
     for lineage in LINEAGES:
-        assert re.search(
-            rf"^  listener\s+{re.escape(bed.where)}\s+{re.escape(lineage)} current: serial "
-            rf"{dual.serial(lineage)},.*\[consumer {CONSUMER[lineage]}\]$",
-            covered,
-            re.MULTILINE,
-        ), explain(found)
+        pattern = listener_line(bed, lineage, dual.serial(lineage))
+        assert re.search(pattern, covered, re.MULTILINE), explain(found)
     elsewhere = [
         line
         for title, lines in parts.items()
@@ -392,6 +400,21 @@ def test_discover_finds_the_listener_for_both_lineages(
     assert found.returncode == 0 or "NOT COVERED" in found.stdout, explain(found)
 
 
+def test_discover_credits_each_lineage_on_the_listener_to_its_own_consumer(
+    dual: Dual, start_bed: Callable[..., Bed]
+) -> None:
+    """Both consumers verify the one endpoint; the RSA certificate found there is covered by
+    the RSA lineage's consumer, not by the first consumer whose endpoint matches."""
+    bed = start_bed(current=True)
+    bed.consumer_map()
+    found, parts = discover_both(bed)
+    covered = "\n".join(parts.get("IN THE MAP", []))
+    for lineage in LINEAGES:
+        pattern = listener_line(bed, lineage, dual.serial(lineage))
+        pattern += rf"  \[consumer {CONSUMER[lineage]}\]$"
+        assert re.search(pattern, covered, re.MULTILINE), explain(found)
+
+
 def test_discover_says_the_listener_of_a_lineage_without_a_consumer_is_not_in_the_map(
     dual: Dual, start_bed: Callable[..., Bed]
 ) -> None:
@@ -399,22 +422,11 @@ def test_discover_says_the_listener_of_a_lineage_without_a_consumer_is_not_in_th
     NOT IN THE MAP (no consumer verifies it there), whatever covers the ECDSA one."""
     bed = start_bed(current=True)
     bed.consumer_map(lineages=(NAME,))
-    found = bed.fanout(
-        "discover", "--cert-name", NAME, "--cert-name", RSA_LINEAGE, "--probe-budget", "15"
-    )
+    found, parts = discover_both(bed)
     assert found.returncode == 1, explain(found)
-    parts = sections(found.stdout)
     covered = "\n".join(parts.get("IN THE MAP", []))
     unmapped = "\n".join(parts.get("NOT IN THE MAP", []))
-    assert re.search(
-        rf"^  listener\s+{re.escape(bed.where)}\s+{re.escape(NAME)} current: serial "
-        rf"{dual.serial(NAME)},.*\[consumer {CONSUMER[NAME]}\]$",
-        covered,
-        re.MULTILINE,
-    ), explain(found)
-    assert re.search(
-        rf"^  listener\s+{re.escape(bed.where)}\s+{re.escape(RSA_LINEAGE)} current: serial "
-        rf"{dual.serial(RSA_LINEAGE)}, expires \S+$",
-        unmapped,
-        re.MULTILINE,
-    ), explain(found)
+    ecdsa = listener_line(bed, NAME, dual.serial(NAME)) + rf"  \[consumer {CONSUMER[NAME]}\]$"
+    assert re.search(ecdsa, covered, re.MULTILINE), explain(found)
+    rsa_line = listener_line(bed, RSA_LINEAGE, dual.serial(RSA_LINEAGE)) + "$"
+    assert re.search(rsa_line, unmapped, re.MULTILINE), explain(found)

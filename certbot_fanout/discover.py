@@ -518,7 +518,9 @@ def _listener_find(
         (
             c.name
             for c in config.consumers
-            if any(_endpoint_covers(ep, address, port) for ep in c.verify)
+            # Its own consumer's: one listener can serve an ECDSA and an RSA lineage.
+            if c.certificate == lineage.name
+            and any(_endpoint_covers(ep, address, port) for ep in c.verify)
         ),
         None,
     )

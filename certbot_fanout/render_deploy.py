@@ -121,10 +121,9 @@ def _endpoint_failure_lines(c: ConsumerResult, expected: CertInfo | None) -> lis
 
 def _address_where(ep: EndpointResult, a: AddressResult) -> str:
     """``[::1]:443 (SNI name)``, after the endpoint's own label when it is not that address."""
-    where = f"{a.label} (SNI {a.server_name})"
-    if ep.endpoint.federation is not None:
-        return f"{ep.label} ({ep.resolution}): {where}"
-    return where if a.label == ep.label else f"{ep.label}: {where}"
+    asked = f", asked for {ep.key_type.name}" if ep.key_type else ""
+    where = f"{a.label} (SNI {a.server_name}{asked})"
+    return f"{a.via}: {where}" if a.via else where
 
 
 def _note_lines(notes: str) -> list[str]:

@@ -65,6 +65,9 @@ class AddressResult:
     legacy_protocol: str | None = None
     stale: bool = False  # it served a certificate other than the lineage's
     warning: str | None = None  # it passes, but deserves a look (a chain out of order, say)
+    # What it is an address of, in words, when that is not the address itself: the endpoint
+    # (``localhost:443``), or for federation the path and the role ("the well-known at ...").
+    via: str = ""
 
     @property
     def label(self) -> str:
@@ -299,7 +302,9 @@ def _probe_address(
     timeout: float,
 ) -> AddressResult:
     """What ``address`` serves for ``target``, judged against the lineage."""
-    base = AddressResult(target.host, address, target.port, target.server_name, False)
+    base = AddressResult(
+        target.host, address, target.port, target.server_name, False, via=target.context
+    )
     where = _in_context(target, f"{base.label} (SNI {target.server_name}{_asked(lineage)})")
     try:
         got = fetch(

@@ -256,7 +256,8 @@ def test_stale_second_copy_is_caught_on_the_first_renewal(story: Story) -> None:
     synapse_line = _consumer_line(log, "synapse", "FAILED")
     assert synapse_line.startswith("placed 2 of 2 files, reloaded"), synapse_line
     assert synapse_line.endswith("verify failed:"), synapse_line
-    assert f"127.0.0.1:{syn.port} (SNI {MATRIX}) serves another certificate" in log, log[-4000:]
+    stale_line = f"127.0.0.1:{syn.port} (SNI {MATRIX}, asked for ECDSA) serves another certificate"
+    assert stale_line in log, log[-4000:]
     assert re.search(rf"served:\s+.*SHA-256 {stale}", log), log[-4000:]
     assert re.search(rf"expected:\s+.*SHA-256 {new}", log), log[-4000:]
     assert f"notes: {SYNAPSE_NOTES}" in log

@@ -483,6 +483,9 @@ def _presets(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> i
         return usage(
             f"--certificate: expected a lineage name (letters, digits and . _ - + @), got {cert!r}"
         )
+    from certbot_fanout.schema import synapse_server_name
+
+    server_name = synapse_server_name()
     if args.name:
         preset = PRESETS[args.name]
         out.write(f"# preset: {preset.name}  (for certificate: {cert})\n# {preset.summary}\n")
@@ -491,17 +494,17 @@ def _presets(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> i
                 "# A whole map with this one consumer. Create the directories of its files, then "
                 "run: certbot-fanout check (with --config FILE for a map elsewhere)\n"
             )
-            out.write(preset.whole_map(cert))
+            out.write(preset.whole_map(cert, server_name))
         else:
             out.write("# Paste under `consumers:` in the map (--map prints a whole map).\n")
-            out.write(preset.entry(cert))
+            out.write(preset.entry(cert, server_name))
         return EXIT_OK
     width = max(len(p) for p in PRESETS)
     for preset in PRESETS.values():
         out.write(f"{preset.name:<{width}}  {preset.summary}\n")
     for preset in PRESETS.values():
         out.write(f"\n# preset: {preset.name}  (for certificate: {cert})\n")
-        out.write(preset.entry(cert))
+        out.write(preset.entry(cert, server_name))
     return EXIT_OK
 
 

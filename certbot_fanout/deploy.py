@@ -17,25 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from certbot_fanout import commands, files, probe, state
-from certbot_fanout.errors import CommandError, PlacementError, ProbeError
-from certbot_fanout.lineage import (
-    CertInfo,
-    Lineage,
-    cert_info_from_der,
-    chain_problem,
-    fingerprint,
-    read_lineage,
-)
+from certbot_fanout.errors import CommandError, PlacementError
+from certbot_fanout.lineage import CertInfo, Lineage, read_lineage
 from certbot_fanout.lock import default_lock_path, run_lock
-from certbot_fanout.model import DEFAULT_JOBS, Config, Consumer, Endpoint, FileSpec
+from certbot_fanout.model import DEFAULT_JOBS, Config, Consumer, FileSpec
 from certbot_fanout.schema import CERTBOT_OWNED
+from certbot_fanout.verify import SETTLE_SECONDS, EndpointResult, poll_endpoint
 
 logger = logging.getLogger(__name__)
-
-PROBE_ATTEMPT_TIMEOUT = 10.0
-SETTLE_SECONDS = 1.0
-_FIRST_RETRY_DELAY = 0.02
-_MAX_RETRY_DELAY = 0.5
 
 
 @dataclass(frozen=True)
@@ -89,22 +78,6 @@ class FileResult:
     def new(self) -> bool:
         """Nothing was at the path before."""
         return any(d.kind is files.DifferenceKind.MISSING for d in self.differences)
-
-
-@dataclass(frozen=True)
-class EndpointResult:
-    endpoint: Endpoint
-    server_name: str | None
-    ok: bool
-    seconds: float = 0.0
-    attempts: int = 0
-    served: CertInfo | None = None
-    error: str | None = None
-    legacy_protocol: str | None = None  # "TLSv1" or "TLSv1.1": only those could be spoken
-
-    @property
-    def label(self) -> str:
-        return self.endpoint.label
 
 
 @dataclass(frozen=True)
@@ -552,61 +525,6 @@ class _ConsumerRun:
             wait = min(wait, within)
         deadline = time.monotonic() + wait
         return tuple(
-            poll_endpoint(ep, self.lineage, self.fx, deadline) for ep in self.consumer.verify
+            poll_endpoint(ep, self.lineage, self.fx.fetch, deadline, self.fx.sleep)
+            for ep in self.consumer.verify
         )
-
-
-def poll_endpoint(ep: Endpoint, lineage: Lineage, fx: Effects, deadline: float) -> EndpointResult:
-    """Probe ``ep`` until it serves the lineage's certificate or ``deadline`` (on the monotonic
-    clock) passes; at least once, backing off from 20 ms to 0.5 s between attempts."""
-    start = time.monotonic()
-    delay = _FIRST_RETRY_DELAY
-    attempts = 0
-    while True:
-        attempts += 1
-        timeout = min(max(deadline - time.monotonic(), 1.0), PROBE_ATTEMPT_TIMEOUT)
-        result = probe_endpoint(ep, lineage, fx.fetch, timeout)
-        now = time.monotonic()
-        if result.ok or now + delay >= deadline:
-            error = result.error
-            if error and now - start >= 1.0:
-                error += f" (still after {now - start:.1f} s, {attempts} attempts)"
-            return replace(result, seconds=now - start, attempts=attempts, error=error)
-        fx.sleep(delay)
-        delay = min(delay * 2, _MAX_RETRY_DELAY)
-
-
-def probe_endpoint(
-    ep: Endpoint,
-    lineage: Lineage,
-    fetch: probe.Fetch,
-    timeout: float,
-) -> EndpointResult:
-    """One look at what ``ep`` serves: ok when it is the lineage's certificate (and, unless
-    turned off, its chain). ``served`` holds what it served when that was readable."""
-    expected = lineage.cert
-    server_name = ep.server_name or lineage.default_server_name
-    try:
-        got = fetch(ep.host, ep.port, server_name, timeout, ep.starttls)
-    except ProbeError as e:
-        return EndpointResult(ep, server_name, False, attempts=1, error=str(e))
-    legacy = got.legacy_protocol
-    if fingerprint(got.leaf) != expected.fingerprint:
-        served = cert_info_from_der(got.leaf)
-        error = (
-            f"{ep.label} (SNI {server_name}) serves {served.describe()}; "
-            f"expected serial {expected.serial}, not after "
-            f"{expected.not_after:%Y-%m-%d %H:%M:%S} UTC, SHA-256 {expected.fingerprint}"
-        )
-        return EndpointResult(
-            ep, server_name, False, attempts=1, served=served, error=error, legacy_protocol=legacy
-        )
-    problem = chain_problem(got.chain, lineage) if ep.check_chain else None
-    if problem:
-        error = f"{ep.label} (SNI {server_name}) {problem}"
-        return EndpointResult(
-            ep, server_name, False, attempts=1, error=error, legacy_protocol=legacy
-        )
-    return EndpointResult(
-        ep, server_name, True, attempts=1, served=expected, legacy_protocol=legacy
-    )

@@ -476,16 +476,24 @@ def _listeners(
 def _probe_listener(
     host: str, port: int, lineage: Lineage, deadline: float
 ) -> tuple[probe.Served, Dialect | None] | None:
-    """What the socket serves for the lineage's name, and the dialect it answered in."""
+    """What the socket serves for the lineage's name and key type (a server with an RSA and
+    an ECDSA certificate shows each lineage its own), and the dialect it answered in."""
     name = lineage.default_server_name
     dialect = STARTTLS_PORTS.get(port)
+    key_type = lineage.cert.key_type
     try:
-        return probe.fetch_served(host, port, name, _probe_timeout(deadline), dialect), dialect
+        served = probe.fetch_served(
+            host, port, name, _probe_timeout(deadline), dialect, key_type=key_type
+        )
+        return served, dialect
     except ProbeError:
         if dialect is None:
             return None
     try:  # a well-known port may still speak TLS directly (or not at all)
-        return probe.fetch_served(host, port, name, _probe_timeout(deadline), None), None
+        served = probe.fetch_served(
+            host, port, name, _probe_timeout(deadline), None, key_type=key_type
+        )
+        return served, None
     except ProbeError:
         return None
 

@@ -2,7 +2,10 @@
 
 ``preset: NAME`` on a consumer fills in every consumer field the user did not set; a field the
 user sets replaces the preset's whole field. The templates are YAML read by the same validation
-as the user's map; ``{certificate}`` stands for the consumer's lineage name.
+as the user's map; ``{certificate}`` stands for the consumer's lineage name. A preset with
+``federation`` (Synapse's) also verifies the Matrix server name the way federation peers find
+it, when the server name is known (Debian's matrix-synapse package records it in
+``SYNAPSE_SERVER_NAME_FILE``; the schema reads it).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import yaml
 
 # A preset writes the certificate name into its paths (inside quoted YAML): only these.
 CERTIFICATE_RE = re.compile(r"^[A-Za-z0-9._@+-]+$")
+
+# Where Debian's matrix-synapse package keeps the server name it was configured with.
+SYNAPSE_SERVER_NAME_FILE = "/etc/matrix-synapse/conf.d/server_name.yaml"
 
 
 def usable_certificate(name: str) -> bool:
@@ -36,21 +42,28 @@ class Preset:
     name: str
     summary: str
     template: str
+    # Its verify (the template's last field) also gets {federation: SERVER_NAME} when the
+    # Matrix server name is known.
+    federation: bool = False
 
-    def expand(self, certificate: str) -> str:
-        return self.template.replace("{certificate}", certificate)
+    def expand(self, certificate: str, server_name: str | None = None) -> str:
+        text = self.template.replace("{certificate}", certificate)
+        if self.federation and server_name:
+            text += f"  - {{federation: {_scalar(server_name)}}}\n"
+        return text
 
-    def entry(self, certificate: str) -> str:
+    def entry(self, certificate: str, server_name: str | None = None) -> str:
         """A complete consumer entry (named after the preset) with every field the preset
         fills in, indented to paste under ``consumers:`` in a map."""
         fields = "".join(
-            f"    {line}\n" if line else "\n" for line in self.expand(certificate).splitlines()
+            f"    {line}\n" if line else "\n"
+            for line in self.expand(certificate, server_name).splitlines()
         )
         return f"  {self.name}:\n    certificate: {_scalar(certificate)}\n{fields}"
 
-    def whole_map(self, certificate: str) -> str:
+    def whole_map(self, certificate: str, server_name: str | None = None) -> str:
         """A whole map (``version: 1``) whose one consumer is :meth:`entry`."""
-        return f"version: 1\nconsumers:\n{self.entry(certificate)}"
+        return f"version: 1\nconsumers:\n{self.entry(certificate, server_name)}"
 
 
 PRESETS: dict[str, Preset] = {
@@ -105,6 +118,7 @@ reload: [systemctl, reload, matrix-synapse]
 verify:
   - {host: 127.0.0.1, port: 8448}
 """,
+            federation=True,
         ),
         Preset(
             "postfix",

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from certbot_fanout.errors import ProbeError
-from certbot_fanout.model import Dialect
+from certbot_fanout.model import Dialect, address_label
 from certbot_fanout.starttls import negotiate
 from certbot_fanout.starttls.talk import wait
 
@@ -40,6 +40,8 @@ class Served:
     leaf: bytes
     chain: tuple[bytes, ...]
     protocol: str = ""  # the TLS version negotiated, as ssl names it ("TLSv1.3"); "" if unknown
+    key_type_offered: bool = True
+    trust_error: str | None = None
 
     @property
     def legacy_protocol(self) -> str | None:
@@ -54,7 +56,13 @@ LEGACY_PROTOCOLS = frozenset({"TLSv1", "TLSv1.1"})
 # What deploy and status call (through deploy's Effects) to learn what an endpoint serves:
 # fetch_served, or a test's stand-in. Arguments: host, port, server name (SNI), timeout in
 # seconds, STARTTLS dialect.
-Fetch = Callable[[str, int, str | None, float, Dialect | None], Served]
+Fetch = Callable[..., Served]
+
+
+@dataclass(frozen=True)
+class Trust:
+    name: str
+    ca_file: str | None = None
 
 
 @functools.cache
@@ -102,6 +110,9 @@ def fetch_served(
     server_name: str | None,
     timeout: float,
     starttls: Dialect | None = None,
+    *,
+    key_type: object = None,
+    trust: Trust | None = None,
 ) -> Served:
     """Connect to ``host:port``, negotiate STARTTLS if asked, complete a TLS handshake with SNI
     ``server_name``, and return what the server presented.
@@ -110,7 +121,7 @@ def fetch_served(
         ProbeError: naming the endpoint and the stage that failed (connect, greeting, the
             STARTTLS exchange, the TLS handshake), all within ``timeout`` seconds.
     """
-    where = f"{host}:{port}" + (f" ({starttls.value})" if starttls else "")
+    where = address_label(host, port) + (f" ({starttls.value})" if starttls else "")
     deadline = time.monotonic() + timeout
     attempt = _Attempt(host, port, server_name, starttls, where, deadline, timeout)
     try:

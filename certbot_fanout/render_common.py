@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from certbot_fanout.deploy import EndpointResult, FileResult
+    from certbot_fanout.deploy import FileResult
     from certbot_fanout.lineage import CertInfo
+    from certbot_fanout.verify import AddressResult, EndpointResult
 
 # How a moment is written in every JSON document.
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -29,6 +30,7 @@ def cert_document(info: CertInfo | None) -> dict[str, Any] | None:
         "not_after": info.not_after.strftime(ISO_FORMAT),
         "sha256": info.fingerprint,
         "names": list(info.names),
+        "key_type": info.key_type.value if info.key_type else None,
     }
 
 
@@ -49,4 +51,26 @@ def endpoint_document(e: EndpointResult) -> dict[str, Any]:
         "served": cert_document(e.served),
         "error": e.error,
         "legacy_protocol": e.legacy_protocol,
+        "family": e.endpoint.family.value if e.endpoint.family else None,
+        "federation": e.endpoint.federation,
+        "key_type": e.key_type.value if e.key_type else None,
+        "resolution": e.resolution,
+        "warnings": list(e.warnings),
+        "addresses": [address_document(a) for a in e.addresses],
+    }
+
+
+def address_document(a: AddressResult) -> dict[str, Any]:
+    """One address of an endpoint: what it served (and the leaf's key type), or why not."""
+    key_type = a.served.key_type if a.served else None
+    return {
+        "host": a.host,
+        "address": a.address,
+        "port": a.port,
+        "server_name": a.server_name,
+        "ok": a.ok,
+        "served": cert_document(a.served),
+        "error": a.error,
+        "legacy_protocol": a.legacy_protocol,
+        "key_type": key_type.value if key_type else None,
     }

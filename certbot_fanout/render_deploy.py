@@ -15,13 +15,13 @@ from certbot_fanout import files
 from certbot_fanout.deploy import (
     ConsumerResult,
     DeployResult,
-    EndpointResult,
     Outcome,
     Stage,
 )
 from certbot_fanout.escape import printable
 from certbot_fanout.lineage import CertInfo
 from certbot_fanout.render_common import cert_document, endpoint_document, file_document, plural
+from certbot_fanout.verify import AddressResult, EndpointResult
 
 DEPLOY_JSON_VERSION = 1
 
@@ -73,6 +73,11 @@ def _consumer_lines(
     indent = " " * (width + 12)
     lines = [f"  {printable(c.name):<{width}}  {_STATUS_WORD[c.outcome]:<7} {_story(c)}"]
     lines.extend(indent + line for line in _file_lines(c, verbose or c.outcome is Outcome.FAILED))
+    lines.extend(
+        indent + f"warning: {printable(ep.label)}: {printable(w)}"
+        for ep in c.endpoints
+        for w in ep.warnings
+    )
     if c.outcome is Outcome.FAILED:
         lines.extend(indent + line for line in _endpoint_failure_lines(c, expected))
         lines.extend(indent + line for line in _note_lines(c.notes))
@@ -98,18 +103,28 @@ def _endpoint_failure_lines(c: ConsumerResult, expected: CertInfo | None) -> lis
     for ep in c.endpoints:
         if ep.ok:
             continue
-        if ep.served is None:
+        stale = [a for a in ep.addresses if a.stale]
+        if not stale:
             lines.append(printable(f"{ep.error}"))
             continue
-        lines.append(
-            f"{printable(ep.label)} (SNI {printable(str(ep.server_name))}) serves another "
-            "certificate"
-        )
-        lines.append(f"  served:   {printable(ep.served.describe())}")
-        if expected is not None:
-            lines.append(f"  expected: {printable(expected.describe())}")
+        for a in stale:
+            assert a.served is not None
+            lines.append(f"{printable(_address_where(ep, a))} serves another certificate")
+            lines.append(f"  served:   {printable(a.served.describe())}")
+            if expected is not None:
+                lines.append(f"  expected: {printable(expected.describe())}")
+        others = [a.error for a in ep.addresses if not a.ok and a not in stale and a.error]
+        lines.extend(printable(error) for error in others)
         lines.append(f"  {_waited(ep)}")
     return lines
+
+
+def _address_where(ep: EndpointResult, a: AddressResult) -> str:
+    """``[::1]:443 (SNI name)``, after the endpoint's own label when it is not that address."""
+    where = f"{a.label} (SNI {a.server_name})"
+    if ep.endpoint.federation is not None:
+        return f"{ep.label} ({ep.resolution}): {where}"
+    return where if a.label == ep.label else f"{ep.label}: {where}"
 
 
 def _note_lines(notes: str) -> list[str]:
@@ -159,12 +174,20 @@ def _run_steps(c: ConsumerResult) -> list[str]:
     if c.reloaded:
         steps.append("reloaded" + (f" ({printable(c.reload_reason)})" if c.reload_reason else ""))
     steps.extend(
-        f"verified {printable(ep.label)} in {_ms(ep.seconds)}"
+        f"verified {printable(ep.label)}{_addresses_note(ep)} in {_ms(ep.seconds)}"
         + (f" (served over {ep.legacy_protocol}, a legacy protocol)" if ep.legacy_protocol else "")
         for ep in c.endpoints
         if ep.ok
     )
     return steps
+
+
+def _addresses_note(ep: EndpointResult) -> str:
+    """`` (at 127.0.0.1, ::1)`` when the endpoint is not one address given as such."""
+    shown = [a.label for a in ep.addresses]
+    if shown == [ep.label]:
+        return ""
+    return f" (at {printable(', '.join(shown))})"
 
 
 def _verdict_steps(c: ConsumerResult) -> list[str]:
@@ -204,16 +227,18 @@ def render_deploy_failures(result: DeployResult) -> str:
 def _why(c: ConsumerResult) -> str:
     if c.failed_stage is not Stage.VERIFY:
         return c.error or "failed"
-    reasons = []
+    reasons: list[str] = []
     for ep in c.endpoints:
         if ep.ok:
             continue
-        if ep.served is not None:
-            reasons.append(
-                f"{ep.label} still serves serial {ep.served.serial} "
-                f"(not after {ep.served.not_after:%Y-%m-%d}), not the new certificate"
-            )
-        else:
+        stale = [a for a in ep.addresses if a.stale and a.served is not None]
+        reasons.extend(
+            f"{_address_where(ep, a)} still serves serial {a.served.serial} "
+            f"(not after {a.served.not_after:%Y-%m-%d}), not the new certificate"
+            for a in stale
+            if a.served is not None
+        )
+        if not stale:
             reasons.append(ep.error or ep.label)
     return "; ".join(reasons)
 

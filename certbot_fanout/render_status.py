@@ -110,7 +110,11 @@ def _endpoints_cell(c: ConsumerStatus) -> str:
     if not c.endpoints:
         return "not probed"
     bad = sum(1 for e in c.endpoints if not e.ok)
-    return f"{bad} of {len(c.endpoints)} WRONG" if bad else f"{len(c.endpoints)} current"
+    cell = f"{bad} of {len(c.endpoints)} WRONG" if bad else f"{len(c.endpoints)} current"
+    addresses = sum(len(e.addresses) for e in c.endpoints)
+    if addresses != len(c.endpoints):
+        cell += f" ({addresses} {'address' if addresses == 1 else 'addresses'})"
+    return cell
 
 
 def _expires_cell(c: ConsumerStatus) -> str:
@@ -253,4 +257,28 @@ def render_status_prometheus(report: StatusReport, now: float) -> str:
                 continue
             number = f"{value:g}" if isinstance(value, int) else f"{value:.3f}"
             lines.append(f"{metric.name}{{{label}}} {number}")
+    lines.extend(_address_samples(labels))
     return "\n".join(lines) + "\n"
+
+
+_ADDRESS_METRIC = "certbot_fanout_endpoint_address_ok"
+
+
+def _address_samples(labels: list[tuple[ConsumerStatus, str]]) -> list[str]:
+    """One sample per address of every probed endpoint: 1 when it serves the current
+    certificate, with the endpoint, the address and the key type asked for."""
+    lines = [
+        f"# HELP {_ADDRESS_METRIC} 1 when this address of the endpoint serves the current "
+        "certificate",
+        f"# TYPE {_ADDRESS_METRIC} gauge",
+    ]
+    for c, label in labels:
+        for e in c.endpoints:
+            key_type = e.key_type.value if e.key_type else ""
+            for a in e.addresses:
+                where = (
+                    f'endpoint="{_label(e.label)}",address="{_label(a.label)}",'
+                    f'key_type="{key_type}"'
+                )
+                lines.append(f"{_ADDRESS_METRIC}{{{label},{where}}} {int(a.ok)}")
+    return lines

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
+import yaml
+
 from certbot_fanout.errors import ConfigError, UnfinishedMap
 from certbot_fanout.model import (
     DEFAULT_CERTBOT_DIR,
@@ -36,10 +38,12 @@ from certbot_fanout.model import (
     Consumer,
     Dialect,
     Endpoint,
+    Family,
     FileSpec,
     Part,
 )
-from certbot_fanout.presets import CERTIFICATE_RE, PRESETS
+from certbot_fanout.presets import CERTIFICATE_RE, PRESETS, SYNAPSE_SERVER_NAME_FILE
+from certbot_fanout.trust import path_problem
 from certbot_fanout.yamlnode import (
     INT_TAG,
     MAX_DEPTH,
@@ -79,7 +83,10 @@ _CONSUMER_KEYS = (
     "preset",
 )
 _FILE_KEYS = ("path", "content", "owner", "group", "mode", "link")
-_ENDPOINT_KEYS = ("host", "port", "server_name", "starttls", "check_chain")
+_ENDPOINT_KEYS = ("host", "port", "server_name", "starttls", "check_chain", "family")
+_FEDERATION_KEYS = ("federation", "ca_file", "check_chain", "family")
+# A Matrix server name: hostname [":" port], the hostname a DNS name, IPv4 or [IPv6].
+_DNS_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253})$")
 _PARTS = "cert, chain, fullchain or privkey"
 # A consumer's field is the third step of a path: consumers.NAME.FIELD.
 _FIELD_STEP = 2
@@ -308,8 +315,10 @@ class _MapReader(Reader):
                 "set the consumer's fields without a preset",
             )
         origin = Origin(node=node, note=_Preset(name).note)
+        server_name = synapse_server_name() if preset.federation else None
         try:
-            root = self.include(preset.expand(certificate), f"<preset {name}>", origin)
+            text = preset.expand(certificate, server_name)
+            root = self.include(text, f"<preset {name}>", origin)
         except YAMLError as e:  # a preset that the name still broke: never a crash
             raise self.error(node, path, f"preset {name} does not expand: {e}") from None
         assert root is not None, f"preset {name} is empty"
@@ -518,26 +527,74 @@ class _MapReader(Reader):
         )
 
     def endpoint(self, node: Node, path: Path) -> Endpoint:
-        items = self.mapping(node, path, "a mapping with 'host' and 'port'")
+        items = self.mapping(node, path, "a mapping with 'host' and 'port', or 'federation'")
+        if "federation" in items:
+            return self.federation_endpoint(items, node, path)
         self.check_keys(items, _ENDPOINT_KEYS, path, ("host", "port"), node)
         starttls = None
         if "starttls" in items:
             starttls = self.starttls(items["starttls"][1], path / "starttls")
-        check_chain = True
-        if "check_chain" in items:
-            check_chain = self.boolean(items["check_chain"][1], path / "check_chain")
-        host = self.host(items["host"][1], path / "host")
-        port = self.port(items["port"][1], path / "port")
         server_name = None
         if "server_name" in items:
             server_name = self.server_name(items["server_name"][1], path / "server_name")
         return Endpoint(
-            host=host,
-            port=port,
+            host=self.host(items["host"][1], path / "host"),
+            port=self.port(items["port"][1], path / "port"),
             server_name=server_name,
             starttls=starttls,
-            check_chain=check_chain,
+            check_chain=self.check_chain(items, path),
+            family=self.family(items, path),
         )
+
+    def federation_endpoint(self, items: Items, node: Node, path: Path) -> Endpoint:
+        """``{federation: NAME}``: the endpoints Matrix federation peers find for NAME."""
+        self.check_keys(items, _FEDERATION_KEYS, path, (), node)
+        name_node = items["federation"][1]
+        name = self.string(name_node, path / "federation", "a Matrix server name")
+        if not _matrix_server_name(name):
+            raise self.error(
+                name_node,
+                path / "federation",
+                f"expected a Matrix server name (a DNS name or address, optionally with "
+                f":PORT; no scheme or path), got {name!r}",
+            )
+        ca_file = None
+        if "ca_file" in items:
+            ca_node = items["ca_file"][1]
+            ca_file = self.string(ca_node, path / "ca_file", "an absolute path")
+            if not os.path.isabs(ca_file):
+                raise self.error(
+                    ca_node, path / "ca_file", f"expected an absolute path, got {ca_file!r}"
+                )
+        return Endpoint(
+            host=name,
+            port=0,
+            check_chain=self.check_chain(items, path),
+            family=self.family(items, path),
+            federation=name,
+            ca_file=ca_file,
+        )
+
+    def check_chain(self, items: Items, path: Path) -> bool:
+        if "check_chain" not in items:
+            return True
+        return self.boolean(items["check_chain"][1], path / "check_chain")
+
+    def family(self, items: Items, path: Path) -> Family | None:
+        """``family: ipv4|ipv6``: only that family's addresses; absent: every address."""
+        if "family" not in items:
+            return None
+        node = items["family"][1]
+        word = self.string(node, path / "family", "ipv4 or ipv6")
+        try:
+            return Family(word)
+        except ValueError:
+            raise self.error(
+                node,
+                path / "family",
+                f"expected ipv4 or ipv6, got {word!r} (leave 'family' out to check every "
+                "address the host has)",
+            ) from None
 
     def starttls(self, node: Node, path: Path) -> Dialect:
         word = self.string(node, path, "a STARTTLS protocol")
@@ -593,6 +650,46 @@ def _owned_dirs(certbot_dirs: Iterable[str]) -> tuple[str, ...]:
             for name in CERTBOT_OWNED:
                 owned[os.path.join(base, name)] = None
     return tuple(owned)
+
+
+# Synapse's server_name file is a line of YAML; more than this is not that file.
+_SERVER_NAME_FILE_BYTES = 64 * 1024
+
+
+def synapse_server_name(path: str = SYNAPSE_SERVER_NAME_FILE) -> str | None:
+    """The Matrix server name Debian's matrix-synapse package was configured with: when the
+    file is there, only root could have written it, and its ``server_name`` is a valid one."""
+    if path_problem(path, 0) is not None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_SERVER_NAME_FILE_BYTES + 1)
+        if len(data) > _SERVER_NAME_FILE_BYTES:
+            return None
+        document = yaml.safe_load(data.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    value = document.get("server_name") if isinstance(document, dict) else None
+    return value if isinstance(value, str) and _matrix_server_name(value) else None
+
+
+def _matrix_server_name(name: str) -> bool:
+    """Whether ``name`` is ``hostname [":" port]`` as the Matrix specification defines it."""
+    host, port = name, ""
+    if name.startswith("["):
+        host, sep, rest = name[1:].partition("]")
+        if not sep or not _is_ipv6(host) or (rest and not rest.startswith(":")):
+            return False
+        port = rest[1:] if rest else ""
+        if rest and not port:
+            return False
+    elif ":" in name:
+        host, port = name.rsplit(":", 1)
+        if not port:
+            return False
+    if port and not (port.isdigit() and port.isascii() and 0 < int(port) < 65536):
+        return False
+    return name.startswith("[") or bool(_DNS_NAME_RE.match(host))
 
 
 def _is_ipv6(host: str) -> bool:

@@ -17,14 +17,11 @@ from dataclasses import dataclass, replace
 
 from certbot_fanout import files
 from certbot_fanout.deploy import (
-    SETTLE_SECONDS,
     DeployOptions,
     Effects,
-    EndpointResult,
     FileResult,
     deploy_lineage,
     desired_file,
-    poll_endpoint,
 )
 from certbot_fanout.errors import FanoutError, PlacementError
 from certbot_fanout.lineage import CertInfo, Lineage, lineage_dir, read_lineage
@@ -38,6 +35,7 @@ from certbot_fanout.model import (
     FileSpec,
 )
 from certbot_fanout.state import ConsumerRecord, load_state
+from certbot_fanout.verify import SETTLE_SECONDS, EndpointResult, poll_endpoint
 
 
 class Level(enum.IntEnum):
@@ -176,6 +174,7 @@ def _consumer_status(
             problems.append((level, f"{spec.path}: {', '.join(result.reasons)}"))
     endpoints = _probe_endpoints(consumer, lineage) if options.probe else ()
     problems.extend((Level.CRITICAL, e.error or e.label) for e in endpoints if not e.ok)
+    problems.extend((Level.WARNING, f"{e.label}: {w}") for e in endpoints for w in e.warnings)
     expires, days_left, expiry = _expiry(endpoints, lineage, options, now)
     if expiry is not None:
         problems.append(expiry)
@@ -206,7 +205,8 @@ def _probe_endpoints(consumer: Consumer, lineage: Lineage) -> tuple[EndpointResu
     old worker: a stale answer is only believed after SETTLE_SECONDS of asking again."""
     fx = Effects()
     return tuple(
-        poll_endpoint(ep, lineage, fx, time.monotonic() + SETTLE_SECONDS) for ep in consumer.verify
+        poll_endpoint(ep, lineage, fx.fetch, time.monotonic() + SETTLE_SECONDS, fx.sleep)
+        for ep in consumer.verify
     )
 
 
@@ -215,7 +215,7 @@ def _expiry(
 ) -> tuple[datetime.datetime, float, tuple[Level, str] | None]:
     """When the certificate served (or, unprobed, the lineage's) expires, in how many days,
     and the problem that is when it is within the critical or the warning window."""
-    served = [e.served for e in endpoints if e.served is not None]
+    served = [a.served for e in endpoints for a in e.addresses if a.served is not None]
     expires = min((c.not_after for c in served), default=lineage.cert.not_after)
     days_left = (expires.timestamp() - now) / 86400
     if days_left > options.crit_days and days_left > options.warn_days:

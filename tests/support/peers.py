@@ -19,8 +19,9 @@ class _Loopback:
     """A server on a free loopback port: one thread accepts, one thread per connection runs
     ``_handle``; close() stops it."""
 
-    def __init__(self, bind: str = "127.0.0.1") -> None:
-        self.listener = socket.create_server((bind, 0))
+    def __init__(self, bind: str = "127.0.0.1", port: int = 0) -> None:
+        family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+        self.listener = socket.create_server((bind, port), family=family)
         self.listener.settimeout(0.1)
         self.port: int = self.listener.getsockname()[1]
         self._stop = threading.Event()
@@ -71,6 +72,7 @@ class Peer(_Loopback):
         key: Path | None = None,
         bind: str = "127.0.0.1",
         versions: tuple[ssl.TLSVersion, ssl.TLSVersion] | None = None,
+        port: int = 0,
     ) -> None:
         self.behaviour = behaviour
         self.cert, self.key = cert, key
@@ -78,7 +80,7 @@ class Peer(_Loopback):
         self.server_names: list[str | None] = []
         self.protocols: list[str | None] = []
         self.ctx = self._context() if behaviour in ("tls", "alert") else None
-        super().__init__(bind)
+        super().__init__(bind, port)
 
     def _context(self) -> ssl.SSLContext:
         assert self.cert and self.key

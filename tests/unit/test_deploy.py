@@ -12,7 +12,7 @@ import stat
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -375,11 +375,16 @@ def test_a_crashing_consumer_is_contained(
     real = Effects()
 
     def fetch(
-        host: str, port: int, sni: str | None, timeout: float, starttls: Dialect | None
+        host: str,
+        port: int,
+        sni: str | None,
+        timeout: float,
+        starttls: Dialect | None = None,
+        **restrictions: Any,
     ) -> Served:
         if port == a.port:
             raise RuntimeError("bug in a probe")
-        return real.fetch(host, port, sni, timeout, starttls)
+        return real.fetch(host, port, sni, timeout, starttls, **restrictions)
 
     result = deploy(
         config_of(consumer_yaml("a", a), consumer_yaml("b", b)),

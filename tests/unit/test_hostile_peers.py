@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from certbot_fanout import deploy as deploy_module
+from certbot_fanout import verify as verify_module
 from certbot_fanout.errors import ProbeError
 from certbot_fanout.escape import printable
 from certbot_fanout.lineage import fingerprint, read_lineage
@@ -555,7 +555,7 @@ def run_bound(consumers: int, jobs: int, verify_timeout: float, reload: bool = F
     its floor) and the reload (whose own timeout is not counted here)."""
     per_consumer = verify_timeout + LAST_ATTEMPT_FLOOR
     if reload:
-        per_consumer += min(verify_timeout, deploy_module.SETTLE_SECONDS) + LAST_ATTEMPT_FLOOR
+        per_consumer += min(verify_timeout, verify_module.SETTLE_SECONDS) + LAST_ATTEMPT_FLOOR
     return math.ceil(consumers / jobs) * per_consumer
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from certbot_fanout._pki import ThrowawayCA
-from certbot_fanout.deploy import probe_endpoint
 from certbot_fanout.errors import ProbeError
 from certbot_fanout.lineage import chain_problem, fingerprint, read_lineage
 from certbot_fanout.model import Dialect, Endpoint, Part
 from certbot_fanout.probe import Served, fetch_leaf, fetch_served
+from certbot_fanout.verify import probe_endpoint
 from tests.support.cli import explain, invoke
 from tests.support.lineages import LineageFactory
 from tests.support.maps import config_text

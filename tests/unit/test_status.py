@@ -179,6 +179,15 @@ def test_prometheus_metrics_parse_and_are_labelled(site: Site, tmp_path: Path) -
     expiry = families["certbot_fanout_served_cert_expiry_timestamp_seconds"].samples[0].value
     assert expiry == pytest.approx(read_lineage(str(site.live)).cert.not_after.timestamp(), abs=1)
     assert [p.name for p in metrics.parent.iterdir()] == ["certbot_fanout.prom"]
+    # One sample per address of each endpoint, saying which, and the key type asked for.
+    per_address = families["certbot_fanout_endpoint_address_ok"].samples
+    assert sorted(
+        (s.labels["consumer"], s.labels["endpoint"], s.labels["address"]) for s in per_address
+    ) == sorted(
+        (name, f"127.0.0.1:{svc.port}", f"127.0.0.1:{svc.port}")
+        for name, svc in (("web", site.web), ("federation", site.fed))
+    )
+    assert {(s.labels["key_type"], s.value) for s in per_address} == {("ecdsa", 1.0)}
 
 
 def test_no_probe_checks_files_only(site: Site, lineages: LineageFactory) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from certbot_fanout._pki import ThrowawayCA
+from certbot_fanout.model import address_label as label
 from tests.support.cli import explain, run
 from tests.support.federation import (
     DELEGATED,
@@ -65,6 +66,7 @@ from tests.support.stack import NGINX_BIN, OPENSSL_BIN
 
 REPO = Path(__file__).resolve().parents[2]
 CONSUMER = "matrix"
+WELL_KNOWN_URL = f"the well-known at https://{SERVER}/.well-known/matrix/server"
 VERIFY_TIMEOUT = 2  # seconds a stale case waits in deploy before it fails
 
 # The scenes: which name resolves to which host, the SRV records, the well-known, and which
@@ -158,18 +160,20 @@ def assert_addresses(
     endpoint: dict[str, Any],
     bed: FederationBed,
     host: str,
+    name: str,
     port: int,
     server_name: str,
     ok: bool,
     version: int = -1,
 ) -> None:
-    """Every address of ``host`` was probed on ``port`` with SNI ``server_name``, and each
-    served version ``version`` of the lineage (``ok`` as expected)."""
+    """Every address of bed host ``host`` was probed as an address of the DNS name ``name``
+    on ``port`` with SNI ``server_name``, and each served version ``version`` of the lineage
+    (``ok`` as expected)."""
     found = addresses(endpoint)
     for address in bed.hosts[host].addresses:
         entry = found.get((address, port))
-        assert entry is not None, f"[{address}]:{port} not probed: {sorted(found)}"
-        assert entry["server_name"] == server_name, entry
+        assert entry is not None, f"{label(address, port)} not probed: {sorted(found)}"
+        assert (entry["host"], entry["server_name"]) == (name, server_name), entry
         assert entry["ok"] is ok, entry
         assert entry["served"] is not None, entry
         assert entry["served"]["sha256"] == bed.fingerprint(version), entry
@@ -185,10 +189,6 @@ def assert_current(bed: FederationBed, config: Path) -> dict[str, Any]:
     assert status.returncode == 0, explain(status)
     assert "OK" in status.stdout, explain(status)
     return endpoint
-
-
-def label(address: str, port: int) -> str:
-    return f"[{address}]:{port}"
 
 
 # --------------------------------------------------------------------------- the bed
@@ -358,6 +358,7 @@ def test_delegation_by_well_known(bed: FederationBed) -> None:
     both of nginx's. The 24 h cache lifetime warns of nothing."""
     bed.scene(replace(WELL_KNOWN, synapse_serves=0, web_serves=0))
     syn, nginx, acct = bed.synapse, bed.nginx, bed.account
+    web_host = bed.hosts[WEB_HOST]
     endpoint = {"federation": SERVER, "ca_file": str(bed.ca_file)}
     consumers = {
         "synapse": {
@@ -378,8 +379,9 @@ def test_delegation_by_well_known(bed: FederationBed) -> None:
                 {"path": str(nginx.cert_path), "content": "fullchain"},
                 {"path": str(nginx.key_path), "content": "privkey"},
             ],
-            "test": nginx.test_argv(),
-            "reload": nginx.reload_argv(),
+            # nginx -t binds its listeners: it runs on the web host, as an admin's would.
+            "test": web_host.argv(nginx.test_argv()),
+            "reload": web_host.argv(nginx.reload_argv()),
             "verify": [{"host": SERVER, "port": HTTPS_PORT}],
             "verify_timeout": 20,
         },
@@ -397,8 +399,8 @@ def test_delegation_by_well_known(bed: FederationBed) -> None:
     assert "well-known" in fed["resolution"], fed
     assert f"{DELEGATED}:{FED_PORT}" in fed["resolution"], fed
     assert fed["warnings"] == [], fed
-    assert_addresses(fed, bed, SYNAPSE_HOST, FED_PORT, DELEGATED, ok=True)
-    assert_addresses(fed, bed, WEB_HOST, HTTPS_PORT, SERVER, ok=True)
+    assert_addresses(fed, bed, SYNAPSE_HOST, DELEGATED, FED_PORT, DELEGATED, ok=True)
+    assert_addresses(fed, bed, WEB_HOST, SERVER, HTTPS_PORT, SERVER, ok=True)
     for address in bed.hosts[SYNAPSE_HOST].addresses:
         assert bed.served(address, FED_PORT, DELEGATED).fingerprint == bed.fingerprint()
 
@@ -407,7 +409,7 @@ def test_delegation_by_well_known(bed: FederationBed) -> None:
     doc = json.loads(status.stdout)
     assert doc["status"] == "OK", doc
     (fed,) = by_name(doc)["synapse"]["endpoints"]
-    assert_addresses(fed, bed, SYNAPSE_HOST, FED_PORT, DELEGATED, ok=True)
+    assert_addresses(fed, bed, SYNAPSE_HOST, DELEGATED, FED_PORT, DELEGATED, ok=True)
 
 
 def test_delegation_by_srv(bed: FederationBed) -> None:
@@ -417,7 +419,7 @@ def test_delegation_by_srv(bed: FederationBed) -> None:
     endpoint = assert_current(bed, federation_map(bed, "srv"))
     assert f"_matrix-fed._tcp.{SERVER}" in endpoint["resolution"], endpoint
     assert f"{DELEGATED}:{SRV_PORT}" in endpoint["resolution"], endpoint
-    assert_addresses(endpoint, bed, SYNAPSE_HOST, SRV_PORT, SERVER, ok=True)
+    assert_addresses(endpoint, bed, SYNAPSE_HOST, DELEGATED, SRV_PORT, SERVER, ok=True)
 
 
 def test_plain_8448(bed: FederationBed) -> None:
@@ -427,7 +429,7 @@ def test_plain_8448(bed: FederationBed) -> None:
     assert "no well-known" in endpoint["resolution"], endpoint
     assert "no SRV" in endpoint["resolution"], endpoint
     assert f"{SERVER}:{FED_PORT}" in endpoint["resolution"], endpoint
-    assert_addresses(endpoint, bed, SYNAPSE_HOST, FED_PORT, SERVER, ok=True)
+    assert_addresses(endpoint, bed, SYNAPSE_HOST, SERVER, FED_PORT, SERVER, ok=True)
 
 
 def test_a_stale_srv_target_behind_a_current_well_known(bed: FederationBed) -> None:
@@ -446,17 +448,20 @@ def test_a_stale_srv_target_behind_a_current_well_known(bed: FederationBed) -> N
     assert f"federation {SERVER} (" in text, explain(deployed)
     assert f"_matrix-fed._tcp.{DELEGATED}" in text, explain(deployed)
     assert f"{SRV_TARGET}:{SRV_PORT}" in text, explain(deployed)
+    assert "serves another certificate" in text, explain(deployed)
     for address in syn.addresses:
-        assert f"{label(address, SRV_PORT)} (SNI {DELEGATED}) serves" in text, explain(deployed)
+        assert f"{label(address, SRV_PORT)} (SNI {DELEGATED}" in text, explain(deployed)
 
     doc, endpoint = run_json(bed.status(config, "--json"), 2)
     assert doc["status"] == "CRITICAL", doc
     assert endpoint["ok"] is False, endpoint
     assert f"_matrix-fed._tcp.{DELEGATED}" in endpoint["resolution"], endpoint
-    assert_addresses(endpoint, bed, SYNAPSE_HOST, SRV_PORT, DELEGATED, ok=False, version=0)
-    assert_addresses(endpoint, bed, WEB_HOST, HTTPS_PORT, SERVER, ok=True)
+    assert_addresses(
+        endpoint, bed, SYNAPSE_HOST, SRV_TARGET, SRV_PORT, DELEGATED, ok=False, version=0
+    )
+    assert_addresses(endpoint, bed, WEB_HOST, SERVER, HTTPS_PORT, SERVER, ok=True)
     problems = " ".join(by_name(doc)[CONSUMER]["problems"])
-    assert f"{label(syn.ipv4, SRV_PORT)} (SNI {DELEGATED}) serves" in problems, problems
+    assert f"{label(syn.ipv4, SRV_PORT)} (SNI {DELEGATED}" in problems, problems
 
 
 def test_a_well_known_served_with_a_stale_certificate(bed: FederationBed) -> None:
@@ -471,14 +476,21 @@ def test_a_well_known_served_with_a_stale_certificate(bed: FederationBed) -> Non
     assert deployed.returncode == 1, explain(deployed)
     text = deployed.stdout + deployed.stderr
     assert f"federation {SERVER} (" in text, explain(deployed)
-    assert "well-known" in text, explain(deployed)
+    assert "serves another certificate" in text, explain(deployed)
     for address in web.addresses:
-        assert f"{label(address, HTTPS_PORT)} (SNI {SERVER}) serves" in text, explain(deployed)
+        # The stale address is the well-known's, not a place the resolution led to: say so.
+        where = f"{WELL_KNOWN_URL}: {label(address, HTTPS_PORT)} (SNI {SERVER}"
+        assert where in text, explain(deployed)
 
     doc, endpoint = run_json(bed.status(config, "--json"), 2)
     assert doc["status"] == "CRITICAL", doc
-    assert_addresses(endpoint, bed, WEB_HOST, HTTPS_PORT, SERVER, ok=False, version=0)
-    assert_addresses(endpoint, bed, SYNAPSE_HOST, FED_PORT, DELEGATED, ok=True)
+    assert_addresses(endpoint, bed, WEB_HOST, SERVER, HTTPS_PORT, SERVER, ok=False, version=0)
+    assert_addresses(endpoint, bed, SYNAPSE_HOST, DELEGATED, FED_PORT, DELEGATED, ok=True)
+    status = bed.status(config)
+    assert status.returncode == 2, explain(status)
+    for address in web.addresses:
+        where = f"{WELL_KNOWN_URL}: {label(address, HTTPS_PORT)} (SNI {SERVER}"
+        assert where in status.stdout, explain(status)
 
 
 def test_the_deprecated_srv_record_warns(bed: FederationBed) -> None:
@@ -496,7 +508,7 @@ def test_the_deprecated_srv_record_warns(bed: FederationBed) -> None:
     assert any(
         f"_matrix._tcp.{SERVER}" in w and "deprecated" in w.lower() for w in endpoint["warnings"]
     ), endpoint
-    assert_addresses(endpoint, bed, SYNAPSE_HOST, SRV_PORT, SERVER, ok=True)
+    assert_addresses(endpoint, bed, SYNAPSE_HOST, DELEGATED, SRV_PORT, SERVER, ok=True)
 
 
 def test_a_well_known_cache_lifetime_over_48_hours_warns(bed: FederationBed) -> None:
@@ -511,4 +523,4 @@ def test_a_well_known_cache_lifetime_over_48_hours_warns(bed: FederationBed) -> 
     doc, endpoint = run_json(bed.status(config, "--json"), 1)
     assert doc["status"] == "WARNING", doc
     assert any("cache" in w.lower() for w in endpoint["warnings"]), endpoint
-    assert_addresses(endpoint, bed, SYNAPSE_HOST, FED_PORT, DELEGATED, ok=True)
+    assert_addresses(endpoint, bed, SYNAPSE_HOST, DELEGATED, FED_PORT, DELEGATED, ok=True)

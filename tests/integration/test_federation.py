@@ -33,7 +33,7 @@ import pytest
 
 from certbot_fanout._pki import ThrowawayCA
 from certbot_fanout.model import address_label as label
-from tests.support.cli import explain, run
+from tests.support.cli import explain
 from tests.support.federation import (
     DELEGATED,
     FED_PORT,
@@ -57,7 +57,6 @@ from tests.support.netns import (
     Dnsmasq,
     Srv,
     TestNetwork,
-    in_netns,
     leftovers,
     sweep_leftovers,
 )
@@ -123,10 +122,6 @@ def bed(
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def in_controller(bed: FederationBed, *argv: str) -> subprocess.CompletedProcess[str]:
-    return run(in_netns(bed.network.controller, argv), timeout=60)
 
 
 def federation_map(bed: FederationBed, name: str) -> Path:
@@ -201,14 +196,14 @@ def test_the_bed_resolves_names_through_its_dnsmasq(bed: FederationBed) -> None:
     bed.scene(BY_SRV)
     syn = bed.hosts[SYNAPSE_HOST]
 
-    resolv = in_controller(bed, "cat", "/etc/resolv.conf")
+    resolv = bed.run(["cat", "/etc/resolv.conf"])
     assert resolv.stdout.startswith(f"nameserver {DNS_V4}\n"), explain(resolv)
     assert Path("/etc/resolv.conf").read_text() != resolv.stdout
 
-    ahosts = in_controller(bed, "getent", "ahosts", DELEGATED)
+    ahosts = bed.run(["getent", "ahosts", DELEGATED])
     assert ahosts.returncode == 0, explain(ahosts)
     assert {line.split()[0] for line in ahosts.stdout.splitlines()} == set(syn.addresses)
-    missing = in_controller(bed, "getent", "hosts", f"nothing.{SERVER}")
+    missing = bed.run(["getent", "hosts", f"nothing.{SERVER}"])
     assert missing.returncode == 2, explain(missing)  # 2: not found
 
     query = (
@@ -223,7 +218,7 @@ def test_the_bed_resolves_names_through_its_dnsmasq(bed: FederationBed) -> None:
         f"print(ask('{DELEGATED}', 'AAAA'))\n"
         f"print(ask('{DELEGATED}', 'A'))\n"
     )
-    answers = in_controller(bed, sys.executable, "-c", query)
+    answers = bed.run([sys.executable, "-c", query])
     assert answers.returncode == 0, explain(answers)
     assert answers.stdout.splitlines() == [
         str([f"10 0 {SRV_PORT} {DELEGATED}."]),
@@ -260,7 +255,7 @@ def test_the_bed_serves_federation_and_the_well_known_over_tls(bed: FederationBe
         f"r = urllib.request.urlopen('https://{SERVER}/.well-known/matrix/server', context=ctx)\n"
         "print(r.headers['Cache-Control']); print(r.read().decode())\n"
     )
-    got = in_controller(bed, sys.executable, "-c", fetch)
+    got = bed.run([sys.executable, "-c", fetch])
     assert got.returncode == 0, explain(got)
     cache, body = got.stdout.splitlines()
     assert cache == "max-age=86400"

@@ -318,7 +318,7 @@ http {{
 # --------------------------------------------------------------------------- the bed
 
 
-@dataclass
+@dataclass(frozen=True)
 class Scene:
     """One arrangement of the bed (see ``FederationBed.scene``)."""
 

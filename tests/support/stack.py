@@ -57,6 +57,7 @@ __all__ = [
     "CertbotError",
     "HAProxy",
     "Nginx",
+    "NginxServer",
     "OpensslServed",
     "Pebble",
     "children",
@@ -167,10 +168,13 @@ def openssl_served(
     showcerts: bool = False,
     host: str = "127.0.0.1",
     timeout: float = 30,
+    options: Sequence[str] = (),
 ) -> OpensslServed:
     """``openssl s_client -connect H:P -servername N [-starttls PROTO [-xmpphost N]]
-    [-showcerts] </dev/null | openssl x509 -noout -fingerprint -sha256``; ``-xmpphost`` for
-    the XMPP dialects. AssertionError if it gets no certificate."""
+    [-showcerts] [OPTIONS...] </dev/null | openssl x509 -noout -fingerprint -sha256``;
+    ``-xmpphost`` for the XMPP dialects; an IPv6 ``host`` in brackets (``[::1]``); ``options``
+    such as ``-sigalgs RSA-PSS+SHA256`` or ``-tls1_2``. AssertionError if it gets no
+    certificate."""
     argv = [OPENSSL_BIN, "s_client", "-connect", f"{host}:{port}", "-servername", server_name]
     if starttls is not None:
         argv += ["-starttls", starttls]
@@ -178,6 +182,7 @@ def openssl_served(
             argv += ["-xmpphost", server_name]
     if showcerts:
         argv.append("-showcerts")
+    argv += options
     client = subprocess.run(
         argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
     )
@@ -446,11 +451,20 @@ class Certbot:
             f"{tail(self.logs_dir / 'letsencrypt.log')}"
         )
 
-    def issue(self, name: str, *more_names: str) -> Path:
-        """certonly (manual, auth hook /bin/true) for name + more_names; returns live/NAME."""
+    def issue(
+        self,
+        name: str,
+        *more_names: str,
+        cert_name: str | None = None,
+        options: Sequence[str] = (),
+    ) -> Path:
+        """certonly (manual, auth hook /bin/true) for name + more_names as the lineage
+        ``cert_name`` (default: name), with ``options`` (``--key-type rsa``); returns
+        live/CERT_NAME."""
         domains: list[str] = []
         for n in (name, *more_names):
             domains += ["-d", n]
+        lineage = cert_name or name
         self.run(
             "certonly",
             "--manual",
@@ -461,10 +475,11 @@ class Certbot:
             "--agree-tos",
             "--register-unsafely-without-email",
             "--cert-name",
-            name,
+            lineage,
+            *options,
             *domains,
         )
-        return self.lineage(name)
+        return self.lineage(lineage)
 
     def renew(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """renew --force-renewal --no-random-sleep-on-renew plus args."""
@@ -480,8 +495,21 @@ class Certbot:
 # --------------------------------------------------------------------------- nginx
 
 
+@dataclass(frozen=True)
+class NginxServer:
+    """One TLS server block of an ``Nginx``: the addresses it listens on (each on the daemon's
+    port; an IPv6 address in brackets, ``[::1]``), its certificate and key pairs (with more
+    than one, nginx presents the one that fits what the client offers, as for an ECDSA and an
+    RSA certificate of one name) and, if given, its ``ssl_protocols`` (``TLSv1.2``)."""
+
+    addresses: tuple[str, ...]
+    pairs: tuple[tuple[Path, Path], ...]
+    protocols: str | None = None
+
+
 class Nginx(PidFileDaemon):
-    """nginx in a private prefix with one TLS server on 127.0.0.1:port."""
+    """nginx in a private prefix with one TLS server on 127.0.0.1:port (``cert_path`` and
+    ``key_path``), or the server blocks ``servers`` on that port."""
 
     label = comm = "nginx"
 
@@ -492,10 +520,14 @@ class Nginx(PidFileDaemon):
         key_path: Path,
         port: int | None = None,
         server_name: str = "localhost",
+        servers: Sequence[NginxServer] = (),
     ) -> None:
         self.prefix = Path(prefix).resolve()
         self.cert_path = Path(cert_path).resolve()
         self.key_path = Path(key_path).resolve()
+        self.servers = tuple(servers) or (
+            NginxServer(("127.0.0.1",), ((self.cert_path, self.key_path),)),
+        )
         self._auto_port = port is None
         self.port = free_port() if port is None else port
         self.server_name = server_name
@@ -530,17 +562,25 @@ events {{ worker_connections 64; }}
 http {{
     access_log {_quote(str(p / "access.log"))};
 {temps}
-    server {{
-        listen 127.0.0.1:{self.port} ssl;
-        server_name {self.server_name};
-        ssl_certificate {_quote(str(self.cert_path))};
-        ssl_certificate_key {_quote(str(self.key_path))};
+{"".join(self._server_block(server) for server in self.servers)}}}
+"""
+        )
+
+    def _server_block(self, server: NginxServer) -> str:
+        lines = [f"        listen {address}:{self.port} ssl;" for address in server.addresses]
+        lines.append(f"        server_name {self.server_name};")
+        for cert, key in server.pairs:
+            lines.append(f"        ssl_certificate {_quote(str(Path(cert).resolve()))};")
+            lines.append(f"        ssl_certificate_key {_quote(str(Path(key).resolve()))};")
+        if server.protocols is not None:
+            lines.append(f"        ssl_protocols {server.protocols};")
+        body = "\n".join(lines)
+        return f"""    server {{
+{body}
         default_type text/plain;
         return 200 "ok\\n";
     }}
-}}
 """
-        )
 
     def logs(self) -> str:
         return f"{tail(self.launch_log)}\n--- error.log tail:\n{tail(self.error_log)}"

@@ -326,7 +326,7 @@ def test_dry_run_changes_runs_and_probes_nothing(
     new = renew(lineages)
     calls: list[tuple[object, ...]] = []
 
-    def forbidden(*args: object) -> NoReturn:
+    def forbidden(*args: object, **kwargs: object) -> NoReturn:
         calls.append(args)
         raise AssertionError(f"a dry run called {args}")
 

@@ -263,7 +263,7 @@ def _federation_plan(ep: Endpoint, resolution: Resolution, lineage: Lineage) -> 
         for t in resolution.targets
     ]
     for t in resolution.well_known:
-        where = f"{ep.label}: the well-known at https://{t.cert_name}/.well-known/matrix/server"
+        where = f"{context}: the well-known at https://{t.cert_name}/.well-known/matrix/server"
         targets.append(
             _Target(
                 t.host,

@@ -44,7 +44,7 @@ from .maps import write_map
 from .netns import Dnsmasq, Host, NetnsServed, Srv, TestNetwork, in_netns, served_in
 from .proc import Account, PidFileDaemon, read_pid, tail, terminate, wait_pidfile, write_owned
 from .stack import NGINX_BIN, pem_fingerprint, settled_workers
-from .synapse_env import Synapse, _clean_env
+from .synapse_env import Synapse, clean_env
 
 SERVER = "example.test"
 DELEGATED = "hs.example.test"
@@ -152,7 +152,7 @@ class NetnsSynapse(Synapse):
             self.console_path,
             user=self.account,
             cwd=self.workdir,
-            env=_clean_env(),
+            env=clean_env(),
         )
         expected = pem_fingerprint(self.cert_path.read_bytes())
         _wait_served(

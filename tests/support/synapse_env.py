@@ -62,7 +62,7 @@ class SynapseVenvError(RuntimeError):
     """The venv could not be built (no venv module, no index, failing install)."""
 
 
-def _clean_env() -> dict[str, str]:
+def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     return env
@@ -75,13 +75,13 @@ def _venv_ok(venv: Path) -> bool:
             return False
     except OSError:
         return False
-    check = run([venv / "bin" / "python", "-c", _SMOKE_IMPORT], env=_clean_env(), timeout=120)
+    check = run([venv / "bin" / "python", "-c", _SMOKE_IMPORT], env=clean_env(), timeout=120)
     return check.returncode == 0
 
 
 def _run_build_step(argv: list[str], what: str) -> None:
     try:
-        run(argv, timeout=BUILD_TIMEOUT, env=_clean_env(), umask=0o022, check=True)
+        run(argv, timeout=BUILD_TIMEOUT, env=clean_env(), umask=0o022, check=True)
     except subprocess.TimeoutExpired as exc:
         raise SynapseVenvError(f"{what} timed out after {BUILD_TIMEOUT:g} s") from exc
     except CommandFailed as exc:
@@ -166,7 +166,7 @@ class Synapse(ChildDaemon):
              "--config-path", str(self.config_path), "--generate-config", "--report-stats=no"],
             timeout=120,
             cwd=self.workdir,
-            env=_clean_env(),
+            env=clean_env(),
             user=self.account,
             check=True,
         )  # fmt: skip
@@ -223,7 +223,7 @@ class Synapse(ChildDaemon):
             self.console_path,
             append=False,
             cwd=self.workdir,
-            env=_clean_env(),
+            env=clean_env(),
             user=self.account,
         )
         deadline = time.monotonic() + START_TIMEOUT

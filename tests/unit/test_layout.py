@@ -112,7 +112,16 @@ def test_tests_cite_only_documents_the_repository_has() -> None:
 
 # Run as `python -m tests.support.MODULE` (sometimes from a public copy, as a service user):
 # no pytest, and no certbot_fanout until a function asks for it.
-STAND_ALONE = ("cli", "proc", "daemons_db", "daemons_mail", "daemons_xmpp", "synapse_env")
+STAND_ALONE = (
+    "cli",
+    "proc",
+    "daemons_db",
+    "daemons_mail",
+    "daemons_xmpp",
+    "synapse_env",
+    "netns",
+    "hosts",
+)
 
 
 def module_level_imports(path: Path) -> set[str]:

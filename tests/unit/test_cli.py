@@ -252,6 +252,7 @@ def test_demo_in_process_passes_and_leaves_nothing(demo_run: DemoRun) -> None:
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
 
 
+@pytest.mark.integration  # seconds of real processes: kept out of the fast unit suite
 def test_demo_says_how_many_services_it_starts_and_lists_each(demo_run: DemoRun) -> None:
     lines = demo_run.out.splitlines()
     (step,) = [i for i, line in enumerate(lines) if line.startswith("2. ")]

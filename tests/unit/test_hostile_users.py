@@ -307,6 +307,7 @@ print(swaps)
 """
 
 
+@pytest.mark.integration  # seconds of racing threads: kept out of the fast unit suite
 @pytest.mark.parametrize("attack", ["directory", "middle", "file"])
 def test_racing_swaps_never_lead_a_write_outside(
     layout: Layout, attacker: pwd.struct_passwd, attack: str

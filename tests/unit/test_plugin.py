@@ -191,6 +191,7 @@ def test_plugin_is_the_only_module_that_imports_certbot() -> None:
     assert set(importers) == {"plugin.py"}
 
 
+@pytest.mark.integration  # seconds of real processes: kept out of the fast unit suite
 def test_generic_updates_repair_drift_and_fail_when_it_stays_broken(
     lineages: LineageFactory,
     start_service: Callable[[str, Path], Service],

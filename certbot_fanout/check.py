@@ -7,11 +7,11 @@ import socket
 import stat
 from dataclasses import dataclass
 
-from certbot_fanout import commands, trust
-from certbot_fanout.errors import FanoutError
+from certbot_fanout import commands, trust, verify
+from certbot_fanout.errors import FanoutError, ProbeError
 from certbot_fanout.files import default_acl, enter_problem, reader_problem
 from certbot_fanout.lineage import Lineage, lineage_dir, read_lineage
-from certbot_fanout.model import Config, Consumer, FileSpec
+from certbot_fanout.model import Config, Consumer, Endpoint, FileSpec, address_label
 
 CONNECT_TIMEOUT = 5.0
 
@@ -68,16 +68,47 @@ def _preflight_consumer(consumer: Consumer, lineage: Lineage | None, probe: bool
                 found.append(f"the {what} command `{' '.join(argv)}` cannot run: {problem}")
     if probe:
         for ep in consumer.verify:
+            found.extend(_endpoint_problems(ep))
+    return [Problem(consumer.name, text) for text in found]
+
+
+def _endpoint_problems(ep: Endpoint) -> list[str]:
+    """Every address of ``ep`` that accepts no connection (for a federation endpoint: of
+    each place its name leads peers to, the well-known's server included)."""
+    try:
+        places = _places(ep)
+    except ProbeError as e:
+        return [f"{ep.label}: {e}"]
+    found = []
+    for host, port in places:
+        try:
+            addresses = verify.addresses(host, port, ep.family, CONNECT_TIMEOUT)
+        except ProbeError as e:
+            found.append(str(e))
+            continue
+        of = ep.label if ep.federation else host
+        for address in addresses:
+            where = address_label(address, port) + (f" (of {of})" if of != address else "")
             try:
-                with socket.create_connection((ep.host, ep.port), timeout=CONNECT_TIMEOUT):
+                with socket.create_connection((address, port), timeout=CONNECT_TIMEOUT):
                     pass
             except OSError as e:
                 reason = e.strerror or str(e) or type(e).__name__
                 found.append(
-                    f"nothing accepts connections at {ep.label} ({reason}); is the service "
+                    f"nothing accepts connections at {where} ({reason}); is the service "
                     "running, and is this the address and port it listens on?"
                 )
-    return [Problem(consumer.name, text) for text in found]
+    return found
+
+
+def _places(ep: Endpoint) -> list[tuple[str, int]]:
+    if ep.federation is None:
+        return [(ep.host, ep.port)]
+    from certbot_fanout import federation  # only when a federation endpoint is checked
+
+    resolution = federation.resolve(ep.federation, timeout=CONNECT_TIMEOUT, ca_file=ep.ca_file)
+    targets = (*resolution.targets, *resolution.well_known)
+    return list(dict.fromkeys((t.host, t.port) for t in targets))
 
 
 def _check_file(spec: FileSpec, lineage: Lineage | None) -> list[str]:

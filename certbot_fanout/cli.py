@@ -181,7 +181,8 @@ def build_parser() -> _Parser:
         help="preflight: find what would make a deploy fail on this host; changes nothing",
         description="Check the map and this host: the map is valid, each lineage reads, every "
         "file's owner can reach it, no key is readable by others, test and reload programs "
-        "exist, link targets can be followed, and every endpoint accepts a connection.",
+        "exist, link targets can be followed, and every address of every endpoint accepts a "
+        "connection.",
         epilog="exit codes: 0 nothing found; 1 problems found (each listed, with what to do); "
         '2 usage error, or a map that still holds a "<fill in: ...>" (each one named).',
     )

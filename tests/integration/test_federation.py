@@ -411,10 +411,19 @@ def test_delegation_by_srv(bed: FederationBed) -> None:
     """No well-known (nginx answers 404): _matrix-fed._tcp.example.test names
     hs.example.test:8449, probed on both addresses with SNI example.test."""
     bed.scene(BY_SRV)
-    endpoint = assert_current(bed, federation_map(bed, "srv"))
+    config = federation_map(bed, "srv")
+    endpoint = assert_current(bed, config)
     assert f"_matrix-fed._tcp.{SERVER}" in endpoint["resolution"], endpoint
     assert f"{DELEGATED}:{SRV_PORT}" in endpoint["resolution"], endpoint
     assert_addresses(endpoint, bed, SYNAPSE_HOST, DELEGATED, SRV_PORT, SERVER, ok=True)
+    # check connects where peers would (each SRV target's address, the well-known's server).
+    checked = bed.cli("check", "--config", str(config), "--config-dir", str(bed.config_dir))
+    assert checked.returncode == 0, explain(checked)
+    bed.scene(replace(BY_SRV, srv=[Srv(f"_matrix-fed._tcp.{SERVER}", DELEGATED, 8450)]))
+    checked = bed.cli("check", "--config", str(config), "--config-dir", str(bed.config_dir))
+    assert checked.returncode == 1, explain(checked)
+    refused = f":8450 (of federation {SERVER}) (Connection refused)"
+    assert refused in checked.stdout, explain(checked)
 
 
 def test_plain_8448(bed: FederationBed) -> None:

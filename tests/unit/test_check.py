@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import invoke
+from tests.support import hosts
+from tests.support.cli import explain, invoke
 from tests.support.lineages import LineageFactory
 from tests.support.peers import Peer
 
@@ -190,3 +191,25 @@ def test_counts_are_pluralised(
         0,
         [f"OK: {config} checks out (1 consumer, 1 file, 1 endpoint (not probed))"],
     )
+
+
+def test_every_address_of_a_name_must_accept_connections(tmp_path: Path) -> None:
+    # The name is 127.0.0.1 and ::1 (a hosts file of the check's own); only 127.0.0.1
+    # listens: the check names the other address, as a deploy would fail on it.
+    why = hosts.available()
+    if why:
+        pytest.skip(why)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        code = (
+            "from certbot_fanout.check import _endpoint_problems\n"
+            "from certbot_fanout.model import Endpoint, Family\n"
+            f"print(_endpoint_problems(Endpoint('both.check.test', {port})))\n"
+            f"print(_endpoint_problems(Endpoint('both.check.test', {port}, family=Family.IPV4)))\n"
+        )
+        done = hosts.python_with_hosts(tmp_path, {"both.check.test": ["127.0.0.1", "::1"]}, code)
+    assert done.returncode == 0, explain(done)
+    every, v4 = done.stdout.splitlines()
+    assert f"nothing accepts connections at [::1]:{port} (of both.check.test)" in every
+    assert f"127.0.0.1:{port}" not in every
+    assert v4 == "[]"

@@ -215,7 +215,7 @@ def _expiry(
 ) -> tuple[datetime.datetime, float, tuple[Level, str] | None]:
     """When the certificate served (or, unprobed, the lineage's) expires, in how many days,
     and the problem that is when it is within the critical or the warning window."""
-    served = [a.served for e in endpoints for a in e.addresses if a.served is not None]
+    served = [a.served for e in endpoints for a in e.addresses if a.own and a.served is not None]
     expires = min((c.not_after for c in served), default=lineage.cert.not_after)
     days_left = (expires.timestamp() - now) / 86400
     if days_left > options.crit_days and days_left > options.warn_days:

@@ -68,6 +68,9 @@ class AddressResult:
     # What it is an address of, in words, when that is not the address itself: the endpoint
     # (``localhost:443``), or for federation the path and the role ("the well-known at ...").
     via: str = ""
+    # It must serve the lineage's certificate (False: a well-known's server with another
+    # name's certificate, judged only as trusted or not): what status counts for expiry.
+    own: bool = True
 
     @property
     def label(self) -> str:
@@ -303,7 +306,13 @@ def _probe_address(
 ) -> AddressResult:
     """What ``address`` serves for ``target``, judged against the lineage."""
     base = AddressResult(
-        target.host, address, target.port, target.server_name, False, via=target.context
+        target.host,
+        address,
+        target.port,
+        target.server_name,
+        False,
+        via=target.context,
+        own=target.compare,
     )
     where = _in_context(target, f"{base.label} (SNI {target.server_name}{_asked(lineage)})")
     try:

@@ -230,7 +230,7 @@ def test_status_ok_after_deploy_then_critical_naming_stale_consumers_after_hookl
     assert rows["postgres"][2:4] == ["current", "1 current"], rows["postgres"]
     assert [rows[n][-1] for n in CONSUMERS] == ["CRITICAL", "CRITICAL", "OK"]
     for name, port in (("web", fleet.web.nginx.port), ("haproxy", fleet.haproxy.haproxy.port)):
-        served_line = f"{name}: 127.0.0.1:{port} (SNI {CERT_NAME}) serves subject"
+        served_line = f"{name}: 127.0.0.1:{port} (SNI {CERT_NAME}, asked for ECDSA) serves subject"
         assert served_line in text, text
         assert f"serial {old_serial}," in text
     assert f"{fleet.web.cert}: content differs" in text, text

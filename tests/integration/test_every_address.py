@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -26,7 +24,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from certbot_fanout._pki import Issued, ThrowawayCA
-from tests.support.cli import explain, run
+from tests.support.cli import explain, json_document, run
+from tests.support.hosts import with_hosts_file
 from tests.support.integration import pem_serial, require_binary, write_copies
 from tests.support.lineages import LineageFactory
 from tests.support.maps import write_map
@@ -46,7 +45,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("root")]
 NAME = "dual.example.test"
 PARTLY = "partly.example.test"  # 127.0.0.1, where nginx listens, and 127.0.0.2, where nothing does
 ROOT = Path(__file__).resolve().parents[2]
-UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 HOSTS = f"""\
 127.0.0.1 localhost
 ::1 localhost ip6-localhost ip6-loopback
@@ -124,9 +122,7 @@ class Bed:
 
     def fanout(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
         """The real CLI in a private mount namespace whose /etc/hosts is ``hosts``."""
-        script = f'mount --bind {shlex.quote(str(self.hosts))} /etc/hosts && exec "$@"'
         argv = [
-            UNSHARE, "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh",
             sys.executable, "-m", "certbot_fanout", command,
             "--config", str(self.tmp / "map" / "consumers.yaml"),
             "--config-dir", str(self.renewed.config_dir),
@@ -135,17 +131,14 @@ class Bed:
             *args,
         ]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        return run(argv, env=env, timeout=CLI_TIMEOUT)
+        return run(with_hosts_file(self.hosts, argv), env=env, timeout=CLI_TIMEOUT)
 
     def deploy(self) -> subprocess.CompletedProcess[str]:
         return self.fanout("deploy", "--cert-name", NAME)
 
     def status_json(self, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
         proc = self.fanout("status", "--json", *args)
-        assert proc.stdout.startswith("{"), explain(proc)
-        doc = json.loads(proc.stdout)
-        assert isinstance(doc, dict), proc.stdout
-        return proc, doc
+        return proc, json_document(proc)
 
 
 @pytest.fixture
@@ -223,12 +216,7 @@ def test_the_bed_serves_different_certificates_per_address(start_bed: Callable[.
     assert current == fingerprint(bed.renewed.current)
     assert served_at(V4, bed.port) == fingerprint(bed.renewed.previous)
     assert served_at(V6, bed.port) == current
-    script = f'mount --bind {shlex.quote(str(bed.hosts))} /etc/hosts && exec "$@"'
-    inside = run(
-        [UNSHARE, "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh",
-         "getent", "ahosts", NAME],
-        timeout=30,
-    )  # fmt: skip
+    inside = run(with_hosts_file(bed.hosts, ["getent", "ahosts", NAME]), timeout=30)
     got = {line.split()[0] for line in inside.stdout.splitlines()}
     assert got == {V4, V6}, explain(inside)
     outside = run(["getent", "ahosts", NAME], timeout=30)

@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.cli import explain, run
+from tests.support.cli import explain, json_document, run
 from tests.support.integration import by_name, pem_serial, require_binary, write_copies
 from tests.support.maps import write_map
 from tests.support.monitoring import sections
@@ -157,10 +157,7 @@ class Bed:
 
     def status_json(self, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
         proc = self.fanout("status", "--json", *args)
-        assert proc.stdout.startswith("{"), explain(proc)
-        doc = json.loads(proc.stdout)
-        assert isinstance(doc, dict), proc.stdout
-        return proc, doc
+        return proc, json_document(proc)
 
 
 @pytest.fixture

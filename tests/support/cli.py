@@ -10,6 +10,7 @@ imports, so the daemon modules (run as ``python -m tests.support.MODULE``) use `
 from __future__ import annotations
 
 import io
+import json
 import os
 import shlex
 import signal
@@ -17,7 +18,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .proc import Account
@@ -142,3 +143,11 @@ def _text(data: str | bytes | None) -> str:
     if data is None:
         return ""
     return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def json_document(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The JSON object a command (``--json``) printed on stdout; a failure says what ran."""
+    assert result.stdout.startswith("{"), explain(result)
+    document = json.loads(result.stdout)
+    assert isinstance(document, dict), result.stdout
+    return document

@@ -42,8 +42,8 @@ from .cli import run
 from .lineages import LineageFactory
 from .maps import write_map
 from .netns import Dnsmasq, Host, NetnsServed, Srv, TestNetwork, in_netns, served_in
-from .proc import Account, PidFileDaemon, read_pid, tail, terminate, wait_pidfile, write_owned
-from .stack import NGINX_BIN, pem_fingerprint, settled_workers
+from .proc import Account, read_pid, tail, terminate, wait_pidfile, write_owned
+from .stack import NGINX_BIN, Nginx, NginxServer, nginx_quote, pem_fingerprint, settled_workers
 from .synapse_env import Synapse, clean_env
 
 SERVER = "example.test"
@@ -55,10 +55,6 @@ HTTPS_PORT = 443
 SYNAPSE_HOST, WEB_HOST = "synapse", "web"
 READY_TIMEOUT = 90.0
 SERVE_TIMEOUT = 20.0
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _nginx_string(value: str) -> str:
@@ -187,11 +183,9 @@ class WellKnown:
     cache_control: str | None = None
 
 
-class NetnsNginx(PidFileDaemon):
+class NetnsNginx(Nginx):
     """nginx in a private prefix on ``host`` of ``network``: one TLS server on 443 at every
     address of the host, answering the Matrix well-known as ``well_known`` says."""
-
-    label = comm = "nginx"
 
     def __init__(
         self,
@@ -203,60 +197,33 @@ class NetnsNginx(PidFileDaemon):
         host: Host,
         server_name: str,
     ) -> None:
-        self.prefix = Path(prefix).resolve()
-        self.cert_path, self.key_path = Path(cert_path), Path(key_path)
-        self.network, self.host, self.server_name = network, host, server_name
-        self.port = HTTPS_PORT
+        listen = tuple(f"[{a}]" if ":" in a else a for a in host.addresses)
+        server = NginxServer(listen, ((Path(cert_path), Path(key_path)),))
+        super().__init__(prefix, cert_path, key_path, HTTPS_PORT, server_name, (server,))
+        self.network, self.host = network, host
         self.well_known = WellKnown()
-        self.conf_path = self.prefix / "nginx.conf"
-        self.error_log = self.prefix / "error.log"
-        self.launch_log = self.prefix / "launch.log"
-        self.pid_file = self.prefix / "nginx.pid"
-
-    def _flags(self) -> list[str]:
-        return ["-p", f"{self.prefix}/", "-c", str(self.conf_path), "-e", str(self.error_log)]
-
-    def test_argv(self) -> list[str]:
-        return [NGINX_BIN, *self._flags(), "-t"]
-
-    def reload_argv(self) -> list[str]:
-        return [NGINX_BIN, *self._flags(), "-s", "reload"]
 
     def _location(self) -> str:
         wk = self.well_known
         if wk.body is None:
             return "return 404;"
         header = (
-            f"add_header Cache-Control {_quote(wk.cache_control)} always;\n            "
+            f"add_header Cache-Control {nginx_quote(wk.cache_control)} always;\n            "
             if wk.cache_control
             else ""
         )
         body = _nginx_string(json.dumps(wk.body))
         return f"default_type application/json;\n            {header}return 200 {body};"
 
-    def write_config(self) -> None:
-        p = self.prefix
-        temps = "\n".join(
-            f"    {kind}_temp_path {_quote(str(p / 'tmp' / kind))};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        listens = "\n".join(
-            f"        listen {f'[{a}]' if ':' in a else a}:{self.port} ssl;"
-            for a in self.host.addresses
-        )
-        self.conf_path.write_text(
-            f"""worker_processes 1;
-pid {_quote(str(self.pid_file))};
-error_log {_quote(str(self.error_log))} info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {_quote(str(p / "access.log"))};
-{temps}
-    server {{
+    def _server_block(self, server: NginxServer) -> str:
+        """The one server: the certificate, and the well-known as ``well_known`` says."""
+        (cert, key), *_ = server.pairs
+        listens = "\n".join(f"        listen {a}:{self.port} ssl;" for a in server.addresses)
+        return f"""    server {{
 {listens}
         server_name {self.server_name};
-        ssl_certificate {_quote(str(self.cert_path))};
-        ssl_certificate_key {_quote(str(self.key_path))};
+        ssl_certificate {nginx_quote(str(Path(cert).resolve()))};
+        ssl_certificate_key {nginx_quote(str(Path(key).resolve()))};
         location = /.well-known/matrix/server {{
             {self._location()}
         }}
@@ -264,12 +231,7 @@ http {{
             return 404;
         }}
     }}
-}}
 """
-        )
-
-    def logs(self) -> str:
-        return f"{tail(self.launch_log)}\n--- error.log tail:\n{tail(self.error_log)}"
 
     def targets(self) -> list[tuple[str, int, str]]:
         return [(a, self.port, self.server_name) for a in self.host.addresses]

@@ -34,6 +34,13 @@ def available() -> str | None:
     return None
 
 
+def with_hosts_file(hosts: Path, argv: Sequence[str | Path]) -> list[str]:
+    """``argv`` wrapped to run in a private mount namespace where ``hosts`` is /etc/hosts."""
+    script = 'mount --bind "$1" /etc/hosts && shift && exec "$@"'
+    wrapped = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+    return [*wrapped, str(hosts), *(str(a) for a in argv)]
+
+
 def run_with_hosts(
     directory: Path,
     names: Mapping[str, Sequence[str]],
@@ -47,12 +54,7 @@ def run_with_hosts(
     hosts = directory / "hosts"
     hosts.write_text(hosts_text({**STANDARD, **names}))
     hosts.chmod(0o644)
-    script = 'mount --bind "$1" /etc/hosts && shift && exec "$@"'
-    return run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", hosts, *argv],
-        timeout=timeout,
-        env=env,
-    )
+    return run(with_hosts_file(hosts, argv), timeout=timeout, env=env)
 
 
 def python_with_hosts(

@@ -111,7 +111,8 @@ def settled_workers(
         time.sleep(0.02)
 
 
-def _quote(value: str) -> str:
+def nginx_quote(value: str) -> str:
+    """``value`` as a double-quoted nginx string."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -551,16 +552,16 @@ class Nginx(PidFileDaemon):
         """(Re)write nginx.conf for the current port and paths."""
         p = self.prefix
         temps = "\n".join(
-            f"    {kind}_temp_path {_quote(str(p / 'tmp' / kind))};"
+            f"    {kind}_temp_path {nginx_quote(str(p / 'tmp' / kind))};"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         )
         self.conf_path.write_text(
             f"""worker_processes 1;
-pid {_quote(str(self.pid_file))};
-error_log {_quote(str(self.error_log))} info;
+pid {nginx_quote(str(self.pid_file))};
+error_log {nginx_quote(str(self.error_log))} info;
 events {{ worker_connections 64; }}
 http {{
-    access_log {_quote(str(p / "access.log"))};
+    access_log {nginx_quote(str(p / "access.log"))};
 {temps}
 {"".join(self._server_block(server) for server in self.servers)}}}
 """
@@ -570,8 +571,8 @@ http {{
         lines = [f"        listen {address}:{self.port} ssl;" for address in server.addresses]
         lines.append(f"        server_name {self.server_name};")
         for cert, key in server.pairs:
-            lines.append(f"        ssl_certificate {_quote(str(Path(cert).resolve()))};")
-            lines.append(f"        ssl_certificate_key {_quote(str(Path(key).resolve()))};")
+            lines.append(f"        ssl_certificate {nginx_quote(str(Path(cert).resolve()))};")
+            lines.append(f"        ssl_certificate_key {nginx_quote(str(Path(key).resolve()))};")
         if server.protocols is not None:
             lines.append(f"        ssl_protocols {server.protocols};")
         body = "\n".join(lines)
@@ -640,7 +641,7 @@ defaults
     timeout server 10s
 
 frontend fe_tls
-    bind 127.0.0.1:{self.port} ssl crt {_quote(str(self.combined_pem))}
+    bind 127.0.0.1:{self.port} ssl crt {nginx_quote(str(self.combined_pem))}
     http-request return status 200 content-type text/plain string ok
 """
         )

@@ -16,11 +16,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from certbot_fanout import commands, files, probe, state
+from certbot_fanout import commands, files, keystore, probe, state
 from certbot_fanout.errors import CommandError, PlacementError
 from certbot_fanout.lineage import CertInfo, Lineage, read_lineage
 from certbot_fanout.lock import default_lock_path, run_lock
-from certbot_fanout.model import DEFAULT_JOBS, Config, Consumer, FileSpec
+from certbot_fanout.model import DEFAULT_JOBS, Config, Consumer, Encoding, FileSpec
 from certbot_fanout.schema import CERTBOT_OWNED
 from certbot_fanout.verify import SETTLE_SECONDS, EndpointResult, poll_endpoint
 
@@ -205,7 +205,11 @@ def why_reload(facts: ReloadFacts) -> ReloadDecision:
 def desired_file(spec: FileSpec, lineage: Lineage) -> files.Desired:
     """What ``spec`` should be for ``lineage``; never inside the directories certbot owns in
     the lineage's config dir, wherever the symlinks on the way lead (the map's check reads
-    the path as written)."""
+    the path as written).
+
+    Raises:
+        PlacementError: a keystore's password file is not fit to use.
+    """
     keep_out = certbot_owned_dirs(lineage)
     if spec.link:
         return files.Desired(
@@ -215,13 +219,23 @@ def desired_file(spec: FileSpec, lineage: Lineage) -> files.Desired:
             target=lineage.live_path(spec.content[0]),
             keep_out=keep_out,
         )
+    same_content = None
+    if spec.encoding is Encoding.PKCS12:
+        assert spec.keystore is not None, "the schema gives every keystore its options"
+        built = keystore.build_pkcs12(lineage, spec.keystore)
+        data, same_content = built.data, built.same_content
+    elif spec.encoding is Encoding.DER:
+        data = keystore.der_certificate(lineage)
+    else:
+        data = lineage.content(spec.content)
     return files.Desired(
         path=spec.path,
         uid=spec.owner,
         gid=spec.group,
         mode=spec.mode,
-        data=lineage.content(spec.content),
+        data=data,
         keep_out=keep_out,
+        same_content=same_content,
     )
 
 

@@ -36,7 +36,7 @@ import pwd
 import re
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from certbot_fanout.errors import PlacementError
@@ -95,6 +95,10 @@ class Desired:
 
     ``keep_out``: absolute directories (certbot's own) the path's directory must not be in
     once opened, whatever links led there; placing it there is refused.
+
+    ``same_content``: whether a file's bytes already hold what ``data`` holds, for content
+    that is never the same bytes twice (a PKCS#12 file's random salts); None: the bytes must
+    be ``data``. It must not raise for any bytes.
     """
 
     path: str
@@ -104,6 +108,7 @@ class Desired:
     data: bytes | None = None
     target: str | None = None
     keep_out: tuple[str, ...] = ()
+    same_content: Callable[[bytes], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -440,7 +445,7 @@ def compare(desired: Desired, current: Snapshot) -> list[Difference]:
         where = f"a symlink (to {current.target}) where a copy belongs"
         return [Difference(DifferenceKind.NOT_A_COPY, where)]
     found = []
-    if current.data != desired.data:
+    if not _same_content(desired, current.data):
         found.append(Difference(DifferenceKind.CONTENT, "content differs"))
     if current.uid != desired.uid:
         owner = f"owner {_user(current.uid)}, expected {_user(desired.uid)}"
@@ -455,6 +460,12 @@ def compare(desired: Desired, current: Snapshot) -> list[Difference]:
         acl = f"an access ACL also grants {', '.join(current.acl)}"
         found.append(Difference(DifferenceKind.ACL, acl))
     return found
+
+
+def _same_content(desired: Desired, data: bytes) -> bool:
+    if desired.same_content is None:
+        return data == desired.data
+    return desired.same_content(data)
 
 
 def differences(desired: Desired, current: Snapshot) -> list[str]:

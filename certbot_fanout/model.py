@@ -73,6 +73,24 @@ class Part(enum.Enum):
     PRIVKEY = "privkey"
 
 
+class Encoding(enum.Enum):
+    """How a placed copy holds its parts."""
+
+    PEM = "pem"  # the parts as PEM, in order
+    DER = "der"  # the certificate alone, DER (content: der)
+    PKCS12 = "pkcs12"  # key, certificate and chain in one PKCS#12 file (content: pkcs12)
+
+
+@dataclass(frozen=True)
+class Keystore:
+    """How a PKCS#12 file is protected and named. The password stays in its file: the
+    model holds only the path."""
+
+    password_file: str
+    legacy: bool = False  # PBE-SHA1-3DES with a SHA-1 MAC, for older Java and Windows
+    alias: str | None = None  # the friendly name; None: the lineage's name
+
+
 @dataclass(frozen=True)
 class FileSpec:
     """One file a consumer reads: a copy of some lineage parts, or a symlink into live/."""
@@ -85,6 +103,9 @@ class FileSpec:
     link: bool = False
     owner_name: str = "root"
     group_name: str = "root"
+    # content: der is (CERT,) as DER; content: pkcs12 is (PRIVKEY, FULLCHAIN) in a keystore.
+    encoding: Encoding = Encoding.PEM
+    keystore: Keystore | None = None  # set exactly when encoding is PKCS12
 
     @property
     def holds_key(self) -> bool:

@@ -37,12 +37,20 @@ from certbot_fanout.model import (
     Config,
     Consumer,
     Dialect,
+    Encoding,
     Endpoint,
     Family,
     FileSpec,
     Part,
 )
 from certbot_fanout.presets import CERTIFICATE_RE, PRESETS, SYNAPSE_SERVER_NAME_FILE
+from certbot_fanout.schema_keystore import (
+    KEYSTORE_KEYS,
+    WHOLE_FILES,
+    read_keystore,
+    refuse_link,
+    whole_file,
+)
 from certbot_fanout.trust import path_problem
 from certbot_fanout.yamlnode import (
     INT_TAG,
@@ -82,7 +90,7 @@ _CONSUMER_KEYS = (
     "notes",
     "preset",
 )
-_FILE_KEYS = ("path", "content", "owner", "group", "mode", "link")
+_FILE_KEYS = ("path", "content", "owner", "group", "mode", "link", *KEYSTORE_KEYS)
 _ENDPOINT_KEYS = ("host", "port", "server_name", "starttls", "check_chain", "family")
 _FEDERATION_KEYS = ("federation", "ca_file", "check_chain", "family")
 # A Matrix server name: hostname [":" port], the hostname a DNS name, IPv4 or [IPv6].
@@ -338,10 +346,16 @@ class _MapReader(Reader):
         file_path = self.file_path(items["path"][1], path / "path")
         self.paths[file_path] = str(path)
 
-        content = self.content(items["content"][1], path / "content")
+        whole = whole_file(self, items["content"][1], path / "content")
+        encoding, content = whole or (
+            Encoding.PEM,
+            self.content(items["content"][1], path / "content"),
+        )
         link = self.boolean(items["link"][1], path / "link") if "link" in items else False
         if link:
+            refuse_link(self, items, path, encoding)
             self.check_link(items, path, content)
+        keystore = read_keystore(self, items, path, encoding)
         owner, owner_name = self.account(items, path, user=True)
         group, group_name = self.account(items, path, user=False)
         mode = 0o600 if Part.PRIVKEY in content else 0o644
@@ -356,6 +370,8 @@ class _MapReader(Reader):
             link=link,
             owner_name=owner_name,
             group_name=group_name,
+            encoding=encoding,
+            keystore=keystore,
         )
 
     def file_path(self, node: Node, path: Path) -> str:
@@ -436,10 +452,13 @@ class _MapReader(Reader):
         try:
             return Part(word)
         except ValueError:
-            hint = suggest(word, (p.value for p in Part), cutoff=0.5)
+            hint = suggest(word, [*(p.value for p in Part), *WHOLE_FILES], cutoff=0.5)
             extra = f"; {hint}" if hint else ""
             raise self.error(
-                node, path, f"unknown content '{word}': expected {_PARTS}{extra}"
+                node,
+                path,
+                f"unknown content '{word}': expected {_PARTS}{extra} "
+                "(or, as a whole file alone, pkcs12 or der)",
             ) from None
 
     def account(self, items: Items, path: Path, *, user: bool) -> tuple[int, str]:

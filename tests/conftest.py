@@ -172,6 +172,7 @@ SERVICE_ACCOUNTS = (
     "ejabberd",
     "turnserver",
     "mosquitto",
+    "tomcat",
 )
 SERVICE_GROUPS = ("Debian-exim",)
 

@@ -10,8 +10,9 @@ where it names one; and contrib's map loads.
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,40 @@ def test_there_are_examples_to_check() -> None:
     assert len(consumers) >= 4
 
 
-@pytest.mark.usefixtures("service_accounts")
+PASSWORD_FILE = re.compile(r"^\s*(?:- )?password_file: (/\S+)", re.M)
+
+
+@pytest.fixture(scope="session")
+def documented_password_files() -> Iterator[None]:
+    """The keystore password files the examples name, created where missing (root's, 0600,
+    with any missing directory above) and removed again; skipped when this is not root."""
+    wanted = sorted(
+        {Path(p) for _, _, block in examples("yaml") for p in PASSWORD_FILE.findall(block)}
+    )
+    missing = [p for p in wanted if not p.exists()]
+    if missing and os.geteuid() != 0:
+        pytest.skip(f"{', '.join(map(str, missing))} missing, and only root can create them")
+    made: list[Path] = []
+    try:
+        for path in missing:
+            for directory in reversed(path.parents):
+                if not directory.exists():
+                    directory.mkdir(mode=0o755)
+                    made.append(directory)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, b"an example password\n")
+            os.close(fd)
+            made.append(path)
+        yield
+    finally:
+        for path in reversed(made):
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink()
+
+
+@pytest.mark.usefixtures("service_accounts", "documented_password_files")
 @pytest.mark.parametrize("example", examples("yaml"), ids=example_id)
 def test_every_yaml_example_is_read_by_the_loader(example: tuple[Path, int, str]) -> None:
     page, line, block = example

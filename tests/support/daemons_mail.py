@@ -73,6 +73,7 @@ DOVECOT_BIN = find_binary("dovecot", "/usr/sbin/dovecot")
 DOVEADM_BIN = find_binary("doveadm", "/usr/bin/doveadm")
 POSTFIX_BIN = find_binary("postfix", "/usr/sbin/postfix")
 SENDMAIL_BIN = find_binary("sendmail", "/usr/sbin/sendmail")
+POSTQUEUE_BIN = find_binary("postqueue", "/usr/sbin/postqueue")
 VSFTPD_BIN = find_binary("vsftpd", "/usr/sbin/vsftpd")
 
 _IN_USE = "Address already in use"
@@ -312,6 +313,17 @@ class LocalPostfix(Postfix):
             return [email.message_from_bytes(box.get_bytes(key)) for key in box.iterkeys()]
         finally:
             box.close()
+
+    def queue_empty(self) -> bool:
+        """Nothing waits in this instance's queue (``postqueue -p``): all mail was delivered."""
+        result = subprocess.run(
+            [POSTQUEUE_BIN, "-c", str(self.etc), "-p"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return "Mail queue is empty" in result.stdout + result.stderr
 
     def wait_for_messages(self, user: str, count: int, timeout: float = 20.0) -> None:
         """Wait until ``user``'s mbox holds ``count`` messages."""

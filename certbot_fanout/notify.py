@@ -128,7 +128,10 @@ def from_deploy(result: DeployResult) -> tuple[Observation, ...]:
 def from_status(report: StatusReport) -> tuple[Observation, ...]:
     """Each consumer of a status: failing when CRITICAL or UNKNOWN (a stale certificate served
     or on disk, a failed probe, expiry within the critical window, an unreadable lineage); a
-    WARNING (a mode that drifted, expiry within the warning window) is not a failure."""
+    WARNING (a mode that drifted, expiry within the warning window) is not a failure.
+
+    A consumer with no files and no endpoints shows status nothing to judge: only a deploy
+    (its reload) can say it failed, so status never reports it recovered."""
     from certbot_fanout.status import Level
 
     return tuple(
@@ -141,6 +144,7 @@ def from_status(report: StatusReport) -> tuple[Observation, ...]:
             endpoints=c.endpoints,
         )
         for c in report.consumers
+        if c.level >= Level.CRITICAL or c.files or c.endpoints
     )
 
 

@@ -1,10 +1,11 @@
-"""notify through the real command line: deploys and ``status --repair`` runs (seconds each:
-every run waits out a stale endpoint), with a real script as the notifier.
+"""notify through the real command line and the installer: deploys and repair runs (seconds
+each: every run waits out a stale endpoint), with a real script as the notifier.
 
 Whatever the notifier does (fails, hangs, delivers), a deploy's exit code and JSON document are
 the same; it is told once when consumers start failing and once when they recover; plain
-``status`` tells no one, ``status --repair`` does. The unit tests (tests/unit/test_notify.py)
-hold the state rule, the webhook and the message's content.
+``status`` tells no one, ``status --repair`` does; the installer tells after its deploy and
+after its repair check on every ``certbot renew``. The unit tests
+(tests/unit/test_notify.py) hold the state rule, the webhook and the message's content.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -117,3 +119,35 @@ consumers:
     assert len(sink.messages()) == 1
     assert invoke(status_args(tmp_path, config, live, state, "--repair")).returncode == 0
     assert states(sink.messages()[1]) == [("web", "recovered")]
+
+
+def test_the_plugin_tells_after_its_deploy(
+    tmp_path: Path,
+    peer: tuple[Path, Peer],
+    sink: CommandSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from certbot import errors
+
+    from certbot_fanout.plugin import Installer
+
+    live, server = peer
+    monkeypatch.setenv("CERTBOT_FANOUT_STATE", str(tmp_path / "plugin-state.json"))
+    config = notify_map(tmp_path, server, live, f"    command: {sink.argv}\n")
+    installer = Installer(SimpleNamespace(fanout_config=str(config)), "fanout")
+    lineage = SimpleNamespace(cert_path=f"{live}/cert.pem")
+    with pytest.raises(errors.PluginError, match="failed"):
+        installer.renew_deploy(lineage)  # type: ignore[arg-type]
+    assert [sorted(states(m)) for m in sink.messages()] == [
+        [("leaky", "failing"), ("web", "failing")]
+    ]
+    # certbot renew's check of every lineage (GenericUpdater): the repair fails the same way
+    # (web still serves the old certificate), which its notifier was told already; leaky (no
+    # files, no endpoints) shows status nothing to judge, so it is not "recovered".
+    with pytest.raises(errors.PluginError, match="still broken after repair"):
+        installer.generic_updates(lineage)  # type: ignore[arg-type]
+    assert len(sink.messages()) == 1
+    catch_up(live, server)
+    installer.generic_updates(lineage)  # type: ignore[arg-type]
+    assert states(sink.messages()[1]) == [("web", "recovered")]
+    assert sink.messages()[1]["run"] == "certbot renew (repair)"

@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -184,6 +183,34 @@ def test_changing_a_notifier_gives_it_a_record_of_its_own(
     assert len(sink.messages()) == 1 and len(other.messages()) == 1
 
 
+def test_status_judges_only_what_it_can_see() -> None:
+    from certbot_fanout.deploy import FileResult
+    from certbot_fanout.status import ConsumerStatus, Level, StatusReport
+
+    block = Notify(command=("/bin/true",))
+    blind, unreadable, checked, warned = (
+        consumer(n, block) for n in ("blind", "unreadable", "checked", "warned")
+    )
+    copy = (FileResult("/etc/x.pem", False),)
+    report = StatusReport(
+        consumers=(
+            ConsumerStatus(blind, Level.OK),  # no files, no endpoints: nothing to judge
+            ConsumerStatus(unreadable, Level.UNKNOWN, ("live/x: missing",)),
+            ConsumerStatus(checked, Level.CRITICAL, ("/etc/x.pem: content differs",), copy),
+            ConsumerStatus(warned, Level.WARNING, ("/etc/x.pem: mode 0640",), copy),
+        ),
+        lineages={NAME: None},
+        level=Level.UNKNOWN,
+        seconds=0.0,
+    )
+    found = {o.name: (o.failing, o.error) for o in notify.from_status(report)}
+    assert found == {
+        "unreadable": (True, "live/x: missing"),
+        "checked": (True, "/etc/x.pem: content differs"),
+        "warned": (False, None),
+    }
+
+
 # -- the webhook -------------------------------------------------------------------------------
 
 
@@ -306,28 +333,6 @@ def test_a_deploy_tells_what_was_served_and_expected_and_never_the_key(
     for raw in (*sink.raw(), raw_mail):
         assert "PRIVATE KEY" not in raw
         assert not [line for line in key_lines(live) if line in raw]
-
-
-def test_the_plugin_tells_after_its_deploy(
-    tmp_path: Path,
-    peer: tuple[Path, Peer],
-    sink: CommandSink,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from certbot import errors
-
-    from certbot_fanout.plugin import Installer
-
-    live, server = peer
-    monkeypatch.setenv("CERTBOT_FANOUT_STATE", str(tmp_path / "plugin-state.json"))
-    config = notify_map(tmp_path, server, live, f"    command: {sink.argv}\n")
-    installer = Installer(SimpleNamespace(fanout_config=str(config)), "fanout")
-    lineage = SimpleNamespace(cert_path=f"{live}/cert.pem")
-    with pytest.raises(errors.PluginError, match="failed"):
-        installer.renew_deploy(lineage)  # type: ignore[arg-type]
-    assert [sorted(states(m)) for m in sink.messages()] == [
-        [("leaky", "failing"), ("web", "failing")]
-    ]
 
 
 # -- the map -------------------------------------------------------------------------------------

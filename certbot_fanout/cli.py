@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from certbot_fanout import __version__
@@ -27,7 +27,8 @@ from certbot_fanout.model import (
 
 if TYPE_CHECKING:
     from certbot_fanout.discover import DiscoverReport
-    from certbot_fanout.model import Config
+    from certbot_fanout.model import Config, Consumer
+    from certbot_fanout.notify import NotifyReport
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -696,6 +697,12 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
             print(f"certbot-fanout: cannot write metrics: {e}", file=sys.stderr)
     out.write(render_status_json(report) if args.json else render_status_text(report))
     out.flush()
+    # Only a repair run tells anyone (the timer's): a plain status is a monitoring system's
+    # check, which does its own alerting and may run as a user who cannot keep the record.
+    if args.repair and not args.no_probe and _notifies(config.consumers):
+        from certbot_fanout.notify import notify_status
+
+        _notify_report(notify_status(report, state_path), args.verbose)
     return int(report.level)
 
 
@@ -737,7 +744,27 @@ def _deploy(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
         else render_deploy_text(result, verbose=args.verbose)
     )
     out.flush()
+    if not args.dry_run and _notifies(c.consumer for c in result.consumers):
+        from certbot_fanout.notify import notify_deploy
+
+        _notify_report(notify_deploy(result, _state_path(args)), args.verbose)
     return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def _notifies(consumers: Iterable[Consumer]) -> bool:
+    """Whether the map names anyone to tell about these (notify is imported only then)."""
+    return any(c.notify for c in consumers)
+
+
+def _notify_report(report: NotifyReport, verbose: bool) -> None:
+    """What a notifier could not deliver, on stderr (stdout and the exit code are the run's);
+    with -v, what was sent too."""
+    from certbot_fanout.notify import summary_lines
+
+    for line in summary_lines(report) if verbose else ():
+        print(f"certbot-fanout: {line}", file=sys.stderr)
+    for line in report.problems:
+        print(f"certbot-fanout: notify: {line}", file=sys.stderr)
 
 
 def _demo(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:

@@ -19,7 +19,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -44,8 +44,12 @@ class CommandResult:
     seconds: float
 
 
-def run_command(argv: Sequence[str], timeout: float, what: str = "command") -> CommandResult:
+def run_command(
+    argv: Sequence[str], timeout: float, what: str = "command", *, stdin: bytes | None = None
+) -> CommandResult:
     """Run ``argv`` without a shell, in its own session, and wait at most ``timeout`` seconds.
+    With ``stdin``, the command reads those bytes (from an anonymous temporary file, so a
+    command that does not read them cannot block us); else it reads nothing (/dev/null).
 
     Output goes to an anonymous temporary file rather than a pipe, so that a daemon the command
     starts (and which inherits its stdout) cannot keep us waiting for end-of-file. On timeout the
@@ -64,13 +68,13 @@ def run_command(argv: Sequence[str], timeout: float, what: str = "command") -> C
     program = _trusted_program(argv[0], f"{what} `{shown}`")
     environment = {**os.environ, "PATH": COMMAND_PATH_TEXT}
     start = time.monotonic()
-    with tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryFile() as out, _input(stdin) as given:
         try:
             proc = subprocess.Popen(
                 argv,
                 executable=program,
                 env=environment,
-                stdin=subprocess.DEVNULL,
+                stdin=given,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -97,6 +101,19 @@ def run_command(argv: Sequence[str], timeout: float, what: str = "command") -> C
         status = f"was killed by signal {-returncode}" if returncode < 0 else f"exited {returncode}"
         raise CommandError(f"{what} `{shown}` {status}" + (f"; output: {output}" if output else ""))
     return CommandResult(argv, returncode, output, seconds)
+
+
+@contextlib.contextmanager
+def _input(data: bytes | None) -> Iterator[IO[bytes] | int]:
+    """What a command reads: ``data`` in an unlinked temporary file, or /dev/null."""
+    if data is None:
+        yield subprocess.DEVNULL
+        return
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        f.seek(0)
+        yield f
 
 
 def resolve_program(program: str) -> str | None:

@@ -32,6 +32,12 @@ MAX_TIMEOUT = 86400.0
 DEFAULT_WARN_DAYS = 21.0
 DEFAULT_CRIT_DAYS = 7.0
 
+# notify: how a mail is handed to the local MTA (the message on stdin), and the seconds a
+# webhook may take by default and at most.
+DEFAULT_SENDMAIL = ("/usr/sbin/sendmail", "-t", "-oi")
+DEFAULT_WEBHOOK_TIMEOUT = 10.0
+MAX_WEBHOOK_TIMEOUT = 60.0
+
 
 class Dialect(enum.Enum):
     """A STARTTLS protocol: what an endpoint speaks before the TLS handshake."""
@@ -140,6 +146,29 @@ def address_label(host: str, port: int) -> str:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """An HTTPS URL that gets the notification document by POST."""
+
+    url: str
+    headers_file: str | None = None  # "Name: value" lines, in a file only root can read
+    timeout: float = DEFAULT_WEBHOOK_TIMEOUT
+    ca_file: str | None = None  # trust this CA instead of the system's
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Who hears when a consumer starts failing or recovers (``notify:``); empty: nobody."""
+
+    mail: tuple[str, ...] = ()
+    sendmail: tuple[str, ...] = DEFAULT_SENDMAIL
+    webhook: Webhook | None = None
+    command: tuple[str, ...] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.mail) or self.webhook is not None or self.command is not None
+
+
+@dataclass(frozen=True)
 class Consumer:
     """A service that terminates TLS with one lineage's certificate."""
 
@@ -152,6 +181,7 @@ class Consumer:
     reload_timeout: float = DEFAULT_RELOAD_TIMEOUT
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
     notes: str = ""
+    notify: Notify | None = None
 
 
 @dataclass(frozen=True)

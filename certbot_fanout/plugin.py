@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certbot import errors, interfaces
 from certbot.display import util as display_util
@@ -38,6 +38,9 @@ from certbot_fanout.render_deploy import render_deploy_failures, render_deploy_t
 from certbot_fanout.render_status import render_status_failures, render_status_text
 from certbot_fanout.state import default_state_path
 from certbot_fanout.status import Level, StatusOptions, check_and_repair, restrict
+
+if TYPE_CHECKING:
+    from certbot_fanout.notify import NotifyReport
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +166,10 @@ class Installer(
             raise errors.PluginError(f"certbot-fanout: {e}") from None
         for line in render_status_text(report).splitlines():  # escaped by the renderer
             logger.info("%s", line)
+        if any(c.notify for c in subset.consumers):
+            from certbot_fanout.notify import notify_status
+
+            _log_notify(notify_status(report, default_state_path(), "certbot renew (repair)"))
         # Only what a deploy should have fixed fails certbot: a certificate that is current
         # everywhere but expires soon (a short-lived one, or a renewal that keeps failing) is
         # certbot's own business, and status reports it.
@@ -217,6 +224,10 @@ class Installer(
                 printable(live_dir),
             )
             return
+        if any(c.consumer.notify for c in result.consumers):
+            from certbot_fanout.notify import notify_deploy
+
+            _log_notify(notify_deploy(result, default_state_path()))
         self._report(result)
 
     def _report(self, result: DeployResult) -> None:
@@ -250,3 +261,14 @@ class Installer(
                     "certbot-fanout: cannot restore %s: %s", printable(path), printable(str(e))
                 )
         self._originals.clear()
+
+
+def _log_notify(report: NotifyReport) -> None:
+    """What was sent (info), and what could not be (a warning: certbot's log keeps it); never
+    an error for certbot, whose exit code is the deploy's."""
+    from certbot_fanout.notify import summary_lines
+
+    for line in summary_lines(report):  # escaped
+        logger.info("certbot-fanout: %s", line)
+    for line in report.problems:  # escaped
+        logger.warning("certbot-fanout: notify: %s", line)

@@ -41,6 +41,7 @@ from certbot_fanout.model import (
     Endpoint,
     Family,
     FileSpec,
+    Notify,
     Part,
 )
 from certbot_fanout.presets import CERTIFICATE_RE, PRESETS, SYNAPSE_SERVER_NAME_FILE
@@ -51,6 +52,7 @@ from certbot_fanout.schema_keystore import (
     refuse_link,
     whole_file,
 )
+from certbot_fanout.schema_notify import read_notify
 from certbot_fanout.trust import path_problem
 from certbot_fanout.yamlnode import (
     INT_TAG,
@@ -78,7 +80,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _MODE_RE = re.compile(r"^0?[0-7]{3}$")
 
 _TOP_KEYS = ("version", "defaults", "consumers")
-_DEFAULTS_KEYS = ("reload_timeout", "verify_timeout")
+_DEFAULTS_KEYS = ("reload_timeout", "verify_timeout", "notify")
 _CONSUMER_KEYS = (
     "certificate",
     "files",
@@ -89,6 +91,7 @@ _CONSUMER_KEYS = (
     "verify_timeout",
     "notes",
     "preset",
+    "notify",
 )
 _FILE_KEYS = ("path", "content", "owner", "group", "mode", "link", *KEYSTORE_KEYS)
 _ENDPOINT_KEYS = ("host", "port", "server_name", "starttls", "check_chain", "family")
@@ -179,6 +182,7 @@ class _Defaults(NamedTuple):
 
     reload_timeout: float = DEFAULT_RELOAD_TIMEOUT
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
+    notify: Notify | None = None
 
 
 @dataclass(frozen=True)
@@ -234,12 +238,13 @@ class _MapReader(Reader):
         path = Path() / "defaults"
         items = self.mapping(node, path, "a mapping")
         self.check_keys(items, _DEFAULTS_KEYS, path)
-        reload_timeout, verify_timeout = _Defaults()
+        reload_timeout, verify_timeout = DEFAULT_RELOAD_TIMEOUT, DEFAULT_VERIFY_TIMEOUT
         if "reload_timeout" in items:
             reload_timeout = self.timeout(items["reload_timeout"][1], path / "reload_timeout")
         if "verify_timeout" in items:
             verify_timeout = self.timeout(items["verify_timeout"][1], path / "verify_timeout")
-        return _Defaults(reload_timeout, verify_timeout)
+        notify = self.notify(items["notify"][1], path / "notify") if "notify" in items else None
+        return _Defaults(reload_timeout, verify_timeout, notify)
 
     def consumers(self, node: Node, defaults: _Defaults) -> list[Consumer]:
         if isinstance(node, ScalarNode) and node.tag == NULL_TAG:
@@ -284,6 +289,7 @@ class _MapReader(Reader):
             reload_timeout=opt("reload_timeout", self.timeout, defaults.reload_timeout),
             verify_timeout=opt("verify_timeout", self.timeout, defaults.verify_timeout),
             notes=opt("notes", self.string, "").strip(),
+            notify=opt("notify", self.notify, defaults.notify),
         )
 
     def certificate(self, node: Node, path: Path) -> str:
@@ -657,6 +663,12 @@ class _MapReader(Reader):
                 f"expected a DNS name (no scheme, port or path), got {server_name!r}",
             )
         return server_name
+
+    # -- notify ---------------------------------------------------------------------------
+
+    def notify(self, node: Node, path: Path) -> Notify:
+        """``notify:`` (see :mod:`certbot_fanout.schema_notify`)."""
+        return read_notify(self, node, path, self.command)
 
 
 def _owned_dirs(certbot_dirs: Iterable[str]) -> tuple[str, ...]:

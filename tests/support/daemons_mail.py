@@ -3,7 +3,9 @@
 - Dovecot: one master (``dovecot -F -c CONF``, private base_dir) with imap, pop3, managesieve
   and lmtp on inet ports; reload ``doveadm -c CONF reload``.
 - Postfix: a private config and queue directory, ``postfix -c DIR start``; smtpd on a loopback
-  port with STARTTLS; reload ``postfix -c DIR reload``.
+  port with STARTTLS; reload ``postfix -c DIR reload``. ``LocalPostfix`` also delivers mail
+  for ``USER@localhost`` to an mbox file per user in its own spool directory, and gives the
+  ``sendmail -C DIR`` that submits to it (for the notify tests).
 - vsftpd: standalone (``listen=YES``, ``background=NO``), explicit FTPS (AUTH TLS). vsftpd
   loads its certificate once at start: SIGHUP re-reads vsftpd.conf but keeps the old
   certificate, so it must be restarted. A supervisor thread restarts it when it exits, the way
@@ -22,7 +24,10 @@ process family. The reference client is ``stack.openssl_served`` (``openssl s_cl
 from __future__ import annotations
 
 import contextlib
+import email
+import email.message
 import io
+import mailbox
 import os
 import signal
 import socketserver
@@ -58,6 +63,7 @@ __all__ = [
     "POSTFIX_BIN",
     "VSFTPD_BIN",
     "Dovecot",
+    "LocalPostfix",
     "NntpServer",
     "Postfix",
     "Vsftpd",
@@ -66,6 +72,8 @@ __all__ = [
 DOVECOT_BIN = find_binary("dovecot", "/usr/sbin/dovecot")
 DOVEADM_BIN = find_binary("doveadm", "/usr/bin/doveadm")
 POSTFIX_BIN = find_binary("postfix", "/usr/sbin/postfix")
+SENDMAIL_BIN = find_binary("sendmail", "/usr/sbin/sendmail")
+POSTQUEUE_BIN = find_binary("postqueue", "/usr/sbin/postqueue")
 VSFTPD_BIN = find_binary("vsftpd", "/usr/sbin/vsftpd")
 
 _IN_USE = "Address already in use"
@@ -202,6 +210,7 @@ class Postfix(PidFileDaemon):
 
     label = "postfix"
     comm = "master"
+    mydestination = ""  # the domains delivered here: none, it only greets and relays
 
     def __init__(self, workdir: Path, chain_file: Path, hostname: str = "localhost") -> None:
         self.workdir = Path(workdir).resolve()
@@ -237,7 +246,7 @@ data_directory = {self.data}
 mail_owner = postfix
 setgid_group = postdrop
 myhostname = {self.hostname}
-mydestination =
+mydestination = {self.mydestination}
 alias_maps =
 alias_database =
 inet_interfaces = 127.0.0.1
@@ -246,11 +255,15 @@ maillog_file_prefixes = {self.workdir}
 maillog_file = {self.maillog}
 smtpd_tls_security_level = may
 smtpd_tls_chain_files = {self.chain_file}
-"""
+{self.main_cf_extra()}"""
         )
         (self.etc / "master.cf").write_text(
             f"127.0.0.1:{self.port} inet n - n - - smtpd\n{_POSTFIX_SERVICES}"
         )
+
+    def main_cf_extra(self) -> str:
+        """More main.cf lines, for a subclass."""
+        return ""
 
     def logs(self) -> str:
         return f"--- launch:\n{tail(self.launch_log)}\n--- maillog:\n{tail(self.maillog)}"
@@ -266,6 +279,61 @@ smtpd_tls_chain_files = {self.chain_file}
         # postfix logs to maillog_file, not stderr; `postfix start` returns once master has
         # started, and master wrote its PID before that.
         self.launch(self._cmd("start"), self.launch_log)
+
+
+class LocalPostfix(Postfix):
+    """A private Postfix that delivers mail for any ``USER@localhost`` (a real account) to
+    the mbox ``mailbox(USER)`` in its own sticky spool directory, as the local(8) agent does
+    for the system's /var/mail; ``sendmail_argv()`` submits to this instance (sendmail -C)."""
+
+    mydestination = "localhost"
+
+    def __init__(self, workdir: Path, chain_file: Path) -> None:
+        super().__init__(workdir, chain_file, hostname="localhost")
+        self.mail_dir = self.workdir / "mail"
+
+    def main_cf_extra(self) -> str:
+        self.mail_dir.mkdir(exist_ok=True)
+        self.mail_dir.chmod(0o1777)
+        return f"local_recipient_maps =\nmail_spool_directory = {self.mail_dir}\nbiff = no\n"
+
+    def sendmail_argv(self) -> list[str]:
+        return [SENDMAIL_BIN, "-C", str(self.etc), "-t", "-oi"]
+
+    def mailbox(self, user: str) -> Path:
+        return self.mail_dir / user
+
+    def messages(self, user: str) -> list[email.message.Message]:
+        """The messages delivered to ``user`` so far, oldest first."""
+        path = self.mailbox(user)
+        if not path.exists():
+            return []
+        box = mailbox.mbox(path, create=False)
+        try:
+            return [email.message_from_bytes(box.get_bytes(key)) for key in box.iterkeys()]
+        finally:
+            box.close()
+
+    def queue_empty(self) -> bool:
+        """Nothing waits in this instance's queue (``postqueue -p``): all mail was delivered."""
+        result = subprocess.run(
+            [POSTQUEUE_BIN, "-c", str(self.etc), "-p"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return "Mail queue is empty" in result.stdout + result.stderr
+
+    def wait_for_messages(self, user: str, count: int, timeout: float = 20.0) -> None:
+        """Wait until ``user``'s mbox holds ``count`` messages."""
+        wait_until(
+            f"{count} message(s) for {user}",
+            lambda: len(self.messages(user)) >= count,
+            lambda: self.running,
+            self.logs,
+            timeout=timeout,
+        )
 
 
 # --------------------------------------------------------------------------- vsftpd

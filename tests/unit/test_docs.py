@@ -2,9 +2,9 @@
 
 Every YAML example in README.md and docs/*.md is read by the real map loader (a whole map, a
 consumer entry to paste under ``consumers:``, or a consumer's fields); every JSON example
-parses and has the keys of the document a real deploy or status renders; the README stays
-under 10 KB and links every page of docs/; every relative link in them resolves, to a heading
-where it names one; and contrib's map loads.
+parses and has the keys of the document a real deploy, status or notification renders; the
+README stays under 10 KB and links every page of docs/; every relative link in them resolves,
+to a heading where it names one; and contrib's map loads.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 from certbot_fanout.config import load_config, parse_config
 from certbot_fanout.deploy import deploy
 from certbot_fanout.lineage import read_lineage
+from certbot_fanout.notify import compose, from_deploy
 from certbot_fanout.render_deploy import render_deploy_document
 from certbot_fanout.render_status import render_status_document
 from certbot_fanout.status import check_status
@@ -186,8 +187,8 @@ def shape_problems(shown: object, real: object, where: str) -> list[str]:
 def real_documents(
     lineages: LineageFactory, start_service: Callable[[str, Path], Service]
 ) -> dict[str, dict[str, Any]]:
-    """A deploy's, a status's and a certificate's JSON, from a real deploy to a real service
-    under the certificate names the examples use."""
+    """A deploy's, a status's, a certificate's and a notification's JSON, from a real deploy
+    to a real service under the certificate names the examples use."""
     documents: dict[str, dict[str, Any]] = {}
     for name, kind in (("example.org", "deploy"), ("matrix.example.org", "status")):
         live, _ = lineages.issue(name)
@@ -205,6 +206,8 @@ def real_documents(
         if kind == "deploy":
             documents[kind] = render_deploy_document(result)
             documents["certificate"] = documents[kind]["expected"]
+            message = compose(from_deploy(result), f"deploy {name}", "host", 0.0)
+            documents["notification"] = message.document
         else:
             documents[kind] = render_status_document(check_status(config, None))
     return documents
@@ -215,6 +218,8 @@ def _document_of(shown: dict[str, Any]) -> str:
         return "deploy"
     if "exit_code" in shown:
         return "status"
+    if "changes" in shown:
+        return "notification"
     assert "sha256" in shown, "a JSON example that is no document of certbot-fanout"
     return "certificate"
 

@@ -7,7 +7,9 @@ show by failing much later: which of pip's settings name local directories, and 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -77,3 +79,29 @@ def test_the_summary_says_each_command_and_which_did_not_finish(fresh: ModuleTyp
 )
 def test_the_suite_closing_line_is_recognised(fresh: ModuleType, line: str, closing: bool) -> None:
     assert bool(fresh.PYTEST_CLOSING.match(line)) is closing
+
+
+def test_pid_1_reaps_the_orphans_it_adopts_but_not_what_it_waits_for(
+    fresh: ModuleType,
+) -> None:
+    # In the fresh root this script is PID 1: a server a test's reload script restarted and
+    # detached is adopted by it, and left unreaped it is a zombie that `kill -0` still finds.
+    orphan = subprocess.Popen(["true"])
+    waited = subprocess.Popen(["true"])
+    for proc in (orphan, waited):
+        deadline = time.monotonic() + 5
+        while _state(proc.pid) != "Z":
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)
+    assert orphan.pid in fresh.reap_zombies({waited.pid})
+    assert _state(orphan.pid) is None  # gone from /proc
+    assert _state(waited.pid) == "Z"  # left for its own wait()
+    assert waited.wait(5) == 0
+    orphan.returncode = 0  # reaped above: keep Popen from waiting again
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None

@@ -267,11 +267,7 @@ def inside(root: Path, binds: list[Path], log: Path) -> int:
     env = {"HOME": "/root", "LANG": "C.UTF-8", "PATH": PATH, **pip_environment()}
     env_argv = [f"{k}={v}" for k, v in env.items()]
     failed = 0
-    # PID 1 adopts every orphan (a daemon a test detached, a service a reload restarted), and
-    # must reap it as init does: a zombie left unreaped still answers `kill -0`.
-    running: set[int] = set()
-    stop = threading.Event()
-    reaper = threading.Thread(target=reap_orphans, args=(running, stop), daemon=True)
+    reaper = Reaper()  # from here on, every child is reaped by it
     reaper.start()
     with log.open("ab") as out:
         for name, command in COMMANDS:
@@ -292,7 +288,6 @@ def inside(root: Path, binds: list[Path], log: Path) -> int:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
             )
-            running.add(proc.pid)
             assert proc.stdout is not None
             for line in proc.stdout:
                 if line.startswith(b"==> "):  # dev's steps, stamped: the timings of each
@@ -300,8 +295,7 @@ def inside(root: Path, binds: list[Path], log: Path) -> int:
                 sys.stdout.buffer.write(line)
                 sys.stdout.flush()
                 out.write(line)
-            code = proc.wait()
-            running.discard(proc.pid)
+            code = reaper.wait_for(proc)
             seconds = time.monotonic() - started
             verdict = "passed" if code == 0 else f"FAILED (exit {code})"
             out.write(f"\n@@ {name} {code} {seconds:.1f}\n".encode())
@@ -309,36 +303,39 @@ def inside(root: Path, binds: list[Path], log: Path) -> int:
             failed += code != 0
             # Whatever the command left running dies here, before the next one starts.
             kill_all_but_me()
-    stop.set()
     for mounted in reversed(mounts_under(root)):
         subprocess.run(["umount", "-l", str(mounted)], check=False)
     return 1 if failed else 0
 
 
-def reap_zombies(keep: set[int]) -> list[int]:
-    """Reap every exited child of this process whose pid is not in ``keep`` (those its own
-    code waits for); the pids reaped."""
-    reaped = []
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in keep:
-            continue
-        try:
-            # "PID (comm) STATE PPID ...": comm may hold spaces and parentheses.
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] == "Z" and int(fields[1]) == me:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(int(entry.name), 0)
-                reaped.append(int(entry.name))
-    return reaped
+class Reaper(threading.Thread):
+    """PID 1's init duty: reap every child that exits, orphans adopted included (a daemon a
+    test detached, the old process of a service a reload restarted); left unreaped, a zombie
+    still answers `kill -0`. The exit code of a child this script waits for is kept for
+    :meth:`wait_for`. (/proc here is the outer namespace's, so it cannot be used to tell.)"""
 
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.exited: dict[int, int] = {}
+        self.changed = threading.Condition()
 
-def reap_orphans(keep: set[int], stop: threading.Event) -> None:
-    """Until ``stop``: reap the zombies PID 1 adopted, ten times a second."""
-    while not stop.wait(0.1):
-        reap_zombies(set(keep))
+    def run(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:  # no child right now
+                time.sleep(0.05)
+                continue
+            with self.changed:
+                self.exited[pid] = os.waitstatus_to_exitcode(status)
+                self.changed.notify_all()
+
+    def wait_for(self, proc: subprocess.Popen[bytes]) -> int:
+        """``proc``'s exit code, once the reaper has collected it."""
+        with self.changed:
+            self.changed.wait_for(lambda: proc.pid in self.exited)
+            proc.returncode = self.exited.pop(proc.pid)
+        return proc.returncode
 
 
 def kill_all_but_me() -> None:

@@ -11,7 +11,7 @@ from certbot_fanout import commands, trust, verify
 from certbot_fanout.errors import FanoutError, ProbeError
 from certbot_fanout.files import default_acl, enter_problem, reader_problem
 from certbot_fanout.lineage import Lineage, lineage_dir, read_lineage
-from certbot_fanout.model import Config, Consumer, Endpoint, FileSpec, address_label
+from certbot_fanout.model import Config, Consumer, Endpoint, FileSpec, Notify, address_label
 
 CONNECT_TIMEOUT = 5.0
 
@@ -66,10 +66,37 @@ def _preflight_consumer(consumer: Consumer, lineage: Lineage | None, probe: bool
             problem = _program_problem(argv[0])
             if problem:
                 found.append(f"the {what} command `{' '.join(argv)}` cannot run: {problem}")
+    if consumer.notify:
+        found.extend(_notify_problems(consumer.notify))
     if probe:
         for ep in consumer.verify:
             found.extend(_endpoint_problems(ep))
     return [Problem(consumer.name, text) for text in found]
+
+
+def _notify_problems(notify: Notify) -> list[str]:
+    """What would keep a notifier from delivering: its program, and a webhook's files."""
+    found = []
+    programs = []
+    if notify.mail:
+        programs.append(("mail notifier's sendmail", notify.sendmail))
+    if notify.command is not None:
+        programs.append(("notify command", notify.command))
+    for what, argv in programs:
+        problem = _program_problem(argv[0])
+        if problem:
+            found.append(f"the {what} `{' '.join(argv)}` cannot run: {problem}")
+    hook = notify.webhook
+    if hook is not None and hook.headers_file is not None:
+        from certbot_fanout.notify import read_headers  # only for a map with a webhook
+
+        try:
+            read_headers(hook.headers_file)
+        except FanoutError as e:
+            found.append(f"the webhook {hook.url} would not be told: {e}")
+    if hook is not None and hook.ca_file is not None and not os.access(hook.ca_file, os.R_OK):
+        found.append(f"the webhook's ca_file {hook.ca_file} cannot be read")
+    return found
 
 
 def _endpoint_problems(ep: Endpoint) -> list[str]:

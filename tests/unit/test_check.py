@@ -213,3 +213,46 @@ def test_every_address_of_a_name_must_accept_connections(tmp_path: Path) -> None
     assert f"nothing accepts connections at [::1]:{port} (of both.check.test)" in every
     assert f"127.0.0.1:{port}" not in every
     assert v4 == "[]"
+
+
+def test_a_notifier_that_could_not_deliver_is_a_problem(
+    lineages: LineageFactory, write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    # The map loads (a headers_file is only read when the webhook sends), but a deploy's
+    # failure would reach no one: check says so before it matters.
+    lineages.issue(NAME)
+    headers = tmp_path / "headers"
+    headers.write_text("Authorization: Bearer not-shown\n")
+    headers.chmod(0o644)  # readable by every user: refused when sending
+    config = write_config(
+        f"""\
+version: 1
+consumers:
+  web:
+    certificate: {NAME}
+    notify:
+      mail: [root@localhost]
+      sendmail: [/nonexistent/sendmail, -t, -oi]
+      command: [no-such-pager-here]
+      webhook:
+        url: "https://127.0.0.1:9/hook"
+        headers_file: {headers}
+        ca_file: {tmp_path}/none.pem
+"""
+    )
+    code, lines = run(config, lineages, "--no-probe")
+    assert code == 1, lines
+    text = "\n".join(lines)
+    assert (
+        "PROBLEM: web: the mail notifier's sendmail `/nonexistent/sendmail -t -oi` cannot run"
+        in text
+    )
+    assert (
+        "PROBLEM: web: the notify command `no-such-pager-here` cannot run: no program named" in text
+    )
+    assert (
+        "PROBLEM: web: the webhook https://127.0.0.1:9/hook would not be told: "
+        f"headers_file {headers}" in text
+    )
+    assert f"the webhook's ca_file {tmp_path}/none.pem cannot be read" in text
+    assert "not-shown" not in text

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from certbot_fanout import __version__, commands, files, trust
+from certbot_fanout import __version__, commands, files, state, trust
 from certbot_fanout.errors import FanoutError, LockError, PlacementError
 from certbot_fanout.escape import printable
 from certbot_fanout.lock import run_lock
@@ -161,18 +161,10 @@ def record_path(state_path: str) -> str:
 def load_record(path: str) -> dict[str, frozenset[str]]:
     """Each notifier's key -> the consumers it was last told are failing; empty (with a
     warning) when the record is missing, unreadable or not one."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_RECORD_BYTES + 1)
-    except FileNotFoundError:
-        return {}
-    except OSError as e:
-        logger.warning("cannot read notification record %s: %s", path, e.strerror)
+    doc = state.read_json(path, _MAX_RECORD_BYTES, "notification record")
+    if doc is None:
         return {}
     try:
-        if len(raw) > _MAX_RECORD_BYTES:
-            raise ValueError("too large")
-        doc = json.loads(raw)
         record = {
             str(key): frozenset(str(name) for name in item["failing"])
             for key, item in doc["notifiers"].items()
@@ -475,8 +467,8 @@ def _text(ordered: Sequence[Observation], run: str, host: str, when: str) -> str
 
 
 def _change_lines(o: Observation) -> list[str]:
-    state = "FAILING" if o.failing else "RECOVERED"
-    lines = [f"{state}: {o.name} (certificate {o.consumer.certificate})"]
+    word = "FAILING" if o.failing else "RECOVERED"
+    lines = [f"{word}: {o.name} (certificate {o.consumer.certificate})"]
     if o.failing:
         if o.failed_stage:
             lines.append(f"  failed at {o.failed_stage}: {printable(scrub(o.error or ''))}")

@@ -42,20 +42,33 @@ def default_state_path() -> str:
     return os.environ.get(STATE_ENV) or DEFAULT_STATE_PATH
 
 
-def load_state(path: str) -> dict[str, ConsumerRecord]:
-    """The records by consumer name; empty when there is no usable state file."""
+def read_json(path: str, max_bytes: int, what: str) -> Any:
+    """The JSON document of a small record file (the state file, the notification record),
+    or None when it is missing, unreadable (with a warning) or not JSON within ``max_bytes``
+    (with a warning naming it as ``what``)."""
     try:
         with open(path, "rb") as f:
-            raw = f.read(_MAX_BYTES + 1)
+            raw = f.read(max_bytes + 1)
     except FileNotFoundError:
-        return {}
+        return None
     except OSError as e:
-        logger.warning("cannot read state file %s: %s", path, e.strerror)
+        logger.warning("cannot read %s %s: %s", what, path, e.strerror)
+        return None
+    try:
+        if len(raw) > max_bytes:
+            raise ValueError("too large")
+        return json.loads(raw)
+    except ValueError:
+        logger.warning("%s is not a certbot-fanout %s; ignoring it", path, what)
+        return None
+
+
+def load_state(path: str) -> dict[str, ConsumerRecord]:
+    """The records by consumer name; empty when there is no usable state file."""
+    doc = read_json(path, _MAX_BYTES, "state file")
+    if doc is None:
         return {}
     try:
-        if len(raw) > _MAX_BYTES:
-            raise ValueError("too large")
-        doc = json.loads(raw)
         records = {
             name: ConsumerRecord(
                 certificate=str(item["certificate"]),

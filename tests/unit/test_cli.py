@@ -122,6 +122,7 @@ def test_cert_name_resolves_under_config_dir_and_json_is_stable(
     }
 
 
+@pytest.mark.integration  # seconds of real processes: kept out of the fast unit suite
 def test_failing_consumer_exits_1_and_is_named(
     lineages: LineageFactory, write_config: Callable[[str], Path], tmp_path: Path
 ) -> None:

@@ -577,6 +577,7 @@ def healthy(live: Path) -> Iterator[tuple[Peer, ScriptedPeer]]:
         yield direct, starttls
 
 
+@pytest.mark.integration  # seconds of real processes: kept out of the fast unit suite
 def test_one_deploy_run_fails_every_hostile_consumer_and_stays_within_its_bound(
     live: Path,
     peers: dict[str, ScriptedPeer],

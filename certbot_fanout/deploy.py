@@ -8,6 +8,7 @@ exercised with stand-ins where a real resource is impossible; the defaults are t
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -15,14 +16,25 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from certbot_fanout import commands, files, keystore, probe, state
 from certbot_fanout.errors import CommandError, PlacementError
 from certbot_fanout.lineage import CertInfo, Lineage, read_lineage
 from certbot_fanout.lock import default_lock_path, run_lock
-from certbot_fanout.model import DEFAULT_JOBS, Config, Consumer, Encoding, FileSpec
+from certbot_fanout.model import (
+    DEFAULT_HOST_JOBS,
+    DEFAULT_JOBS,
+    Config,
+    Consumer,
+    Encoding,
+    FileSpec,
+)
 from certbot_fanout.schema import CERTBOT_OWNED
 from certbot_fanout.verify import SETTLE_SECONDS, EndpointResult, poll_endpoint
+
+if TYPE_CHECKING:
+    from certbot_fanout import remote
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +49,10 @@ class Effects:
     run: Callable[[Sequence[str], float, str], commands.CommandResult] = commands.run_command
     fetch: probe.Fetch = probe.fetch_served
     sleep: Callable[[float], None] = time.sleep
+    # For a consumer on another host, the next three are that host's session's (remote).
+    compare: Callable[[files.Desired, files.Snapshot], list[files.Difference]] = files.compare
+    reader_problem: Callable[[str, int, int], str | None] = files.reader_problem
+    remove_leftovers: Callable[[str], None] = files.remove_leftovers
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,7 @@ class DeployOptions:
     force: bool = False
     dry_run: bool = False
     jobs: int = DEFAULT_JOBS
+    host_jobs: int = DEFAULT_HOST_JOBS  # other hosts connected to at once
     # Consumers a killed run may have left placed but not reloaded (see state.mark_pending).
     interrupted: frozenset[str] = frozenset()
 
@@ -59,6 +76,7 @@ class Stage(enum.Enum):
     TEST = "test"
     RELOAD = "reload"
     VERIFY = "verify"
+    CONNECT = "connect"  # its host could not be reached: nothing was done for it
     INTERNAL = "internal"
 
 
@@ -255,10 +273,18 @@ def deploy(
     start = time.monotonic()
     consumers = config.consumers_for(lineage.name)
     results: list[ConsumerResult] = []
-    if consumers:
-        workers = max(1, min(options.jobs, len(consumers)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fanout") as pool:
-            results = list(pool.map(lambda c: _guarded(c, lineage, options, effects), consumers))
+    with contextlib.ExitStack() as stack:
+        places = _Places(effects)
+        if any(c.host for c in consumers):
+            from certbot_fanout import remote  # only for a map with other hosts
+
+            places.hosts = stack.enter_context(
+                remote.Hosts(config.hosts, consumers, options.host_jobs)
+            )
+        if consumers:
+            workers = max(1, min(options.jobs, len(consumers)))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fanout") as pool:
+                results = list(pool.map(lambda c: places.run(c, lineage, options), consumers))
     return DeployResult(
         certificate=lineage.name,
         expected=lineage.cert,
@@ -316,6 +342,50 @@ def record_result(state_path: str, result: DeployResult) -> None:
         verified=[c.name for c in ok if c.endpoints],
         now=time.time(),
         finished=[c.name for c in result.consumers],
+    )
+
+
+class _Places:
+    """Where each consumer of a run lives: this host (the run's effects), or another one
+    (that host's session, connected once for all its consumers)."""
+
+    def __init__(self, effects: Effects) -> None:
+        self.effects = effects
+        self.hosts: remote.Hosts | None = None
+
+    def run(self, consumer: Consumer, lineage: Lineage, options: DeployOptions) -> ConsumerResult:
+        if consumer.host is None:
+            return _guarded(consumer, lineage, options, self.effects)
+        from certbot_fanout.remote import HostError
+
+        assert self.hosts is not None
+        start = time.monotonic()
+        try:
+            session, placed = self.hosts.prepare(consumer)
+        except HostError as e:
+            return _failed(consumer, Stage.CONNECT, str(e), start)
+        except PlacementError as e:
+            return _failed(consumer, Stage.PLACE, str(e), start)
+        effects = replace(
+            self.effects,
+            snapshot=session.snapshot,
+            place=session.place,
+            restore=session.restore,
+            run=session.run,
+            compare=session.compare,
+            reader_problem=session.reader_problem,
+            remove_leftovers=session.remove_leftovers,
+        )
+        return replace(_guarded(placed, lineage, options, effects), consumer=consumer)
+
+
+def _failed(consumer: Consumer, stage: Stage, error: str, start: float) -> ConsumerResult:
+    return ConsumerResult(
+        consumer=consumer,
+        outcome=Outcome.FAILED,
+        failed_stage=stage,
+        error=error,
+        seconds=time.monotonic() - start,
     )
 
 
@@ -399,7 +469,7 @@ class _ConsumerRun:
                 placed = {previous.path for previous in self.placed}
                 for spec in self.consumer.files:
                     if spec.path not in placed:
-                        files.remove_leftovers(spec.path)
+                        self.fx.remove_leftovers(spec.path)
 
     def _run(self) -> ConsumerResult:
         """Place, then (when :func:`why_reload` says so) test and reload, then verify; a failed
@@ -491,10 +561,10 @@ class _ConsumerRun:
         for spec in self.consumer.files:
             desired = desired_file(spec, self.lineage)
             current = self.fx.snapshot(spec.path)
-            found = files.compare(desired, current)
+            found = self.fx.compare(desired, current)
             warning = None
             if spec.link and desired.target is not None:
-                problem = files.reader_problem(desired.target, spec.owner, spec.group)
+                problem = self.fx.reader_problem(desired.target, spec.owner, spec.group)
                 if problem:
                     warning = f"{spec.owner_name} cannot follow the link: {problem}"
             changed = bool(found) or self.options.force
@@ -515,7 +585,7 @@ class _ConsumerRun:
         """Whether a placement that failed got as far as renaming ``desired`` into place
         (only the directory's fsync comes after); when unsure, say so, to restore it."""
         try:
-            return not files.compare(desired, self.fx.snapshot(desired.path))
+            return not self.fx.compare(desired, self.fx.snapshot(desired.path))
         except PlacementError:
             return True
 

@@ -427,8 +427,18 @@ def _read_all(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def compare(desired: Desired, current: Snapshot) -> list[Difference]:
-    """How ``current`` is not ``desired``; empty when nothing needs doing."""
+def compare(
+    desired: Desired,
+    current: Snapshot,
+    *,
+    user: Callable[[int], str] | None = None,
+    group: Callable[[int], str] | None = None,
+) -> list[Difference]:
+    """How ``current`` is not ``desired``; empty when nothing needs doing. ``user`` and
+    ``group`` name ids in the messages (default: as this host names them; for a file on
+    another host, as that host does)."""
+    user = user or _user
+    group = group or _group
     if current.kind is Kind.MISSING:
         return [Difference(DifferenceKind.MISSING, MISSING_REASON)]
     if desired.target is not None:
@@ -448,11 +458,11 @@ def compare(desired: Desired, current: Snapshot) -> list[Difference]:
     if not _same_content(desired, current.data):
         found.append(Difference(DifferenceKind.CONTENT, "content differs"))
     if current.uid != desired.uid:
-        owner = f"owner {_user(current.uid)}, expected {_user(desired.uid)}"
+        owner = f"owner {user(current.uid)}, expected {user(desired.uid)}"
         found.append(Difference(DifferenceKind.OWNER, owner))
     if current.gid != desired.gid:
-        group = f"group {_group(current.gid)}, expected {_group(desired.gid)}"
-        found.append(Difference(DifferenceKind.GROUP, group))
+        wrong = f"group {group(current.gid)}, expected {group(desired.gid)}"
+        found.append(Difference(DifferenceKind.GROUP, wrong))
     if current.mode != desired.mode:
         mode = f"mode {current.mode:04o}, expected {desired.mode:04o}"
         found.append(Difference(DifferenceKind.MODE, mode))

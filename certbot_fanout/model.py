@@ -21,6 +21,13 @@ CONFIG_ENV = "CERTBOT_FANOUT_CONFIG"
 
 # How many consumers deploy (its --jobs) and status handle at once.
 DEFAULT_JOBS = 128
+# Other hosts (``hosts:``): how many are connected to at once, the project's own known_hosts
+# file (``hosts trust`` pins keys there), and where a run keeps its ssh control sockets.
+DEFAULT_HOST_JOBS = 32
+DEFAULT_KNOWN_HOSTS = "/var/lib/certbot-fanout/known_hosts"
+DEFAULT_RUNTIME_DIR = "/run/certbot-fanout"
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_PYTHON = "python3"
 
 # Seconds a consumer's reload and the verification of its endpoints may take, unless the map
 # says otherwise; a timeout in the map is more than 0 and at most MAX_TIMEOUT (a day).
@@ -182,6 +189,28 @@ class Consumer:
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
     notes: str = ""
     notify: Notify | None = None
+    # The name of the host (in ``hosts:``) it lives on; None: this host. The files, test and
+    # reload of a remote consumer happen there; its owners and groups are resolved there
+    # (FileSpec.owner and group are then REMOTE_ID unless the map gave a number).
+    host: str | None = None
+
+
+# A FileSpec's owner or group on another host, before that host resolved its name.
+REMOTE_ID = -1
+
+
+@dataclass(frozen=True)
+class Host:
+    """Another machine, reached with the system's OpenSSH client (``hosts:`` in the map)."""
+
+    name: str
+    ssh: str  # an ssh destination: [user@]host; the admin's ssh_config applies
+    port: int | None = None
+    ssh_config: str | None = None  # given to ssh as -F (None: ssh's own defaults)
+    identity_file: str | None = None
+    known_hosts: str = DEFAULT_KNOWN_HOSTS
+    python: str = DEFAULT_PYTHON  # the target's interpreter (3.9 or later)
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -190,6 +219,13 @@ class Config:
 
     source: str
     consumers: tuple[Consumer, ...]
+    hosts: tuple[Host, ...] = ()
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
 
     def consumers_for(self, certificate: str) -> tuple[Consumer, ...]:
         return tuple(c for c in self.consumers if c.certificate == certificate)

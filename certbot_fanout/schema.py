@@ -34,6 +34,7 @@ from certbot_fanout.model import (
     DEFAULT_RELOAD_TIMEOUT,
     DEFAULT_VERIFY_TIMEOUT,
     MAX_TIMEOUT,
+    REMOTE_ID,
     Config,
     Consumer,
     Dialect,
@@ -41,10 +42,12 @@ from certbot_fanout.model import (
     Endpoint,
     Family,
     FileSpec,
+    Host,
     Notify,
     Part,
 )
 from certbot_fanout.presets import CERTIFICATE_RE, PRESETS, SYNAPSE_SERVER_NAME_FILE
+from certbot_fanout.schema_hosts import read_hosts
 from certbot_fanout.schema_keystore import (
     KEYSTORE_KEYS,
     WHOLE_FILES,
@@ -79,7 +82,7 @@ CERTBOT_OWNED = ("live", "archive", "keys", "renewal", "accounts")
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _MODE_RE = re.compile(r"^0?[0-7]{3}$")
 
-_TOP_KEYS = ("version", "defaults", "consumers")
+_TOP_KEYS = ("version", "defaults", "hosts", "consumers")
 _DEFAULTS_KEYS = ("reload_timeout", "verify_timeout", "notify")
 _CONSUMER_KEYS = (
     "certificate",
@@ -92,6 +95,7 @@ _CONSUMER_KEYS = (
     "notes",
     "preset",
     "notify",
+    "host",
 )
 _FILE_KEYS = ("path", "content", "owner", "group", "mode", "link", *KEYSTORE_KEYS)
 _ENDPOINT_KEYS = ("host", "port", "server_name", "starttls", "check_chain", "family")
@@ -202,7 +206,10 @@ class _MapReader(Reader):
     def __init__(self, source: str, certbot_dirs: Sequence[str]) -> None:
         super().__init__(source)
         self.owned = _owned_dirs(certbot_dirs)
-        self.paths: dict[str, str] = {}  # a placed file's path -> the entry that places it
+        # A placed file's host (None: this one) and path -> the entry that places it.
+        self.paths: dict[tuple[str | None, str], str] = {}
+        self.hosts: dict[str, Host] = {}
+        self.remote: str | None = None  # the host of the consumer being read
 
     # -- the top level --------------------------------------------------------------------
 
@@ -211,10 +218,12 @@ class _MapReader(Reader):
         self.check_keys(top, _TOP_KEYS, Path(), ("version",), root)
         self.version(top["version"][1])
         defaults = self.defaults(top["defaults"][1]) if "defaults" in top else _Defaults()
+        hosts = read_hosts(self, top["hosts"][1]) if "hosts" in top else ()
+        self.hosts = {h.name: h for h in hosts}
         consumers: list[Consumer] = []
         if "consumers" in top:
             consumers = self.consumers(top["consumers"][1], defaults)
-        return Config(source=self.source, consumers=tuple(consumers))
+        return Config(source=self.source, consumers=tuple(consumers), hosts=hosts)
 
     def version(self, node: Node) -> None:
         path = Path() / "version"
@@ -268,6 +277,9 @@ class _MapReader(Reader):
         items = self.mapping(node, path, "a mapping describing the consumer")
         self.check_keys(items, _CONSUMER_KEYS, path, ("certificate",), node)
         certificate = self.certificate(items["certificate"][1], path / "certificate")
+        self.remote = None
+        if "host" in items:
+            self.remote = self.consumer_host(items["host"][1], path / "host")
         if "preset" in items:
             for key, pair in self.preset(items["preset"][1], path / "preset", certificate):
                 items.setdefault(key, pair)
@@ -290,7 +302,18 @@ class _MapReader(Reader):
             verify_timeout=opt("verify_timeout", self.timeout, defaults.verify_timeout),
             notes=opt("notes", self.string, "").strip(),
             notify=opt("notify", self.notify, defaults.notify),
+            host=self.remote,
         )
+
+    def consumer_host(self, node: Node, path: Path) -> str:
+        """A consumer's ``host``: one of the map's ``hosts``."""
+        name = self.string(node, path, "the name of a host in 'hosts'")
+        if name not in self.hosts:
+            hint = suggest(name, self.hosts)
+            known = ", ".join(self.hosts) if self.hosts else "none: add a 'hosts:' block"
+            extra = f"{hint} " if hint else ""
+            raise self.error(node, path, f"unknown host '{name}'; {extra}hosts in the map: {known}")
+        return name
 
     def certificate(self, node: Node, path: Path) -> str:
         certificate = self.string(node, path, "a certbot lineage name")
@@ -329,7 +352,8 @@ class _MapReader(Reader):
                 "set the consumer's fields without a preset",
             )
         origin = Origin(node=node, note=_Preset(name).note)
-        server_name = synapse_server_name() if preset.federation else None
+        # Synapse's server name is read from this host's config: not one on another host.
+        server_name = synapse_server_name() if preset.federation and not self.remote else None
         try:
             text = preset.expand(certificate, server_name)
             root = self.include(text, f"<preset {name}>", origin)
@@ -350,7 +374,7 @@ class _MapReader(Reader):
         items = self.mapping(node, path, "a mapping with 'path' and 'content'")
         self.check_keys(items, _FILE_KEYS, path, ("path", "content"), node)
         file_path = self.file_path(items["path"][1], path / "path")
-        self.paths[file_path] = str(path)
+        self.paths[(self.remote, file_path)] = str(path)
 
         whole = whole_file(self, items["content"][1], path / "content")
         encoding, content = whole or (
@@ -358,6 +382,13 @@ class _MapReader(Reader):
             self.content(items["content"][1], path / "content"),
         )
         link = self.boolean(items["link"][1], path / "link") if "link" in items else False
+        if link and self.remote:
+            raise self.error(
+                items["link"][1],
+                path / "link",
+                f"a consumer on host {self.remote} cannot link into live/: the lineage is on "
+                "this host; place a copy (drop 'link')",
+            )
         if link:
             refuse_link(self, items, path, encoding)
             self.check_link(items, path, content)
@@ -397,11 +428,11 @@ class _MapReader(Reader):
                 "it on every renewal; certbot-fanout must not write there (place the copy "
                 "elsewhere, or use link: true for a symlink into live/)",
             )
-        if file_path in self.paths:
+        if (self.remote, file_path) in self.paths:
             raise self.error(
                 node,
                 path,
-                f"{file_path} is already placed by {self.paths[file_path]}; "
+                f"{file_path} is already placed by {self.paths[(self.remote, file_path)]}; "
                 "each path may be placed by one entry only",
             )
         return file_path
@@ -480,6 +511,8 @@ class _MapReader(Reader):
                 raise self.error(node, path, f"{kind} id {value} is out of range")
             return value, str(value)
         name = self.string(node, path, f"a {kind} name or numeric id")
+        if self.remote:
+            return REMOTE_ID, name  # resolved on that host, before anything is placed there
         try:
             if user:
                 return pwd.getpwnam(name).pw_uid, name

@@ -509,7 +509,7 @@ def test_unknown_key_with_a_suggestion(
 @pytest.mark.parametrize(
     ("text", "key_path", "known"),
     [
-        ("version: 1\nzzz: 1\n", "zzz", "version, defaults, consumers"),
+        ("version: 1\nzzz: 1\n", "zzz", "version, defaults, hosts, consumers"),
         ("version: 1\ndefaults: {zzz: 1}\n", "defaults.zzz", "reload_timeout, verify_timeout"),
         (_with_consumer_key("zzz: 1"), "consumers.web.zzz", "certificate, files, test, reload"),
         (_with_file("{path: /a, content: cert, zzz: 1}"), "consumers.web.files[0].zzz", "mode"),

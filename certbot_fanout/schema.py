@@ -47,7 +47,7 @@ from certbot_fanout.model import (
     Part,
 )
 from certbot_fanout.presets import CERTIFICATE_RE, PRESETS, SYNAPSE_SERVER_NAME_FILE
-from certbot_fanout.schema_hosts import read_hosts
+from certbot_fanout.schema_hosts import consumer_host, read_hosts
 from certbot_fanout.schema_keystore import (
     KEYSTORE_KEYS,
     WHOLE_FILES,
@@ -279,7 +279,7 @@ class _MapReader(Reader):
         certificate = self.certificate(items["certificate"][1], path / "certificate")
         self.remote = None
         if "host" in items:
-            self.remote = self.consumer_host(items["host"][1], path / "host")
+            self.remote = consumer_host(self, self.hosts, items["host"][1], path / "host")
         if "preset" in items:
             for key, pair in self.preset(items["preset"][1], path / "preset", certificate):
                 items.setdefault(key, pair)
@@ -304,16 +304,6 @@ class _MapReader(Reader):
             notify=opt("notify", self.notify, defaults.notify),
             host=self.remote,
         )
-
-    def consumer_host(self, node: Node, path: Path) -> str:
-        """A consumer's ``host``: one of the map's ``hosts``."""
-        name = self.string(node, path, "the name of a host in 'hosts'")
-        if name not in self.hosts:
-            hint = suggest(name, self.hosts)
-            known = ", ".join(self.hosts) if self.hosts else "none: add a 'hosts:' block"
-            extra = f"{hint} " if hint else ""
-            raise self.error(node, path, f"unknown host '{name}'; {extra}hosts in the map: {known}")
-        return name
 
     def certificate(self, node: Node, path: Path) -> str:
         certificate = self.string(node, path, "a certbot lineage name")

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 
 from certbot_fanout.model import DEFAULT_CONNECT_TIMEOUT, Host
-from certbot_fanout.yamlnode import INT_TAG, NULL_TAG, Node, Path, Reader, ScalarNode
+from certbot_fanout.yamlnode import INT_TAG, NULL_TAG, Node, Path, Reader, ScalarNode, suggest
 
 HOST_KEYS = (
     "ssh",
@@ -53,6 +54,17 @@ def read_hosts(reader: Reader, node: Node) -> tuple[Host, ...]:
             )
         hosts.append(_host(reader, name, value_node, path / name))
     return tuple(hosts)
+
+
+def consumer_host(reader: Reader, hosts: Mapping[str, Host], node: Node, path: Path) -> str:
+    """A consumer's ``host``: one of the map's ``hosts``."""
+    name = reader.string(node, path, "the name of a host in 'hosts'")
+    if name not in hosts:
+        hint = suggest(name, hosts)
+        known = ", ".join(hosts) if hosts else "none: add a 'hosts:' block"
+        extra = f"{hint} " if hint else ""
+        raise reader.error(node, path, f"unknown host '{name}'; {extra}hosts in the map: {known}")
+    return name
 
 
 def _host(reader: Reader, name: str, node: Node, path: Path) -> Host:

@@ -22,6 +22,7 @@ from certbot_fanout.model import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_CRIT_DAYS,
     DEFAULT_JOBS,
+    DEFAULT_KNOWN_HOSTS,
     DEFAULT_WARN_DAYS,
 )
 
@@ -304,6 +305,21 @@ def build_parser() -> _Parser:
         action="store_true",
         help="print a whole map (version: 1, consumers:) with this one consumer",
     )
+
+    hosts = add_command(
+        "hosts",
+        help="pin the ssh host key of a host in the map (hosts trust HOST)",
+        description="hosts trust HOST: connect to HOST as a run would (ssh_config applies) "
+        "without authenticating, show the fingerprints of the key it presents, and after you "
+        "confirm (or with --yes) pin it in the host's known_hosts file (default "
+        f"{DEFAULT_KNOWN_HOSTS}); a run refuses any host whose key is not pinned there.",
+        epilog="exit codes: 0 pinned (or already pinned); 1 not confirmed, or the host's key "
+        "could not be read; 2 usage or config error.",
+    )
+    _common_options(hosts, top=False)
+    hosts.add_argument("action", choices=("trust",), help="trust: pin the host's key")
+    hosts.add_argument("host", metavar="HOST", help="a host name from the map's hosts:")
+    hosts.add_argument("--yes", action="store_true", help="pin without asking")
 
     demo = add_command(
         "demo",
@@ -767,6 +783,47 @@ def _notify_report(report: NotifyReport, verbose: bool) -> None:
         print(f"certbot-fanout: notify: {line}", file=sys.stderr)
 
 
+def _hosts(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    from certbot_fanout import hostkeys
+    from certbot_fanout.errors import ConfigError
+    from certbot_fanout.remote import HostError
+    from certbot_fanout.escape import printable
+
+    config = _load_map(args, env, _certbot_dirs(args))
+    try:
+        host = config.host(args.host)
+    except KeyError:
+        known = ", ".join(h.name for h in config.hosts) or "none"
+        raise ConfigError(
+            f"no host {args.host!r} in the map (hosts: {known})", config.source
+        ) from None
+    try:
+        learnt = hostkeys.scan(host)
+    except HostError as e:
+        print(f"certbot-fanout: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    for line in learnt.fingerprints:
+        print(f"{host.name}: {printable(line)}", file=out)
+    if hostkeys.pinned(host, learnt):
+        print(f"{host.name}: already pinned in {host.known_hosts}", file=out)
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(
+                "certbot-fanout: not pinned: confirm on a terminal, or pass --yes once you "
+                "have checked the fingerprints",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        answer = input(f"Pin this key for {host.name} in {host.known_hosts}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("certbot-fanout: not pinned", file=sys.stderr)
+            return EXIT_FAILED
+    hostkeys.pin(host, learnt)
+    print(f"{host.name}: pinned in {host.known_hosts}", file=out)
+    return 0
+
+
 def _demo(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from certbot_fanout.demo import run_demo
 
@@ -782,5 +839,6 @@ _COMMANDS: dict[str, _Handler] = {
     "status": _status,
     "discover": _discover,
     "presets": _presets,
+    "hosts": _hosts,
     "demo": _demo,
 }

@@ -119,18 +119,18 @@ def ssh_program() -> str:
     return program
 
 
-def ssh_options(host: Host) -> list[str]:
-    """The options every ssh a run starts for ``host`` gets, before the destination."""
-    options = [
-        "-T",
-        "-x",
-        "-a",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"UserKnownHostsFile={host.known_hosts}",
+def ssh_options(host: Host, *, pinned: bool = True) -> list[str]:
+    """The options every ssh a run starts for ``host`` gets, before the destination; only
+    ``hosts trust`` asks for them without the pinned key (``pinned=False``)."""
+    options = ["-T", "-x", "-a", "-o", "BatchMode=yes"]
+    if pinned:
+        options += [
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={host.known_hosts}",
+        ]
+    options += [
         "-o",
         f"ConnectTimeout={max(1, math.ceil(host.connect_timeout))}",
         "-o",

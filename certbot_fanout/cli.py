@@ -786,8 +786,8 @@ def _notify_report(report: NotifyReport, verbose: bool) -> None:
 def _hosts(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from certbot_fanout import hostkeys
     from certbot_fanout.errors import ConfigError
-    from certbot_fanout.remote import HostError
     from certbot_fanout.escape import printable
+    from certbot_fanout.remote import HostError
 
     config = _load_map(args, env, _certbot_dirs(args))
     try:

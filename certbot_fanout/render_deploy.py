@@ -43,7 +43,7 @@ def _ms(seconds: float) -> str:
 def render_deploy_text(result: DeployResult, verbose: bool = False) -> str:
     """One header line, one line per consumer (plus its notes when it failed), one summary."""
     lines = [_header(result)]
-    width = max((len(printable(c.name)) for c in result.consumers), default=0)
+    width = max((len(_named(c)) for c in result.consumers), default=0)
     for consumer in result.consumers:
         lines.extend(_consumer_lines(consumer, width, verbose or result.dry_run, result.expected))
     lines.append(_summary(result))
@@ -71,7 +71,7 @@ def _consumer_lines(
     c: ConsumerResult, width: int, verbose: bool, expected: CertInfo | None
 ) -> list[str]:
     indent = " " * (width + 12)
-    lines = [f"  {printable(c.name):<{width}}  {_STATUS_WORD[c.outcome]:<7} {_story(c)}"]
+    lines = [f"  {_named(c):<{width}}  {_STATUS_WORD[c.outcome]:<7} {_story(c)}"]
     lines.extend(indent + line for line in _file_lines(c, verbose or c.outcome is Outcome.FAILED))
     lines.extend(
         indent + f"warning: {printable(ep.label)}: {printable(w)}"
@@ -82,6 +82,12 @@ def _consumer_lines(
         lines.extend(indent + line for line in _endpoint_failure_lines(c, expected))
         lines.extend(indent + line for line in _note_lines(c.notes))
     return lines
+
+
+def _named(c: ConsumerResult) -> str:
+    """The consumer's name, and the host it lives on when that is not this one."""
+    host = c.consumer.host
+    return printable(c.name) + (f" @{printable(host)}" if host else "")
 
 
 def _file_lines(c: ConsumerResult, detail: bool) -> list[str]:
@@ -261,6 +267,7 @@ def render_deploy_document(result: DeployResult) -> dict[str, Any]:
 def _consumer_document(c: ConsumerResult) -> dict[str, Any]:
     return {
         "name": c.name,
+        "host": c.consumer.host,
         "outcome": c.outcome.value,
         "failed_stage": c.failed_stage.value if c.failed_stage else None,
         "error": c.error,

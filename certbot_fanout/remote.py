@@ -177,6 +177,14 @@ def _json_bytes(value: object) -> bytes:
     return json.dumps(value).encode("utf-8")
 
 
+def _has_entries(known_hosts: str) -> bool:
+    """Whether ``known_hosts`` exists and holds anything."""
+    try:
+        return os.path.getsize(known_hosts) > 0
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def control_directory(runtime_dir: str = DEFAULT_RUNTIME_DIR) -> Iterator[str]:
     """A directory for this run's ssh control sockets, only its user can enter; removed after.
@@ -322,7 +330,13 @@ class Session:
             )
         if isinstance(message, BaseException):
             words = words or str(message)
-        return f"{self.where}: ssh failed (exit {code}): {words or 'it said nothing'}"
+        hint = ""
+        if code == 255 and not _has_entries(self.host.known_hosts):
+            hint = (
+                f" ({self.host.known_hosts} pins no host key yet: check and pin this one "
+                f"with `certbot-fanout hosts trust {self.host.name}`)"
+            )
+        return f"{self.where}: ssh failed (exit {code}): {words or 'it said nothing'}{hint}"
 
     def _ssh_words(self) -> str:
         """The last lines ssh (or the remote shell) wrote to stderr, escaped."""

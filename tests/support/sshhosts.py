@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from .netns import TestNetwork, in_netns
+from .netns import TestNetwork, in_netns, sweep_leftovers
 from .proc import Account, alive, find_binary, spawn, tail, terminate
 
 __all__ = ["HostStat", "HostUser", "InHostDaemon", "SshHost", "SshHosts"]
@@ -43,6 +43,11 @@ SSH_BIN = find_binary("ssh", "/usr/bin/ssh")
 NSENTER_BIN = find_binary("nsenter", "/usr/bin/nsenter")
 UNSHARE_BIN = find_binary("unshare", "/usr/bin/unshare")
 NGINX_BIN = find_binary("nginx", "/usr/sbin/nginx")
+DOVECOT_BIN = find_binary("dovecot", "/usr/sbin/dovecot")
+DOVEADM_BIN = find_binary("doveadm", "/usr/bin/doveadm")
+# A tmpfs of every host for daemons' runtime files: every user can traverse it (Dovecot's
+# login processes run as dovenull), unlike a test's workdir.
+HOST_RUN = "/run/sshhosts"
 START_TIMEOUT = 10.0
 FIRST_UID = 2100
 
@@ -210,6 +215,7 @@ class SshHost:
             steps.append(
                 f"mount -t tmpfs -o mode=0755{size} {_quote(self.label)} {_quote(directory)}"
             )
+        steps.append(f"mount -t tmpfs -o mode=0755,size=4m {_quote(self.label)} {HOST_RUN}")
         for name in ("passwd", "group", "shadow"):
             steps.append(f"mount --bind {_quote(self.dir / name)} /etc/{name}")
         return " && ".join([*steps, "exec sleep infinity"])
@@ -220,7 +226,7 @@ class SshHost:
         self._new_host_key()
         self.authorized_keys.write_text(self.hosts.identity.with_suffix(".pub").read_text())
         self._write_sshd_config()
-        for directory in self.tmpfs:
+        for directory in (*self.tmpfs, HOST_RUN):
             if not Path(directory).is_dir():
                 Path(directory).mkdir(parents=True)
                 self.hosts.made_dirs.append(Path(directory))
@@ -383,6 +389,64 @@ http {{
         )
         return daemon
 
+    def start_dovecot(self, cert_path: str, key_path: str, port: int = 143) -> InHostDaemon:
+        """Dovecot (IMAP with STARTTLS, foreground master) inside this host on ADDRESS:port,
+        serving ``cert_path``/``key_path`` (paths on the host); its ``reload_argv`` is
+        ``doveadm -c CONF reload`` (run on the host). Config and log in the host's directory,
+        runtime files in the host's own /run/sshhosts."""
+        state = self.dir / f"dovecot-{port}"
+        state.mkdir(parents=True, exist_ok=True)
+        conf = state / "dovecot.conf"
+        base = f"{HOST_RUN}/dovecot-{port}"
+        # No !include of /etc/dovecot: nothing of the system instance is read.
+        conf.write_text(
+            f"""base_dir = {base}
+state_dir = {base}/state
+log_path = {state / "dovecot.log"}
+protocols = imap
+listen = {self.address}
+ssl = yes
+ssl_cert = <{cert_path}
+ssl_key = <{key_path}
+mail_location = maildir:{base}/mail/%u
+passdb {{
+  driver = static
+  args = nopassword=y
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={base}/home/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = {self.address}
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+"""
+        )
+        log = state / "launch.log"
+        proc = spawn(self.enter_argv([DOVECOT_BIN, "-F", "-c", conf]), log, append=False)
+        daemon = InHostDaemon(
+            "dovecot",
+            proc,
+            [DOVECOT_BIN, "-c", str(conf), "-n"],
+            [DOVEADM_BIN, "-c", str(conf), "reload"],
+            log,
+        )
+        self.daemons.append(daemon)
+        address = self.address
+        _wait(
+            "dovecot",
+            lambda: b"LISTEN" in self.run(["ss", "-Htln", f"src {address}:{port}"]).stdout,
+            proc,
+            state / "dovecot.log",
+        )
+        return daemon
+
     def close(self) -> list[str]:
         problems = []
         for daemon in reversed(self.daemons):
@@ -462,6 +526,7 @@ class SshHosts:
 
     def open(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        sweep_leftovers()  # a killed run's namespaces, and the sshds and daemons in them
         self.network.open()
         subprocess.run(
             [SSH_KEYGEN_BIN, "-q", "-t", "ed25519", "-N", "", "-C", "controller", "-f",

@@ -75,25 +75,62 @@ def test_a_stopped_host_refuses_then_comes_back_with_its_files(hosts: SshHosts) 
     assert ssh(hosts, a, "cat /srv/tls/kept").stdout == "k"
 
 
-def test_nginx_in_a_host_serves_the_cert_placed_there(hosts: SshHosts, tmp_path: Path) -> None:
-    a = hosts.hosts["a"]
+def place_cert(host: SshHost, tmp_path: Path) -> str:
+    """A throwaway certificate and key in the host's /srv/tls; the certificate's SHA-256."""
     key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
          "-nodes", "-keyout", str(key), "-out", str(cert), "-subj", "/CN=a.test", "-days", "2"],
         check=True, capture_output=True,
     )  # fmt: skip
-    a.write("/srv/tls/cert.pem", cert.read_bytes())
-    a.write("/srv/tls/key.pem", key.read_bytes(), mode=0o600)
-    nginx = a.start_nginx("/srv/tls/cert.pem", "/srv/tls/key.pem")
-    served = served_in(hosts.controller, a.address, 443, "a.test")
-    der = subprocess.run(
+    host.write("/srv/tls/cert.pem", cert.read_bytes())
+    host.write("/srv/tls/key.pem", key.read_bytes(), mode=0o600)
+    fingerprint = subprocess.run(
         ["openssl", "x509", "-in", str(cert), "-noout", "-fingerprint", "-sha256"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    assert served.fingerprint == der.split("=")[1].strip().replace(":", "").lower()
+    return fingerprint.split("=")[1].strip().replace(":", "").lower()
+
+
+def test_nginx_in_a_host_serves_the_cert_placed_there(hosts: SshHosts, tmp_path: Path) -> None:
+    a = hosts.hosts["a"]
+    fingerprint = place_cert(a, tmp_path)
+    nginx = a.start_nginx("/srv/tls/cert.pem", "/srv/tls/key.pem")
+    assert served_in(hosts.controller, a.address, 443, "a.test").fingerprint == fingerprint
     assert a.run(nginx.test_argv).returncode == 0
     assert a.run(nginx.reload_argv).returncode == 0
+
+
+def test_dovecot_in_a_host_offers_starttls_with_the_cert_there(
+    hosts: SshHosts, tmp_path: Path
+) -> None:
+    a = hosts.hosts["a"]
+    fingerprint = place_cert(a, tmp_path)
+    dovecot = a.start_dovecot("/srv/tls/cert.pem", "/srv/tls/key.pem")
+    client = subprocess.run(
+        hosts.controller_argv(
+            ["openssl", "s_client", "-starttls", "imap", "-connect", f"{a.address}:143"]
+        ),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    leaf = subprocess.run(
+        ["openssl", "x509", "-noout", "-fingerprint", "-sha256"],
+        input=client.stdout, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert leaf.split("=")[1].strip().replace(":", "").lower() == fingerprint
+    assert a.run(dovecot.reload_argv).returncode == 0
+
+
+def test_kill_sessions_cuts_an_open_connection(hosts: SshHosts) -> None:
+    a = hosts.hosts["a"]
+    session = subprocess.Popen(
+        hosts.ssh_argv(a, "echo up; sleep 30"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert session.stdout is not None
+    assert session.stdout.readline() == b"up\n"
+    assert a.kill_sessions()
+    assert session.wait(timeout=10) == 255
+    assert ssh(hosts, a).returncode == 0  # the listener is still up
 
 
 def test_python39_on_a_host(tmp_path: Path) -> None:

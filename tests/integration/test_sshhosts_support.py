@@ -133,6 +133,26 @@ def test_kill_sessions_cuts_an_open_connection(hosts: SshHosts) -> None:
     assert ssh(hosts, a).returncode == 0  # the listener is still up
 
 
+def test_an_unreachable_host(hosts: SshHosts) -> None:
+    a = hosts.hosts["a"]
+    a.stop(unreachable=True)
+    done = ssh(hosts, a)
+    assert done.returncode == 255
+    assert "No route to host" in done.stderr or "timed out" in done.stderr, done.stderr
+    a.start()
+    assert ssh(hosts, a).returncode == 0
+
+
+def test_a_full_disk_and_a_path_without_python(tmp_path: Path) -> None:
+    with SshHosts(tmp_path / "ssh") as hosts:
+        small = hosts.add_host("small", tmpfs_size="64k", path_env="/nonexistent")
+        done = ssh(hosts, small, "command -v python3")
+        assert done.returncode != 0
+        full = ssh(hosts, small, "/usr/bin/head -c 200000 /dev/zero > /srv/tls/big")
+        assert full.returncode != 0
+        assert "No space left on device" in full.stderr
+
+
 def test_python39_on_a_host(tmp_path: Path) -> None:
     python = ensure_python39()
     with SshHosts(tmp_path / "ssh") as hosts:

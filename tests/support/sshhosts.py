@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from .netns import TestNetwork, in_netns, sweep_leftovers
+from .netns import IP_BIN, TestNetwork, in_netns, sweep_leftovers
 from .proc import Account, alive, find_binary, spawn, tail, terminate
 
 __all__ = ["HostStat", "HostUser", "InHostDaemon", "SshHost", "SshHosts"]
@@ -300,6 +300,8 @@ class SshHost:
         """Start sshd (listening on port 22 of the address) if it is not running."""
         if self.running:
             return
+        link_up = [IP_BIN, "-n", self.netns, "link", "set", "eth0", "up"]
+        subprocess.run(link_up, check=True, capture_output=True, timeout=30)
         self.sshd = spawn(
             self.enter_argv([SSHD_BIN, "-D", "-e", "-f", self.sshd_config]),
             self.sshd_log,
@@ -311,9 +313,15 @@ class SshHost:
         done = self.run(["ss", "-Htln", f"src {self.address}:22"], timeout=10)
         return b"LISTEN" in done.stdout
 
-    def stop(self) -> None:
-        """Host down: its sshd is killed (with every session); the address stays up, so a
-        connection is refused at once. The host's files are kept."""
+    def stop(self, *, unreachable: bool = False) -> None:
+        """Host down: its sshd is killed (with every session). By default the address stays
+        up, so a connection is refused at once ("Connection refused"); with ``unreachable``
+        the host's link goes down too, so nothing answers ARP and a connection fails after
+        ARP gives up ("No route to host", about 3 s). The host's files are kept; ``start``
+        brings the link and sshd back."""
+        if unreachable:
+            run_ip = [IP_BIN, "-n", self.netns, "link", "set", "eth0", "down"]
+            subprocess.run(run_ip, check=True, capture_output=True, timeout=30)
         sshd, self.sshd = self.sshd, None
         if sshd is not None:
             if sshd.poll() is None:

@@ -159,6 +159,12 @@ def test_python39_on_a_host(tmp_path: Path) -> None:
         old = hosts.add_host("old", python=python)
         done = ssh(hosts, old, "python3 -I -c 'import sys; print(sys.version_info[:2])'")
         assert done.stdout == "(3, 9)\n", done.stderr
+        piped = subprocess.run(
+            hosts.ssh_argv(old, "python3 -I -"),
+            input="import sys, pwd; print(sys.version_info[1], pwd.getpwuid(0).pw_shell)\n",
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert piped.stdout == "9 /bin/sh\n", piped.stderr
 
 
 def test_teardown_leaves_nothing(tmp_path: Path) -> None:

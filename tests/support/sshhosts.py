@@ -27,7 +27,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -67,8 +67,7 @@ def _quote(word: str | Path) -> str:
     return "'" + str(word).replace("'", "'\\''") + "'"
 
 
-def _wait(what: str, ready: object, proc: subprocess.Popen[bytes], log: Path) -> None:
-    assert callable(ready)
+def _wait(what: str, ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while not ready():
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -317,7 +317,9 @@ def build_parser() -> _Parser:
         "could not be read; 2 usage or config error.",
     )
     _common_options(hosts, top=False)
-    hosts.add_argument("action", choices=("trust",), help="trust: pin the host's key")
+    hosts.add_argument(
+        "action", choices=("trust",), metavar="ACTION", help="trust: pin the host's key"
+    )
     hosts.add_argument("host", metavar="HOST", help="a host name from the map's hosts:")
     hosts.add_argument("--yes", action="store_true", help="pin without asking")
 

@@ -108,6 +108,7 @@ def test_cert_name_resolves_under_config_dir_and_json_is_stable(
     assert web["endpoints"][0]["ok"] is True
     assert set(web) == {
         "name",
+        "host",
         "outcome",
         "failed_stage",
         "error",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import ipaddress
 import logging
 import os
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from certbot_fanout import commands, files, keystore, probe, state
-from certbot_fanout.errors import CommandError, PlacementError
+from certbot_fanout.errors import CommandError, PlacementError, ProbeError
 from certbot_fanout.lineage import CertInfo, Lineage, read_lineage
 from certbot_fanout.lock import default_lock_path, run_lock
 from certbot_fanout.model import (
@@ -27,8 +28,11 @@ from certbot_fanout.model import (
     DEFAULT_JOBS,
     Config,
     Consumer,
+    Dialect,
     Encoding,
     FileSpec,
+    KeyType,
+    address_label,
 )
 from certbot_fanout.schema import CERTBOT_OWNED
 from certbot_fanout.verify import SETTLE_SECONDS, EndpointResult, poll_endpoint
@@ -375,8 +379,36 @@ class _Places:
             compare=session.compare,
             reader_problem=session.reader_problem,
             remove_leftovers=session.remove_leftovers,
+            fetch=_not_our_loopback(self.effects.fetch, consumer.host),
         )
         return replace(_guarded(placed, lineage, options, effects), consumer=consumer)
+
+
+def _not_our_loopback(fetch: probe.Fetch, host: str) -> probe.Fetch:
+    """``fetch``, refusing this host's loopback for a consumer on ``host``: 127.0.0.1 there is
+    not 127.0.0.1 here, and probing ours would prove nothing about it (or the wrong thing)."""
+
+    def guarded(
+        address: str,
+        port: int,
+        server_name: str | None,
+        timeout: float,
+        starttls: Dialect | None = None,
+        /,
+        *,
+        key_type: KeyType | None = None,
+        trust: probe.Trust | None = None,
+    ) -> probe.Served:
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(address.split("%")[0]).is_loopback:
+                raise ProbeError(
+                    f"{address_label(address, port)} is the loopback of {host}, which this host "
+                    "cannot reach yet (probing through the ssh connection is not built): give "
+                    f"an address of {host} that clients use"
+                )
+        return fetch(address, port, server_name, timeout, starttls, key_type=key_type, trust=trust)
+
+    return guarded
 
 
 def _failed(consumer: Consumer, stage: Stage, error: str, start: float) -> ConsumerResult:

@@ -1,0 +1,232 @@
+"""Consumers on other hosts (issue 15), through real sshd on test hosts in their own network and
+mount namespaces (tests/support/sshhosts.py): the CLI runs in the controller namespace and
+deploys over OpenSSH, and the proof comes from probing each host's nginx from there.
+
+Cases: a deploy across two hosts (owners resolved on each, the service proven, a second run
+touching nothing); a host down (its consumer fails at connect, the other is done); a changed
+host key (refused, named); a user missing on one host (refused before anything there is
+touched); a failing test on one host (its files put back, the other host's done); no python3
+on a target; the agent under Debian 11's Python 3.9."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certbot_fanout._pki import Issued
+from tests.support.cli import explain, json_document, run
+from tests.support.lineages import LineageFactory
+from tests.support.netns import served_in
+from tests.support.oldpython import ensure_python39
+from tests.support.sshhosts import SshHost, SshHosts
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and sshd")
+
+CERT = "example.org"
+FULLCHAIN = "/srv/tls/fullchain.pem"
+PRIVKEY = "/srv/tls/privkey.pem"
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[SshHosts]:
+    with SshHosts(tmp_path / "ssh") as made:
+        made.add_host("a", users=("svc",))
+        made.add_host("b")
+        yield made
+
+
+def _cli() -> str:
+    import shutil
+    import sys
+
+    found = Path(sys.executable).parent / "certbot-fanout"
+    return str(found) if found.exists() else str(shutil.which("certbot-fanout"))
+
+
+def _consumer(host: SshHost, owner: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "host": host.label,
+        "certificate": CERT,
+        "files": [
+            {"path": FULLCHAIN, "content": "fullchain", "owner": owner, "mode": "0644"},
+            {"path": PRIVKEY, "content": "privkey", "owner": owner, "mode": "0600"},
+        ],
+    }
+    entry.update(extra or {})
+    return entry
+
+
+class World:
+    def __init__(self, hosts: SshHosts, tmp_path: Path, lineages: LineageFactory) -> None:
+        self.hosts = hosts
+        self.dir = tmp_path
+        self.lineages = lineages
+        self.live, self.issued = lineages.issue(CERT)
+        self.consumers: dict[str, Any] = {}
+
+    def host_entries(self) -> dict[str, Any]:
+        return {label: h.map_entry() for label, h in self.hosts.hosts.items()}
+
+    def write_map(self) -> Path:
+        path = self.dir / "consumers.yaml"
+        document = {"version": 1, "hosts": self.host_entries(), "consumers": self.consumers}
+        path.write_text(json.dumps(document, indent=2))
+        return path
+
+    def deploy(self, *extra: str) -> Any:
+        argv = [
+            _cli(),
+            "deploy",
+            "--config",
+            str(self.write_map()),
+            "--lineage",
+            str(self.live),
+            "--state-file",
+            str(self.dir / "state.json"),
+            "--lock-file",
+            str(self.dir / "lock"),
+            *extra,
+        ]
+        return run(self.hosts.controller_argv(argv), timeout=120)
+
+
+@pytest.fixture
+def world(hosts: SshHosts, tmp_path: Path, lineages: LineageFactory) -> World:
+    return World(hosts, tmp_path, lineages)
+
+
+def _start_nginx(host: SshHost, old: Issued) -> Any:
+    host.write(FULLCHAIN, old.fullchain_pem, mode=0o644)
+    host.write(PRIVKEY, old.key_pem, mode=0o600)
+    return host.start_nginx(FULLCHAIN, PRIVKEY, port=443)
+
+
+def _by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in document["consumers"]}
+
+
+def test_a_deploy_across_two_hosts_is_proven_and_then_idempotent(
+    world: World, lineages: LineageFactory
+) -> None:
+    a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
+    nginx = _start_nginx(a, lineages.ca.issue([CERT]))
+    world.consumers = {
+        "web-a": _consumer(
+            a,
+            "svc",
+            {
+                "test": nginx.test_argv,
+                "reload": nginx.reload_argv,
+                "verify": [{"host": a.address, "port": 443, "server_name": CERT}],
+            },
+        ),
+        "files-b": _consumer(b, "root"),
+    }
+    done = world.deploy("--json")
+    assert done.returncode == 0, explain(done)
+    found = _by_name(json_document(done))
+    assert found["web-a"]["host"] == "a" and found["files-b"]["host"] == "b"
+    assert found["web-a"]["reloaded"] and found["web-a"]["endpoints"][0]["ok"]
+    svc = a.users["svc"].uid
+    key = a.stat(PRIVKEY)
+    assert (key.uid, key.mode) == (svc, 0o600)
+    assert a.read_bytes(PRIVKEY) == world.issued.key_pem
+    assert b.read_bytes(FULLCHAIN) == world.issued.fullchain_pem
+    assert (b.stat(PRIVKEY).uid, b.stat(PRIVKEY).mode) == (0, 0o600)
+    assert not Path(FULLCHAIN).exists() or Path(FULLCHAIN).read_bytes() != world.issued.key_pem
+    served = served_in(world.hosts.controller, a.address, 443, CERT)
+    expected = hashlib.sha256(ssl.PEM_cert_to_DER_cert(world.issued.cert_pem.decode())).hexdigest()
+    assert served.fingerprint == expected
+    inodes = (a.stat(PRIVKEY).inode, b.stat(PRIVKEY).inode)
+    again = world.deploy("--json")
+    assert again.returncode == 0, explain(again)
+    assert not any(c["reloaded"] for c in json_document(again)["consumers"])
+    assert (a.stat(PRIVKEY).inode, b.stat(PRIVKEY).inode) == inodes
+    nginx.stop()
+
+
+def test_a_host_down_fails_only_its_own_consumer(world: World) -> None:
+    a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
+    world.consumers = {"files-a": _consumer(a, "svc"), "files-b": _consumer(b, "root")}
+    b.stop()
+    done = world.deploy("--json")
+    assert done.returncode == 1, explain(done)
+    found = _by_name(json_document(done))
+    assert found["files-a"]["outcome"] == "ok"
+    assert found["files-b"]["failed_stage"] == "connect"
+    assert "host b (root@198.18.0.12)" in found["files-b"]["error"]
+    assert "Connection refused" in found["files-b"]["error"]
+    assert a.read_bytes(PRIVKEY) == world.issued.key_pem
+
+
+def test_a_changed_host_key_is_refused_and_named(world: World) -> None:
+    a = world.hosts.hosts["a"]
+    world.consumers = {"files-a": _consumer(a, "svc")}
+    a.new_host_key()
+    done = world.deploy()
+    assert done.returncode == 1, explain(done)
+    assert "failed at connect: host a" in done.stdout
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in done.stdout + done.stderr or (
+        "Host key verification failed" in done.stdout
+    )
+    assert not a.exists(PRIVKEY)
+
+
+def test_a_user_missing_on_one_host_is_refused_before_anything_there_is_touched(
+    world: World,
+) -> None:
+    a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
+    world.consumers = {"files-a": _consumer(a, "svc"), "files-b": _consumer(b, "svc")}
+    done = world.deploy("--json")
+    assert done.returncode == 1, explain(done)
+    found = _by_name(json_document(done))
+    assert found["files-a"]["outcome"] == "ok"
+    assert found["files-b"]["failed_stage"] == "place"
+    assert "user svc does not exist on b" in found["files-b"]["error"]
+    assert not b.exists(FULLCHAIN) and not b.exists(PRIVKEY)
+
+
+def test_a_failing_test_on_one_host_puts_its_files_back(world: World) -> None:
+    a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
+    b.write(PRIVKEY, b"the old key\n", mode=0o600)
+    world.consumers = {
+        "files-a": _consumer(a, "svc", {"test": ["true"]}),
+        "files-b": _consumer(b, "root", {"test": ["false"], "reload": ["true"]}),
+    }
+    done = world.deploy("--json")
+    assert done.returncode == 1, explain(done)
+    found = _by_name(json_document(done))
+    assert found["files-a"]["outcome"] == "ok"
+    assert found["files-b"]["failed_stage"] == "test" and found["files-b"]["rolled_back"]
+    assert b.read_bytes(PRIVKEY) == b"the old key\n"
+    assert not b.exists(FULLCHAIN)
+    assert a.read_bytes(PRIVKEY) == world.issued.key_pem
+
+
+def test_no_python3_on_the_target_is_a_clear_error(hosts: SshHosts, world: World) -> None:
+    bare = hosts.add_host("c", path_env="/nonexistent")
+    hosts.refresh_known_hosts()
+    world.consumers = {"files-c": _consumer(bare, "root")}
+    done = world.deploy()
+    assert done.returncode == 1, explain(done)
+    assert "python3 not found on the target" in done.stdout, explain(done)
+    assert "set hosts.c.python" in done.stdout
+
+
+def test_the_agent_runs_under_debian_11s_python_3_9(hosts: SshHosts, world: World) -> None:
+    old = hosts.add_host("d", python=ensure_python39(), users=("svc",))
+    hosts.refresh_known_hosts()
+    version = old.run([str(ensure_python39()), "-c", "import sys; print(sys.version_info[:2])"])
+    assert version.stdout.strip() == b"(3, 9)"
+    world.consumers = {"files-d": _consumer(old, "svc", {"test": ["true"]})}
+    done = world.deploy("--json")
+    assert done.returncode == 0, explain(done)
+    assert old.read_bytes(PRIVKEY) == world.issued.key_pem
+    assert (old.stat(PRIVKEY).uid, old.stat(PRIVKEY).mode) == (old.users["svc"].uid, 0o600)

@@ -345,7 +345,19 @@ def record_result(state_path: str, result: DeployResult) -> None:
         deployed={c.name: expected for c in ok if c.changed_files or c.reloaded},
         verified=[c.name for c in ok if c.endpoints],
         now=time.time(),
-        finished=[c.name for c in result.consumers],
+        # A consumer whose placed files could not be put back (its connection was lost during
+        # its reload, say) stays pending: the next run must reload it, not find it current.
+        finished=[c.name for c in result.consumers if not _left_placed(c)],
+    )
+
+
+def _left_placed(c: ConsumerResult) -> bool:
+    """Failed with files placed that its service may never have been reloaded onto."""
+    return (
+        c.outcome is Outcome.FAILED
+        and bool(c.changed_files)
+        and not c.rolled_back
+        and (c.failed_stage in (Stage.TEST, Stage.RELOAD, Stage.INTERNAL, Stage.PLACE))
     )
 
 

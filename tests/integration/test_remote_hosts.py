@@ -10,10 +10,14 @@ on a target; the agent under Debian 11's Python 3.9."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import ssl
+import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -230,3 +234,103 @@ def test_the_agent_runs_under_debian_11s_python_3_9(hosts: SshHosts, world: Worl
     assert done.returncode == 0, explain(done)
     assert old.read_bytes(PRIVKEY) == world.issued.key_pem
     assert (old.stat(PRIVKEY).uid, old.stat(PRIVKEY).mode) == (old.users["svc"].uid, 0o600)
+
+
+def test_a_full_disk_on_a_target_fails_that_consumer_and_leaves_its_files_whole(
+    hosts: SshHosts, world: World
+) -> None:
+    full = hosts.add_host("e", tmpfs_size="12k")
+    hosts.refresh_known_hosts()
+    full.write(PRIVKEY, b"the old key\n", mode=0o600)
+    filler = b"x" * 4096
+    with contextlib.suppress(OSError):
+        for i in range(4):
+            full.write(f"/srv/tls/filler{i}", filler)
+    world.consumers = {"files-e": _consumer(full, "root")}
+    done = world.deploy("--json")
+    assert done.returncode == 1, explain(done)
+    (found,) = json_document(done)["consumers"]
+    assert found["failed_stage"] == "place", found
+    assert "No space left on device" in found["error"], found
+    assert full.read_bytes(PRIVKEY) == b"the old key\n"
+    listing = full.run(["ls", "-A", "/srv/tls"]).stdout.decode().split()
+    assert not [n for n in listing if n.startswith(".")], listing  # no temporary file left
+
+
+def test_a_connection_killed_mid_run_tears_nothing_and_the_next_run_repairs(
+    world: World,
+) -> None:
+    a = world.hosts.hosts["a"]
+    a.write(PRIVKEY, b"the old key\n", mode=0o600)
+    world.consumers = {"files-a": _consumer(a, "svc", {"reload": ["sleep", "3"]})}
+    argv = world.hosts.controller_argv(
+        [
+            _cli(),
+            "deploy",
+            "--config",
+            str(world.write_map()),
+            "--lineage",
+            str(world.live),
+            "--state-file",
+            str(world.dir / "state.json"),
+            "--lock-file",
+            str(world.dir / "lock"),
+            "--json",
+        ]
+    )
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + 20
+        while a.read_bytes(PRIVKEY) != world.issued.key_pem and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # in the reload now
+        assert a.kill_sessions()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    (found,) = json.loads(out)["consumers"]
+    assert found["failed_stage"] == "reload" and "connection lost" in found["error"], found
+    # Nothing torn: the key is whole (the new one: it was placed before the cut).
+    assert a.read_bytes(PRIVKEY) == world.issued.key_pem
+    listing = a.run(["ls", "-A", "/srv/tls"]).stdout.decode().split()
+    assert not [n for n in listing if n.startswith(".")], listing
+    again = world.deploy("--json")
+    assert again.returncode == 0, explain(again)
+    (repaired,) = json_document(again)["consumers"]
+    assert repaired["reloaded"] and repaired["reload_reason"] == "the last run was interrupted"
+
+
+def _key_line(issued: Issued) -> bytes:
+    return issued.key_pem.splitlines()[1]
+
+
+def _sample(needle: bytes, stop: threading.Event, seen: list[str], count: list[int]) -> None:
+    while not stop.is_set():
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            for part in ("cmdline", "environ"):
+                with contextlib.suppress(OSError):
+                    data = Path(f"/proc/{pid}/{part}").read_bytes()
+                    if needle in data:
+                        seen.append(f"{pid} {part}")
+        count[0] += 1
+
+
+def test_no_key_bytes_in_any_process_argv_or_environment_during_a_deploy(world: World) -> None:
+    a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
+    world.consumers = {
+        "files-a": _consumer(a, "svc", {"test": ["sleep", "0.5"], "reload": ["sleep", "0.5"]}),
+        "files-b": _consumer(b, "root", {"test": ["sleep", "0.5"], "reload": ["sleep", "0.5"]}),
+    }
+    stop, count = threading.Event(), [0]
+    seen: list[str] = []
+    sampler = threading.Thread(target=_sample, args=(_key_line(world.issued), stop, seen, count))
+    sampler.start()
+    try:
+        done = world.deploy()
+    finally:
+        stop.set()
+        sampler.join()
+    assert done.returncode == 0, explain(done)
+    assert a.read_bytes(PRIVKEY) == world.issued.key_pem  # the key did cross
+    assert count[0] >= 5, count  # the whole process table was read again and again
+    assert seen == []

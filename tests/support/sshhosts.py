@@ -255,7 +255,10 @@ class SshHost:
 
     def enter_argv(self, argv: Sequence[str | Path]) -> list[str]:
         """``argv`` run inside this host (its mount and network namespaces)."""
-        return [NSENTER_BIN, "-t", str(self.anchor_pid), "-m", "-n", *(str(a) for a in argv)]
+        # -r and -w: entering a mount namespace resets the root to that namespace's own; in a
+        # chroot (CI's fresh root) that is the outer filesystem, not the anchor's root.
+        anchor = str(self.anchor_pid)
+        return [NSENTER_BIN, "-t", anchor, "-m", "-n", "-r", "-w", *(str(a) for a in argv)]
 
     def run(
         self, argv: Sequence[str | Path], input: bytes | None = None, timeout: float = 30

@@ -334,3 +334,17 @@ def test_no_key_bytes_in_any_process_argv_or_environment_during_a_deploy(world: 
     assert a.read_bytes(PRIVKEY) == world.issued.key_pem  # the key did cross
     assert count[0] >= 5, count  # the whole process table was read again and again
     assert seen == []
+
+
+def test_a_refused_key_fails_that_host_with_sshs_reason(world: World) -> None:
+    a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
+    world.consumers = {"files-a": _consumer(a, "svc"), "files-b": _consumer(b, "root")}
+    a.revoke_client_key()
+    done = world.deploy("--json")
+    assert done.returncode == 1, explain(done)
+    found = _by_name(json_document(done))
+    assert found["files-a"]["failed_stage"] == "connect"
+    assert "host a (root@198.18.0.11)" in found["files-a"]["error"]
+    assert "Permission denied" in found["files-a"]["error"]
+    assert found["files-b"]["outcome"] == "ok"
+    assert not a.exists(PRIVKEY)

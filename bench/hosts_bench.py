@@ -105,12 +105,15 @@ def _serial(hosts: SshHosts, work: Path, ca: ThrowawayCA) -> tuple[float, float]
     return time.monotonic() - start, _cpu() - cpu
 
 
-def measure(size: int, repeat: int, serial: bool) -> dict[str, Any]:
+def measure(size: int, repeat: int, serial: bool, kex: str | None = None) -> dict[str, Any]:
     ca = ThrowawayCA("hosts bench")
     with tempfile.TemporaryDirectory(prefix="hosts-bench-", dir="/var/tmp") as scratch:
         work = Path(scratch)
         os.chmod(work, 0o755)
         with SshHosts(work / "ssh") as hosts:
+            if kex:  # what an admin may choose in ssh_config: a cheaper key exchange
+                with open(hosts.ssh_config, "a") as f:
+                    f.write(f"  KexAlgorithms {kex}\n")
             for n in range(size):
                 host = hosts.add_host(f"h{n}")
                 for i in range(CONSUMERS):
@@ -132,10 +135,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,10,50")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--kex", help="KexAlgorithms for the client's ssh_config (default: ssh's own)"
+    )
+    parser.add_argument("--no-serial", action="store_true", help="skip the serial loop")
     args = parser.parse_args()
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
-        rows.append(measure(size, args.repeat, serial=True))
+        rows.append(measure(size, args.repeat, serial=not args.no_serial, kex=args.kex))
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["wall_s"]
     for row in rows:

@@ -14,6 +14,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shlex
 import ssl
 import subprocess
 import threading
@@ -26,10 +28,12 @@ import pytest
 
 from certbot_fanout._pki import Issued
 from tests.support.cli import explain, json_document, run
+from tests.support.integration import CERT_NAME
 from tests.support.lineages import LineageFactory
 from tests.support.netns import served_in
 from tests.support.oldpython import ensure_python39
 from tests.support.sshhosts import SshHost, SshHosts
+from tests.support.stack import Certbot
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and sshd")
 
@@ -348,3 +352,82 @@ def test_a_refused_key_fails_that_host_with_sshs_reason(world: World) -> None:
     assert "Permission denied" in found["files-a"]["error"]
     assert found["files-b"]["outcome"] == "ok"
     assert not a.exists(PRIVKEY)
+
+
+def _served_starttls(netns: str, address: str, port: int, dialect: str) -> str:
+    """The SHA-256 of the leaf an endpoint serves after STARTTLS, asked from ``netns``."""
+    done = run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "openssl",
+            "s_client",
+            "-connect",
+            f"{address}:{port}",
+            "-starttls",
+            dialect,
+        ],
+        timeout=20,
+    )
+    leaf = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", done.stdout, re.S)
+    assert leaf is not None, explain(done)
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(leaf.group(0))).hexdigest()
+
+
+def test_certbot_renew_with_the_deploy_hook_reaches_two_hosts_and_proves_each(
+    world: World, certbot: Certbot, fanout_bin: Path, tmp_path: Path, lineages: LineageFactory
+) -> None:
+    a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
+    old = lineages.ca.issue([CERT_NAME])
+    nginx = _start_nginx(a, old)
+    b.write(FULLCHAIN, old.fullchain_pem, mode=0o644)
+    b.write(PRIVKEY, old.key_pem, mode=0o600)
+    dovecot = b.start_dovecot(FULLCHAIN, PRIVKEY, port=143)
+    world.consumers = {
+        "nginx-a": {
+            **_consumer(a, "svc"),
+            "certificate": CERT_NAME,
+            "test": nginx.test_argv,
+            "reload": nginx.reload_argv,
+            "verify": [{"host": a.address, "port": 443, "server_name": CERT_NAME}],
+        },
+        "dovecot-b": {
+            **_consumer(b, "root"),
+            "certificate": CERT_NAME,
+            "test": dovecot.test_argv,
+            "reload": dovecot.reload_argv,
+            "verify": [{"host": b.address, "port": 143, "starttls": "imap"}],
+        },
+    }
+    config = world.write_map()
+    assert Path(certbot.extra_env["CERTBOT_FANOUT_CONFIG"]) == config
+    hook = shlex.join(
+        world.hosts.controller_argv(
+            [
+                str(fanout_bin),
+                "--lock-file",
+                str(tmp_path / "hook.lock"),
+                "--state-file",
+                str(tmp_path / "hook-state.json"),
+            ]
+        )
+    )
+    result = certbot.renew("--deploy-hook", hook)
+    log = (certbot.logs_dir / "letsencrypt.log").read_text()
+    assert f"Running deploy-hook command: {hook}" in log, explain(result)
+    assert "returned error code" not in log, log[-3000:]
+    live = certbot.lineage(CERT_NAME)
+    key = (live / "privkey.pem").read_bytes()
+    fullchain = (live / "fullchain.pem").read_bytes()
+    leaf = hashlib.sha256(ssl.PEM_cert_to_DER_cert((live / "cert.pem").read_text())).hexdigest()
+    for host in (a, b):
+        assert host.read_bytes(PRIVKEY) == key and host.read_bytes(FULLCHAIN) == fullchain
+    assert (a.stat(PRIVKEY).uid, a.stat(PRIVKEY).mode) == (a.users["svc"].uid, 0o600)
+    assert served_in(world.hosts.controller, a.address, 443, CERT_NAME).fingerprint == leaf
+    assert _served_starttls(world.hosts.controller, b.address, 143, "imap") == leaf
+    state = json.loads((tmp_path / "hook-state.json").read_text())
+    assert state, "the hook recorded the deploy"
+    nginx.stop()
+    dovecot.stop()

@@ -33,7 +33,7 @@ from tests.support.lineages import LineageFactory
 from tests.support.netns import served_in
 from tests.support.oldpython import ensure_python39
 from tests.support.sshhosts import SshHost, SshHosts
-from tests.support.stack import Certbot
+from tests.support.stack import Certbot, settled_workers
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and sshd")
 
@@ -125,6 +125,7 @@ def test_a_deploy_across_two_hosts_is_proven_and_then_idempotent(
 ) -> None:
     a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
     nginx = _start_nginx(a, lineages.ca.issue([CERT]))
+    before = settled_workers(nginx.pid)
     world.consumers = {
         "web-a": _consumer(
             a,
@@ -149,6 +150,8 @@ def test_a_deploy_across_two_hosts_is_proven_and_then_idempotent(
     assert b.read_bytes(FULLCHAIN) == world.issued.fullchain_pem
     assert (b.stat(PRIVKEY).uid, b.stat(PRIVKEY).mode) == (0, 0o600)
     assert not Path(FULLCHAIN).exists() or Path(FULLCHAIN).read_bytes() != world.issued.key_pem
+    # For ~100 ms after a reload nginx's old worker still accepts beside the new one.
+    settled_workers(nginx.pid, replacing=before)
     served = served_in(world.hosts.controller, a.address, 443, CERT)
     expected = hashlib.sha256(ssl.PEM_cert_to_DER_cert(world.issued.cert_pem.decode())).hexdigest()
     assert served.fingerprint == expected
@@ -382,6 +385,7 @@ def test_certbot_renew_with_the_deploy_hook_reaches_two_hosts_and_proves_each(
     a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
     old = lineages.ca.issue([CERT_NAME])
     nginx = _start_nginx(a, old)
+    before = settled_workers(nginx.pid)
     b.write(FULLCHAIN, old.fullchain_pem, mode=0o644)
     b.write(PRIVKEY, old.key_pem, mode=0o600)
     dovecot = b.start_dovecot(FULLCHAIN, PRIVKEY, port=143)
@@ -425,6 +429,7 @@ def test_certbot_renew_with_the_deploy_hook_reaches_two_hosts_and_proves_each(
     for host in (a, b):
         assert host.read_bytes(PRIVKEY) == key and host.read_bytes(FULLCHAIN) == fullchain
     assert (a.stat(PRIVKEY).uid, a.stat(PRIVKEY).mode) == (a.users["svc"].uid, 0o600)
+    settled_workers(nginx.pid, replacing=before)
     assert served_in(world.hosts.controller, a.address, 443, CERT_NAME).fingerprint == leaf
     assert _served_starttls(world.hosts.controller, b.address, 143, "imap") == leaf
     state = json.loads((tmp_path / "hook-state.json").read_text())

@@ -30,6 +30,7 @@ from certbot_fanout.model import (
     Consumer,
     Dialect,
     Encoding,
+    Endpoint,
     FileSpec,
     KeyType,
     address_label,
@@ -57,6 +58,14 @@ class Effects:
     compare: Callable[[files.Desired, files.Snapshot], list[files.Difference]] = files.compare
     reader_problem: Callable[[str, int, int], str | None] = files.reader_problem
     remove_leftovers: Callable[[str], None] = files.remove_leftovers
+    # An endpoint with ``via: host``: probed through the consumer's host's ssh connection.
+    fetch_via_host: probe.Fetch | None = None
+
+    def fetch_for(self, ep: Endpoint) -> probe.Fetch:
+        """How ``ep`` is probed: from here, or through the consumer's host."""
+        if not ep.via_host:
+            return self.fetch
+        return self.fetch_via_host or _no_tunnel
 
 
 @dataclass(frozen=True)
@@ -278,13 +287,8 @@ def deploy(
     consumers = config.consumers_for(lineage.name)
     results: list[ConsumerResult] = []
     with contextlib.ExitStack() as stack:
-        places = _Places(effects)
-        if any(c.host for c in consumers):
-            from certbot_fanout import remote  # only for a map with other hosts
-
-            places.hosts = stack.enter_context(
-                remote.Hosts(config.hosts, consumers, options.host_jobs)
-            )
+        places = Places(effects)
+        places.open_hosts(stack, replace(config, consumers=consumers), options.host_jobs)
         if consumers:
             workers = max(1, min(options.jobs, len(consumers)))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fanout") as pool:
@@ -361,7 +365,7 @@ def _left_placed(c: ConsumerResult) -> bool:
     )
 
 
-class _Places:
+class Places:
     """Where each consumer of a run lives: this host (the run's effects), or another one
     (that host's session, connected once for all its consumers)."""
 
@@ -369,20 +373,28 @@ class _Places:
         self.effects = effects
         self.hosts: remote.Hosts | None = None
 
-    def run(self, consumer: Consumer, lineage: Lineage, options: DeployOptions) -> ConsumerResult:
-        if consumer.host is None:
-            return _guarded(consumer, lineage, options, self.effects)
-        from certbot_fanout.remote import HostError
+    def open_hosts(self, stack: contextlib.ExitStack, config: Config, host_jobs: int) -> None:
+        """Connect, when its first consumer needs it, to each host ``config`` has consumers on
+        (none: nothing is imported or started)."""
+        if any(c.host for c in config.consumers):
+            from certbot_fanout import remote  # only for a map with other hosts
 
+            self.hosts = stack.enter_context(
+                remote.Hosts(config.hosts, config.consumers, host_jobs)
+            )
+
+    def locate(self, consumer: Consumer) -> tuple[Consumer, Effects]:
+        """The consumer as its host numbers its owners, and the effects that reach it.
+
+        Raises:
+            HostError: its host could not be reached.
+            PlacementError: an owner or group does not exist there.
+        """
+        if consumer.host is None:
+            return consumer, self.effects
         assert self.hosts is not None
-        start = time.monotonic()
-        try:
-            session, placed = self.hosts.prepare(consumer)
-        except HostError as e:
-            return _failed(consumer, Stage.CONNECT, str(e), start)
-        except PlacementError as e:
-            return _failed(consumer, Stage.PLACE, str(e), start)
-        effects = replace(
+        session, placed = self.hosts.prepare(consumer)
+        return placed, replace(
             self.effects,
             snapshot=session.snapshot,
             place=session.place,
@@ -392,7 +404,28 @@ class _Places:
             reader_problem=session.reader_problem,
             remove_leftovers=session.remove_leftovers,
             fetch=_not_our_loopback(self.effects.fetch, consumer.host),
+            fetch_via_host=session.fetch_through,
         )
+
+    def unreached(self, consumer: Consumer) -> Effects:
+        """The effects for a consumer whose host could not be reached: its endpoints are still
+        probed from here (its files, commands and via: host endpoints are out of reach)."""
+        if consumer.host is None:
+            return self.effects
+        return replace(self.effects, fetch=_not_our_loopback(self.effects.fetch, consumer.host))
+
+    def run(self, consumer: Consumer, lineage: Lineage, options: DeployOptions) -> ConsumerResult:
+        if consumer.host is None:
+            return _guarded(consumer, lineage, options, self.effects)
+        from certbot_fanout.remote import HostError
+
+        start = time.monotonic()
+        try:
+            placed, effects = self.locate(consumer)
+        except HostError as e:
+            return _failed(consumer, Stage.CONNECT, str(e), start)
+        except PlacementError as e:
+            return _failed(consumer, Stage.PLACE, str(e), start)
         return replace(_guarded(placed, lineage, options, effects), consumer=consumer)
 
 
@@ -414,13 +447,29 @@ def _not_our_loopback(fetch: probe.Fetch, host: str) -> probe.Fetch:
         with contextlib.suppress(ValueError):
             if ipaddress.ip_address(address.split("%")[0]).is_loopback:
                 raise ProbeError(
-                    f"{address_label(address, port)} is the loopback of {host}, which this host "
-                    "cannot reach yet (probing through the ssh connection is not built): give "
-                    f"an address of {host} that clients use"
+                    f"{address_label(address, port)} is the loopback of {host}, not of this "
+                    f"host: give an address of {host} that clients use, or add 'via: host' to "
+                    f"the endpoint to probe it through the ssh connection, from {host} itself"
                 )
         return fetch(address, port, server_name, timeout, starttls, key_type=key_type, trust=trust)
 
     return guarded
+
+
+def _no_tunnel(
+    address: str,
+    port: int,
+    server_name: str | None,
+    timeout: float,
+    starttls: Dialect | None = None,
+    /,
+    *,
+    key_type: KeyType | None = None,
+    trust: probe.Trust | None = None,
+) -> probe.Served:
+    raise ProbeError(
+        f"{address_label(address, port)}: via: host, but no host connection to probe through"
+    )
 
 
 def _failed(consumer: Consumer, stage: Stage, error: str, start: float) -> ConsumerResult:
@@ -653,6 +702,6 @@ class _ConsumerRun:
             wait = min(wait, within)
         deadline = time.monotonic() + wait
         return tuple(
-            poll_endpoint(ep, self.lineage, self.fx.fetch, deadline, self.fx.sleep)
+            poll_endpoint(ep, self.lineage, self.fx.fetch_for(ep), deadline, self.fx.sleep)
             for ep in self.consumer.verify
         )

@@ -139,6 +139,9 @@ class Endpoint:
     # that name and port is 0), each checked against the system trust or ca_file too.
     federation: str | None = None
     ca_file: str | None = None
+    # ``via: host``: probed through the ssh connection of the consumer's host, from the host
+    # itself (its loopback, a port only it reaches); the host resolves ``host``.
+    via_host: bool = False
 
     @property
     def label(self) -> str:

@@ -60,6 +60,7 @@ import ssl
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -104,6 +105,11 @@ class Served:
 
 # What the legacy retry can negotiate, as ``SSLSocket.version()`` names it.
 LEGACY_PROTOCOLS = frozenset({"TLSv1", "TLSv1.1"})
+
+
+# How fetch_served reaches an endpoint, when not with a TCP connection from here: (host, port,
+# seconds left) to a connected socket, or ProbeError.
+Connect = Callable[[str, int, float], socket.socket]
 
 
 class Fetch(Protocol):
@@ -372,6 +378,7 @@ def fetch_served(
     *,
     key_type: KeyType | None = None,
     trust: Trust | None = None,
+    connect: Connect | None = None,
 ) -> Served:
     """Connect to ``host:port``, negotiate STARTTLS if asked, complete a TLS handshake with SNI
     ``server_name``, and return what the server presented.
@@ -382,6 +389,8 @@ def fetch_served(
             type (``Served.key_type_offered`` is then False).
         trust: verify the chain and the name first, as a client would; if that fails, read
             the certificate unverified and say why (``Served.trust_error``).
+        connect: how to reach ``host:port`` (default: a TCP connection from here); given, it
+            returns a connected socket or raises ProbeError (a tunnel, say).
 
     Raises:
         ProbeError: naming the endpoint and the stage that failed (connect, greeting, the
@@ -390,7 +399,7 @@ def fetch_served(
     """
     where = address_label(host, port) + (f" ({starttls.value})" if starttls else "")
     deadline = time.monotonic() + timeout
-    attempt = _Attempt(host, port, server_name, starttls, where, deadline, timeout)
+    attempt = _Attempt(host, port, server_name, starttls, where, deadline, timeout, connect)
     if key_type is None:
         return attempt.trusted(None, trust)
     try:
@@ -419,6 +428,7 @@ class _Attempt:
     where: str
     deadline: float
     timeout: float
+    connect: Connect | None = None
 
     def trusted(self, key_type: KeyType | None, trust: Trust | None) -> Served:
         """With ``trust``, one verifying handshake, then (if it fails) an unverified read;
@@ -476,7 +486,10 @@ class _Attempt:
         where, timeout = self.where, self.timeout
         connect_within = max(self.deadline - time.monotonic(), 0.001)
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=connect_within)
+            if self.connect is not None:
+                sock = self.connect(self.host, self.port, connect_within)
+            else:
+                sock = socket.create_connection((self.host, self.port), timeout=connect_within)
         except socket.gaierror as e:
             raise ProbeError(f"{where}: cannot resolve {self.host}: {e.strerror}") from None
         except ConnectionRefusedError:

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
-from certbot_fanout import __version__, commands, files, wire
+from certbot_fanout import __version__, commands, files, probe, wire
 from certbot_fanout.errors import CommandError, FanoutError, PlacementError
 from certbot_fanout.escape import printable
 from certbot_fanout.model import DEFAULT_RUNTIME_DIR, REMOTE_ID, Consumer, Host
@@ -248,6 +248,21 @@ class Session:
             self.host.ssh,
             agent_command(self.host),
         ]
+
+    @property
+    def fetch_through(self) -> probe.Fetch:
+        """Probing from the host itself (``via: host``): ``ssh -W`` on this connection."""
+        from certbot_fanout.tunnel import Tunnel
+
+        argv = [
+            ssh_program(),
+            *ssh_options(self.host),
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            f"ControlPath={self.control_path}",
+        ]
+        return Tunnel(argv, self.host.ssh, self.host.name).fetch
 
     # -- starting and stopping ------------------------------------------------------------
 

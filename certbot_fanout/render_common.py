@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from certbot_fanout.escape import printable
+
 if TYPE_CHECKING:
     from certbot_fanout.deploy import FileResult
     from certbot_fanout.lineage import CertInfo
+    from certbot_fanout.model import Consumer
     from certbot_fanout.verify import AddressResult, EndpointResult
 
 # How a moment is written in every JSON document.
@@ -34,6 +37,12 @@ def cert_document(info: CertInfo | None) -> dict[str, Any] | None:
     }
 
 
+def consumer_label(consumer: Consumer) -> str:
+    """The consumer's name, and the host it lives on when that is not this one."""
+    host = consumer.host
+    return printable(consumer.name) + (f" @{printable(host)}" if host else "")
+
+
 def file_document(f: FileResult) -> dict[str, Any]:
     """A consumer's file: whether it was (or would be) placed, why, and any warning."""
     return {"path": f.path, "changed": f.changed, "reasons": list(f.reasons), "warning": f.warning}
@@ -53,6 +62,7 @@ def endpoint_document(e: EndpointResult) -> dict[str, Any]:
         "legacy_protocol": e.legacy_protocol,
         "family": e.endpoint.family.value if e.endpoint.family else None,
         "federation": e.endpoint.federation,
+        "via": "host" if e.endpoint.via_host else "here",
         "key_type": e.key_type.value if e.key_type else None,
         "resolution": e.resolution,
         "warnings": list(e.warnings),

@@ -20,7 +20,13 @@ from certbot_fanout.deploy import (
 )
 from certbot_fanout.escape import printable
 from certbot_fanout.lineage import CertInfo
-from certbot_fanout.render_common import cert_document, endpoint_document, file_document, plural
+from certbot_fanout.render_common import (
+    cert_document,
+    consumer_label,
+    endpoint_document,
+    file_document,
+    plural,
+)
 from certbot_fanout.verify import AddressResult, EndpointResult
 
 DEPLOY_JSON_VERSION = 1
@@ -43,7 +49,7 @@ def _ms(seconds: float) -> str:
 def render_deploy_text(result: DeployResult, verbose: bool = False) -> str:
     """One header line, one line per consumer (plus its notes when it failed), one summary."""
     lines = [_header(result)]
-    width = max((len(_named(c)) for c in result.consumers), default=0)
+    width = max((len(consumer_label(c.consumer)) for c in result.consumers), default=0)
     for consumer in result.consumers:
         lines.extend(_consumer_lines(consumer, width, verbose or result.dry_run, result.expected))
     lines.append(_summary(result))
@@ -71,7 +77,7 @@ def _consumer_lines(
     c: ConsumerResult, width: int, verbose: bool, expected: CertInfo | None
 ) -> list[str]:
     indent = " " * (width + 12)
-    lines = [f"  {_named(c):<{width}}  {_STATUS_WORD[c.outcome]:<7} {_story(c)}"]
+    lines = [f"  {consumer_label(c.consumer):<{width}}  {_STATUS_WORD[c.outcome]:<7} {_story(c)}"]
     lines.extend(indent + line for line in _file_lines(c, verbose or c.outcome is Outcome.FAILED))
     lines.extend(
         indent + f"warning: {printable(ep.label)}: {printable(w)}"
@@ -82,12 +88,6 @@ def _consumer_lines(
         lines.extend(indent + line for line in _endpoint_failure_lines(c, expected))
         lines.extend(indent + line for line in _note_lines(c.notes))
     return lines
-
-
-def _named(c: ConsumerResult) -> str:
-    """The consumer's name, and the host it lives on when that is not this one."""
-    host = c.consumer.host
-    return printable(c.name) + (f" @{printable(host)}" if host else "")
 
 
 def _file_lines(c: ConsumerResult, detail: bool) -> list[str]:

@@ -20,6 +20,7 @@ from certbot_fanout.escape import printable
 from certbot_fanout.render_common import (
     ISO_FORMAT,
     cert_document,
+    consumer_label,
     endpoint_document,
     file_document,
     plural,
@@ -87,7 +88,7 @@ def render_status_text(report: StatusReport) -> str:
 def _row(c: ConsumerStatus) -> tuple[str, ...]:
     deployed = _when(c.record.last_deployed if c.record else None)
     return (
-        printable(c.name),
+        consumer_label(c.consumer),
         printable(c.certificate),
         _files_cell(c),
         _endpoints_cell(c),
@@ -126,7 +127,7 @@ def _expires_cell(c: ConsumerStatus) -> str:
 
 
 def _problem_lines(c: ConsumerStatus) -> list[str]:
-    name = printable(c.name)
+    name = consumer_label(c.consumer)
     lines = [f"{name}: {printable(problem)}" for problem in c.problems]
     if c.problems and c.consumer.notes and c.level >= Level.CRITICAL:
         lines.append(f"{name}: notes: {printable(' '.join(c.consumer.notes.split()))}")
@@ -159,6 +160,7 @@ def render_status_document(report: StatusReport) -> dict[str, Any]:
 def _consumer_document(c: ConsumerStatus) -> dict[str, Any]:
     return {
         "name": c.name,
+        "host": c.consumer.host,
         "certificate": c.certificate,
         "status": c.level.name,
         "problems": list(c.problems),
@@ -244,7 +246,12 @@ def render_status_prometheus(report: StatusReport, now: float) -> str:
     ``now`` is when this run checked the consumers (seconds since the epoch).
     """
     labels = [
-        (c, f'consumer="{_label(c.name)}",certificate="{_label(c.certificate)}"')
+        (
+            c,
+            f'consumer="{_label(c.name)}",certificate="{_label(c.certificate)}"'
+            # A consumer on another host has the host too (an empty label is no label).
+            + (f',host="{_label(c.consumer.host)}"' if c.consumer.host else ""),
+        )
         for c in report.consumers
     ]
     lines = []

@@ -47,7 +47,7 @@ from certbot_fanout.model import (
     Part,
 )
 from certbot_fanout.presets import CERTIFICATE_RE, PRESETS, SYNAPSE_SERVER_NAME_FILE
-from certbot_fanout.schema_hosts import consumer_host, read_hosts
+from certbot_fanout.schema_hosts import consumer_host, endpoint_via, read_hosts
 from certbot_fanout.schema_keystore import (
     KEYSTORE_KEYS,
     WHOLE_FILES,
@@ -98,7 +98,7 @@ _CONSUMER_KEYS = (
     "host",
 )
 _FILE_KEYS = ("path", "content", "owner", "group", "mode", "link", *KEYSTORE_KEYS)
-_ENDPOINT_KEYS = ("host", "port", "server_name", "starttls", "check_chain", "family")
+_ENDPOINT_KEYS = ("host", "port", "server_name", "starttls", "check_chain", "family", "via")
 _FEDERATION_KEYS = ("federation", "ca_file", "check_chain", "family")
 # A Matrix server name: hostname [":" port], the hostname a DNS name, IPv4 or [IPv6].
 _DNS_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253})$")
@@ -592,6 +592,7 @@ class _MapReader(Reader):
             starttls=starttls,
             check_chain=self.check_chain(items, path),
             family=self.family(items, path),
+            via_host=endpoint_via(self, self.remote, items, path),
         )
 
     def federation_endpoint(self, items: Items, node: Node, path: Path) -> Endpoint:

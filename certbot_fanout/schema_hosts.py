@@ -16,7 +16,16 @@ import re
 from collections.abc import Mapping
 
 from certbot_fanout.model import DEFAULT_CONNECT_TIMEOUT, Host
-from certbot_fanout.yamlnode import INT_TAG, NULL_TAG, Node, Path, Reader, ScalarNode, suggest
+from certbot_fanout.yamlnode import (
+    INT_TAG,
+    NULL_TAG,
+    Items,
+    Node,
+    Path,
+    Reader,
+    ScalarNode,
+    suggest,
+)
 
 HOST_KEYS = (
     "ssh",
@@ -65,6 +74,34 @@ def consumer_host(reader: Reader, hosts: Mapping[str, Host], node: Node, path: P
         extra = f"{hint} " if hint else ""
         raise reader.error(node, path, f"unknown host '{name}'; {extra}hosts in the map: {known}")
     return name
+
+
+def endpoint_via(reader: Reader, remote: str | None, items: Items, path: Path) -> bool:
+    """An endpoint's ``via``: ``here`` (the default: probed from this host, as clients reach
+    it) or ``host`` (through the ssh connection, from the consumer's own host)."""
+    if "via" not in items:
+        return False
+    node = items["via"][1]
+    word = reader.string(node, path / "via", "here or host")
+    if word not in ("here", "host"):
+        raise reader.error(node, path / "via", f"expected here or host, got {word!r}")
+    if word == "here":
+        return False
+    if remote is None:
+        raise reader.error(
+            node,
+            path / "via",
+            "via: host is for a consumer on another host (one with 'host:'); this consumer's "
+            "endpoints are probed from here already",
+        )
+    if "family" in items:
+        raise reader.error(
+            items["family"][0],
+            path / "family",
+            f"an endpoint probed via {remote} is reached at the address {remote} resolves for "
+            "it; 'family' picks addresses here, so it cannot be used with via: host",
+        )
+    return True
 
 
 def _host(reader: Reader, name: str, node: Node, path: Path) -> Host:

@@ -8,6 +8,7 @@ within the warning window, is a WARNING; an unreadable config or lineage is UNKN
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import enum
 import time
@@ -20,14 +21,16 @@ from certbot_fanout.deploy import (
     DeployOptions,
     Effects,
     FileResult,
+    Places,
     deploy_lineage,
     desired_file,
 )
-from certbot_fanout.errors import FanoutError, PlacementError
+from certbot_fanout.errors import FanoutError
 from certbot_fanout.lineage import CertInfo, Lineage, lineage_dir, read_lineage
 from certbot_fanout.model import (
     DEFAULT_CERTBOT_DIR,
     DEFAULT_CRIT_DAYS,
+    DEFAULT_HOST_JOBS,
     DEFAULT_JOBS,
     DEFAULT_WARN_DAYS,
     Config,
@@ -116,14 +119,17 @@ class StatusOptions:
     crit_days: float = DEFAULT_CRIT_DAYS
     probe: bool = True
     jobs: int = DEFAULT_JOBS
+    host_jobs: int = DEFAULT_HOST_JOBS  # other hosts connected to at once
 
 
 def check_status(
     config: Config,
     state_path: str | None,
     options: StatusOptions = StatusOptions(),
+    effects: Effects | None = None,
 ) -> StatusReport:
-    """Check every consumer of every certificate in ``config``; changes nothing."""
+    """Check every consumer of every certificate in ``config``; changes nothing. ``effects``
+    reach this host (a consumer on another host is reached through its ssh session)."""
     start = time.monotonic()
     now = time.time()
     records = load_state(state_path) if state_path else {}
@@ -134,16 +140,21 @@ def check_status(
         except FanoutError as e:
             lineages[name] = str(e)
 
-    def one(consumer: Consumer) -> ConsumerStatus:
-        return _consumer_status(
-            consumer, lineages[consumer.certificate], records.get(consumer.name), options, now
-        )
-
     results: list[ConsumerStatus] = []
-    if config.consumers:
-        workers = max(1, min(options.jobs, len(config.consumers)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="status") as pool:
-            results = list(pool.map(one, config.consumers))
+    with contextlib.ExitStack() as stack:
+        places = Places(effects or Effects())
+        places.open_hosts(stack, config, options.host_jobs)
+
+        def one(consumer: Consumer) -> ConsumerStatus:
+            lineage = lineages[consumer.certificate]
+            return _consumer_status(
+                consumer, lineage, records.get(consumer.name), options, now, places
+            )
+
+        if config.consumers:
+            workers = max(1, min(options.jobs, len(config.consumers)))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="status") as pool:
+                results = list(pool.map(one, config.consumers))
     level = max((c.level for c in results), default=Level.OK)
     return StatusReport(
         consumers=tuple(results),
@@ -159,20 +170,28 @@ def _consumer_status(
     record: ConsumerRecord | None,
     options: StatusOptions,
     now: float,
+    places: Places,
 ) -> ConsumerStatus:
-    """One consumer's files, endpoints and expiry, each problem found at its level."""
+    """One consumer's files (on its host), endpoints and expiry, each problem at its level."""
     start = time.monotonic()
     if isinstance(lineage, str):
         return ConsumerStatus(consumer, Level.UNKNOWN, (lineage,), record=record)
     problems: list[tuple[Level, str]] = []
     file_results = []
-    for spec in consumer.files:
-        result = _file_status(spec, lineage)
-        file_results.append(result)
-        if result.changed:
-            level = file_level(result.differences)
-            problems.append((level, f"{spec.path}: {', '.join(result.reasons)}"))
-    endpoints = _probe_endpoints(consumer, lineage) if options.probe else ()
+    try:
+        located, fx = places.locate(consumer)
+    except FanoutError as e:  # its host unreachable, or an owner missing there
+        # Not UNKNOWN: the next renewal will fail to reach it too, and that is worth a page.
+        problems.append((Level.CRITICAL, f"files not checked: {e}"))
+        located, fx = consumer, places.unreached(consumer)
+    else:
+        for spec in located.files:
+            result = _file_status(spec, lineage, fx)
+            file_results.append(result)
+            if result.changed:
+                level = file_level(result.differences)
+                problems.append((level, f"{spec.path}: {', '.join(result.reasons)}"))
+    endpoints = _probe_endpoints(consumer, lineage, fx) if options.probe else ()
     problems.extend((Level.CRITICAL, e.error or e.label) for e in endpoints if not e.ok)
     problems.extend((Level.WARNING, f"{e.label}: {w}") for e in endpoints for w in e.warnings)
     expires, days_left, expiry = _expiry(endpoints, lineage, options, now)
@@ -191,21 +210,23 @@ def _consumer_status(
     )
 
 
-def _file_status(spec: FileSpec, lineage: Lineage) -> FileResult:
-    """How the file at ``spec.path`` is not what a deploy of ``lineage`` would place."""
+def _file_status(spec: FileSpec, lineage: Lineage, fx: Effects) -> FileResult:
+    """How the file at ``spec.path`` (where ``fx`` reaches) is not what a deploy of
+    ``lineage`` would place."""
     try:
-        found = files.compare(desired_file(spec, lineage), files.snapshot(spec.path))
-    except PlacementError as e:
+        found = fx.compare(desired_file(spec, lineage), fx.snapshot(spec.path))
+    except FanoutError as e:  # unreadable, or the host's connection lost while reading
         found = [files.Difference(files.DifferenceKind.UNREADABLE, str(e))]
     return FileResult(spec.path, bool(found), tuple(found))
 
 
-def _probe_endpoints(consumer: Consumer, lineage: Lineage) -> tuple[EndpointResult, ...]:
+def _probe_endpoints(
+    consumer: Consumer, lineage: Lineage, fx: Effects
+) -> tuple[EndpointResult, ...]:
     """What each endpoint serves. A service reloaded a moment ago may still answer from an
     old worker: a stale answer is only believed after SETTLE_SECONDS of asking again."""
-    fx = Effects()
     return tuple(
-        poll_endpoint(ep, lineage, fx.fetch, time.monotonic() + SETTLE_SECONDS, fx.sleep)
+        poll_endpoint(ep, lineage, fx.fetch_for(ep), time.monotonic() + SETTLE_SECONDS, fx.sleep)
         for ep in consumer.verify
     )
 
@@ -243,7 +264,11 @@ def repair(
     errors: list[str] = []
     drifted = [c.consumer for c in report.consumers if c.drifted and c.level != Level.UNKNOWN]
     for certificate in dict.fromkeys(c.certificate for c in drifted):
-        subset = Config(config.source, tuple(c for c in drifted if c.certificate == certificate))
+        subset = Config(
+            config.source,
+            tuple(c for c in drifted if c.certificate == certificate),
+            config.hosts,
+        )
         try:
             result = deploy_lineage(
                 subset,
@@ -286,4 +311,4 @@ def check_and_repair(
 
 def restrict(config: Config, certificate: str) -> Config:
     """The part of ``config`` about one certificate."""
-    return Config(config.source, config.consumers_for(certificate))
+    return Config(config.source, config.consumers_for(certificate), config.hosts)

@@ -197,7 +197,12 @@ def probe_plan(
     errors: list[str] = []
     for target in plan.targets:
         try:
-            found = addresses(target.host, target.port, ep.family, timeout)
+            # Via the consumer's host, that host resolves the name (and picks the address).
+            found = (
+                (target.host,)
+                if ep.via_host
+                else addresses(target.host, target.port, ep.family, timeout)
+            )
         except ProbeError as e:
             errors.append(_in_context(target, str(e)))
             continue

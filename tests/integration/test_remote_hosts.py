@@ -28,18 +28,23 @@ import pytest
 
 from certbot_fanout._pki import Issued
 from tests.support.cli import explain, json_document, run
+from tests.support.hostworld import (
+    CERT,
+    FULLCHAIN,
+    PRIVKEY,
+    World,
+    cli_path,
+    consumer_entry,
+    start_nginx_with,
+)
 from tests.support.integration import CERT_NAME
 from tests.support.lineages import LineageFactory
 from tests.support.netns import served_in
 from tests.support.oldpython import ensure_python39
-from tests.support.sshhosts import SshHost, SshHosts
+from tests.support.sshhosts import SshHosts
 from tests.support.stack import Certbot, settled_workers
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and sshd")
-
-CERT = "example.org"
-FULLCHAIN = "/srv/tls/fullchain.pem"
-PRIVKEY = "/srv/tls/privkey.pem"
 
 
 @pytest.fixture
@@ -50,70 +55,9 @@ def hosts(tmp_path: Path) -> Iterator[SshHosts]:
         yield made
 
 
-def _cli() -> str:
-    import shutil
-    import sys
-
-    found = Path(sys.executable).parent / "certbot-fanout"
-    return str(found) if found.exists() else str(shutil.which("certbot-fanout"))
-
-
-def _consumer(host: SshHost, owner: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "host": host.label,
-        "certificate": CERT,
-        "files": [
-            {"path": FULLCHAIN, "content": "fullchain", "owner": owner, "mode": "0644"},
-            {"path": PRIVKEY, "content": "privkey", "owner": owner, "mode": "0600"},
-        ],
-    }
-    entry.update(extra or {})
-    return entry
-
-
-class World:
-    def __init__(self, hosts: SshHosts, tmp_path: Path, lineages: LineageFactory) -> None:
-        self.hosts = hosts
-        self.dir = tmp_path
-        self.lineages = lineages
-        self.live, self.issued = lineages.issue(CERT)
-        self.consumers: dict[str, Any] = {}
-
-    def host_entries(self) -> dict[str, Any]:
-        return {label: h.map_entry() for label, h in self.hosts.hosts.items()}
-
-    def write_map(self) -> Path:
-        path = self.dir / "consumers.yaml"
-        document = {"version": 1, "hosts": self.host_entries(), "consumers": self.consumers}
-        path.write_text(json.dumps(document, indent=2))
-        return path
-
-    def deploy(self, *extra: str) -> Any:
-        argv = [
-            _cli(),
-            "deploy",
-            "--config",
-            str(self.write_map()),
-            "--lineage",
-            str(self.live),
-            "--state-file",
-            str(self.dir / "state.json"),
-            "--lock-file",
-            str(self.dir / "lock"),
-            *extra,
-        ]
-        return run(self.hosts.controller_argv(argv), timeout=120)
-
-
 @pytest.fixture
 def world(hosts: SshHosts, tmp_path: Path, lineages: LineageFactory) -> World:
     return World(hosts, tmp_path, lineages)
-
-
-def _start_nginx(host: SshHost, old: Issued) -> Any:
-    host.write(FULLCHAIN, old.fullchain_pem, mode=0o644)
-    host.write(PRIVKEY, old.key_pem, mode=0o600)
-    return host.start_nginx(FULLCHAIN, PRIVKEY, port=443)
 
 
 def _by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -124,10 +68,10 @@ def test_a_deploy_across_two_hosts_is_proven_and_then_idempotent(
     world: World, lineages: LineageFactory
 ) -> None:
     a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
-    nginx = _start_nginx(a, lineages.ca.issue([CERT]))
+    nginx = start_nginx_with(a, lineages.ca.issue([CERT]))
     before = settled_workers(nginx.pid)
     world.consumers = {
-        "web-a": _consumer(
+        "web-a": consumer_entry(
             a,
             "svc",
             {
@@ -136,7 +80,7 @@ def test_a_deploy_across_two_hosts_is_proven_and_then_idempotent(
                 "verify": [{"host": a.address, "port": 443, "server_name": CERT}],
             },
         ),
-        "files-b": _consumer(b, "root"),
+        "files-b": consumer_entry(b, "root"),
     }
     done = world.deploy("--json")
     assert done.returncode == 0, explain(done)
@@ -163,9 +107,9 @@ def test_a_deploy_across_two_hosts_is_proven_and_then_idempotent(
     nginx.stop()
 
 
-def test_a_host_down_fails_only_its_own_consumer(world: World) -> None:
+def test_a_host_down_fails_only_its_ownconsumer_entry(world: World) -> None:
     a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
-    world.consumers = {"files-a": _consumer(a, "svc"), "files-b": _consumer(b, "root")}
+    world.consumers = {"files-a": consumer_entry(a, "svc"), "files-b": consumer_entry(b, "root")}
     b.stop()
     done = world.deploy("--json")
     assert done.returncode == 1, explain(done)
@@ -179,7 +123,7 @@ def test_a_host_down_fails_only_its_own_consumer(world: World) -> None:
 
 def test_a_changed_host_key_is_refused_and_named(world: World) -> None:
     a = world.hosts.hosts["a"]
-    world.consumers = {"files-a": _consumer(a, "svc")}
+    world.consumers = {"files-a": consumer_entry(a, "svc")}
     a.new_host_key()
     done = world.deploy()
     assert done.returncode == 1, explain(done)
@@ -194,7 +138,7 @@ def test_a_user_missing_on_one_host_is_refused_before_anything_there_is_touched(
     world: World,
 ) -> None:
     a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
-    world.consumers = {"files-a": _consumer(a, "svc"), "files-b": _consumer(b, "svc")}
+    world.consumers = {"files-a": consumer_entry(a, "svc"), "files-b": consumer_entry(b, "svc")}
     done = world.deploy("--json")
     assert done.returncode == 1, explain(done)
     found = _by_name(json_document(done))
@@ -208,8 +152,8 @@ def test_a_failing_test_on_one_host_puts_its_files_back(world: World) -> None:
     a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
     b.write(PRIVKEY, b"the old key\n", mode=0o600)
     world.consumers = {
-        "files-a": _consumer(a, "svc", {"test": ["true"]}),
-        "files-b": _consumer(b, "root", {"test": ["false"], "reload": ["true"]}),
+        "files-a": consumer_entry(a, "svc", {"test": ["true"]}),
+        "files-b": consumer_entry(b, "root", {"test": ["false"], "reload": ["true"]}),
     }
     done = world.deploy("--json")
     assert done.returncode == 1, explain(done)
@@ -224,7 +168,7 @@ def test_a_failing_test_on_one_host_puts_its_files_back(world: World) -> None:
 def test_no_python3_on_the_target_is_a_clear_error(hosts: SshHosts, world: World) -> None:
     bare = hosts.add_host("c", path_env="/nonexistent")
     hosts.refresh_known_hosts()
-    world.consumers = {"files-c": _consumer(bare, "root")}
+    world.consumers = {"files-c": consumer_entry(bare, "root")}
     done = world.deploy()
     assert done.returncode == 1, explain(done)
     assert "python3 not found on the target" in done.stdout, explain(done)
@@ -236,7 +180,7 @@ def test_the_agent_runs_under_debian_11s_python_3_9(hosts: SshHosts, world: Worl
     hosts.refresh_known_hosts()
     version = old.run([str(ensure_python39()), "-c", "import sys; print(sys.version_info[:2])"])
     assert version.stdout.strip() == b"(3, 9)"
-    world.consumers = {"files-d": _consumer(old, "svc", {"test": ["true"]})}
+    world.consumers = {"files-d": consumer_entry(old, "svc", {"test": ["true"]})}
     done = world.deploy("--json")
     assert done.returncode == 0, explain(done)
     assert old.read_bytes(PRIVKEY) == world.issued.key_pem
@@ -253,7 +197,7 @@ def test_a_full_disk_on_a_target_fails_that_consumer_and_leaves_its_files_whole(
     with contextlib.suppress(OSError):
         for i in range(4):
             full.write(f"/srv/tls/filler{i}", filler)
-    world.consumers = {"files-e": _consumer(full, "root")}
+    world.consumers = {"files-e": consumer_entry(full, "root")}
     done = world.deploy("--json")
     assert done.returncode == 1, explain(done)
     (found,) = json_document(done)["consumers"]
@@ -269,10 +213,10 @@ def test_a_connection_killed_mid_run_tears_nothing_and_the_next_run_repairs(
 ) -> None:
     a = world.hosts.hosts["a"]
     a.write(PRIVKEY, b"the old key\n", mode=0o600)
-    world.consumers = {"files-a": _consumer(a, "svc", {"reload": ["sleep", "3"]})}
+    world.consumers = {"files-a": consumer_entry(a, "svc", {"reload": ["sleep", "3"]})}
     argv = world.hosts.controller_argv(
         [
-            _cli(),
+            cli_path(),
             "deploy",
             "--config",
             str(world.write_map()),
@@ -325,8 +269,10 @@ def _sample(needle: bytes, stop: threading.Event, seen: list[str], count: list[i
 def test_no_key_bytes_in_any_process_argv_or_environment_during_a_deploy(world: World) -> None:
     a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
     world.consumers = {
-        "files-a": _consumer(a, "svc", {"test": ["sleep", "0.5"], "reload": ["sleep", "0.5"]}),
-        "files-b": _consumer(b, "root", {"test": ["sleep", "0.5"], "reload": ["sleep", "0.5"]}),
+        "files-a": consumer_entry(a, "svc", {"test": ["sleep", "0.5"], "reload": ["sleep", "0.5"]}),
+        "files-b": consumer_entry(
+            b, "root", {"test": ["sleep", "0.5"], "reload": ["sleep", "0.5"]}
+        ),
     }
     stop, count = threading.Event(), [0]
     seen: list[str] = []
@@ -345,7 +291,7 @@ def test_no_key_bytes_in_any_process_argv_or_environment_during_a_deploy(world: 
 
 def test_a_refused_key_fails_that_host_with_sshs_reason(world: World) -> None:
     a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
-    world.consumers = {"files-a": _consumer(a, "svc"), "files-b": _consumer(b, "root")}
+    world.consumers = {"files-a": consumer_entry(a, "svc"), "files-b": consumer_entry(b, "root")}
     a.revoke_client_key()
     done = world.deploy("--json")
     assert done.returncode == 1, explain(done)
@@ -384,21 +330,21 @@ def test_certbot_renew_with_the_deploy_hook_reaches_two_hosts_and_proves_each(
 ) -> None:
     a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
     old = lineages.ca.issue([CERT_NAME])
-    nginx = _start_nginx(a, old)
+    nginx = start_nginx_with(a, old)
     before = settled_workers(nginx.pid)
     b.write(FULLCHAIN, old.fullchain_pem, mode=0o644)
     b.write(PRIVKEY, old.key_pem, mode=0o600)
     dovecot = b.start_dovecot(FULLCHAIN, PRIVKEY, port=143)
     world.consumers = {
         "nginx-a": {
-            **_consumer(a, "svc"),
+            **consumer_entry(a, "svc"),
             "certificate": CERT_NAME,
             "test": nginx.test_argv,
             "reload": nginx.reload_argv,
             "verify": [{"host": a.address, "port": 443, "server_name": CERT_NAME}],
         },
         "dovecot-b": {
-            **_consumer(b, "root"),
+            **consumer_entry(b, "root"),
             "certificate": CERT_NAME,
             "test": dovecot.test_argv,
             "reload": dovecot.reload_argv,

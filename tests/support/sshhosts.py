@@ -357,10 +357,14 @@ class SshHost:
 
     # ---------------------------------------------------------------- daemons
 
-    def start_nginx(self, cert_path: str, key_path: str, port: int = 443) -> InHostDaemon:
+    def start_nginx(
+        self, cert_path: str, key_path: str, port: int = 443, listen: str | None = None
+    ) -> InHostDaemon:
         """nginx (foreground master) inside this host, serving ``cert_path``/``key_path`` (paths
-        on the host) on ADDRESS:port; config, pid file and logs in the host's directory."""
-        prefix = self.dir / f"nginx-{port}"
+        on the host) on ADDRESS:port (or ``listen``:port, such as the host's own 127.0.0.1);
+        config, pid file and logs in the host's directory."""
+        address = listen or self.address
+        prefix = self.dir / f"nginx-{address}-{port}"
         (prefix / "tmp").mkdir(parents=True, exist_ok=True)
         conf = prefix / "nginx.conf"
         temps = "".join(
@@ -376,7 +380,7 @@ events {{ worker_connections 64; }}
 http {{
     access_log {prefix / "access.log"};
 {temps}    server {{
-        listen {self.address}:{port} ssl;
+        listen {address}:{port} ssl;
         ssl_certificate {cert_path};
         ssl_certificate_key {key_path};
         default_type text/plain;
@@ -390,7 +394,6 @@ http {{
         proc = spawn(self.enter_argv(flags), log, append=False)
         daemon = InHostDaemon("nginx", proc, [*flags, "-t"], [*flags, "-s", "reload"], log)
         self.daemons.append(daemon)
-        address = self.address
         _wait(
             "nginx",
             lambda: b"LISTEN" in self.run(["ss", "-Htln", f"src {address}:{port}"]).stdout,

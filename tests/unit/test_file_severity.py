@@ -11,7 +11,7 @@ import pytest
 from certbot_fanout import files
 from certbot_fanout._pki import ThrowawayCA, write_lineage
 from certbot_fanout.config import parse_config
-from certbot_fanout.deploy import desired_file
+from certbot_fanout.deploy import Effects, desired_file
 from certbot_fanout.lineage import read_lineage
 from certbot_fanout.status import FILE_SEVERITY, Level, StatusOptions, check_status, file_level
 
@@ -81,7 +81,7 @@ def reworded(kind: Kind) -> str:
 
 @pytest.mark.parametrize("reword", [False, True])
 def test_status_keeps_its_levels_when_every_message_is_reworded(
-    ca: ThrowawayCA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reword: bool
+    ca: ThrowawayCA, tmp_path: Path, reword: bool
 ) -> None:
     config_dir = tmp_path / "letsencrypt"
     lineage = read_lineage(write_lineage(str(config_dir), NAME, ca.issue([NAME])))
@@ -121,10 +121,12 @@ def test_status_keeps_its_levels_when_every_message_is_reworded(
             found = compare(desired, current)
             return [dataclasses.replace(d, message=reworded(d.kind)) for d in found]
 
-        monkeypatch.setattr(files, "compare", reworded_compare)
+        effects = Effects(compare=reworded_compare)
+    else:
+        effects = Effects()
 
     options = StatusOptions(config_dir=str(config_dir), probe=False)
-    report = check_status(config, None, options)
+    report = check_status(config, None, options, effects)
     by_name = {c.name: c for c in report.consumers}
     assert {n: by_name[n].level for n in names} == {
         "current": Level.OK,

@@ -132,3 +132,44 @@ def test_a_remote_consumer_cannot_link_into_live_which_is_on_this_host() -> None
 def test_a_map_without_hosts_has_none_and_its_consumers_are_local() -> None:
     config = parse_config("version: 1\nconsumers:\n  web:\n    certificate: example.org\n", SOURCE)
     assert config.hosts == () and config.consumers[0].host is None
+
+
+VIA = """\
+  web-mx1:
+    host: {host}
+    certificate: example.org
+    files:
+      - {{path: /etc/ssl/web/fullchain.pem, content: fullchain}}
+    verify:
+      - {{host: 127.0.0.1, port: 8443{extra}}}
+"""
+
+
+def test_via_host_is_read_for_a_remote_consumer_and_here_is_the_default() -> None:
+    hosts = "  mx1: root@mx1.example.org\n"
+    through = _map(hosts, VIA.format(host="mx1", extra=", via: host"))
+    assert through.consumers[0].verify[0].via_host is True
+    for extra in ("", ", via: here"):
+        assert (
+            _map(hosts, VIA.format(host="mx1", extra=extra)).consumers[0].verify[0].via_host
+            is False
+        )
+
+
+@pytest.mark.parametrize(
+    ("consumer", "words"),
+    [
+        (VIA.format(host="mx1", extra=", via: there"), "expected here or host, got 'there'"),
+        (
+            VIA.format(host="mx1", extra=", via: host, family: ipv4"),
+            "cannot be used with via: host",
+        ),
+        (
+            VIA.replace("    host: {host}\n", "").format(extra=", via: host"),
+            "via: host is for a consumer on another host",
+        ),
+    ],
+)
+def test_via_is_refused_where_it_cannot_mean_anything(consumer: str, words: str) -> None:
+    error = _refused("  mx1: root@mx1.example.org\n", consumer)
+    assert words in str(error)

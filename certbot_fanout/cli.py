@@ -323,6 +323,19 @@ def build_parser() -> _Parser:
     hosts.add_argument("host", metavar="HOST", help="a host name from the map's hosts:")
     hosts.add_argument("--yes", action="store_true", help="pin without asking")
 
+    receive = add_command(
+        "receive",
+        help="a target's end of a least-privilege host (mode: receive), run by sshd",
+        description="Run by sshd as the forced command of the controller's key "
+        '(command="certbot-fanout receive",restrict in authorized_keys): hands this host\'s '
+        "map's certificate names to the controller, takes the lineages it sends (only those), "
+        "and deploys each to this map's consumers, answering with the deploy's JSON. Speaks "
+        "a binary protocol on stdin and stdout: not for a terminal.",
+        epilog="exit codes: 0 the controller closed the channel; 1 it broke the exchange; "
+        "2 this host's map cannot be read.",
+    )
+    _common_options(receive, top=False)
+
     demo = add_command(
         "demo",
         help="a self-contained demonstration (no root, no network, leaves nothing)",
@@ -785,6 +798,19 @@ def _notify_report(report: NotifyReport, verbose: bool) -> None:
         print(f"certbot-fanout: notify: {line}", file=sys.stderr)
 
 
+def _receive(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    import contextlib
+
+    from certbot_fanout.receive import ReceiveOptions, serve
+
+    config = _load_map(args, env, _certbot_dirs(args))
+    options = ReceiveOptions(str(args.config_dir), args.lock_file, _state_path(args))
+    frames = sys.stdout.buffer
+    # stdout carries the frames: whatever else would be printed goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        return serve(config, options, sys.stdin.buffer, frames)
+
+
 def _hosts(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from certbot_fanout import hostkeys
     from certbot_fanout.errors import ConfigError
@@ -842,5 +868,6 @@ _COMMANDS: dict[str, _Handler] = {
     "discover": _discover,
     "presets": _presets,
     "hosts": _hosts,
+    "receive": _receive,
     "demo": _demo,
 }

@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from certbot_fanout import commands, files, keystore, probe, state
-from certbot_fanout.errors import CommandError, PlacementError, ProbeError
+from certbot_fanout.errors import CommandError, FanoutError, PlacementError, ProbeError
+from certbot_fanout.escape import printable
 from certbot_fanout.lineage import CertInfo, Lineage, read_lineage
 from certbot_fanout.lock import default_lock_path, run_lock
 from certbot_fanout.model import (
@@ -40,6 +41,7 @@ from certbot_fanout.verify import SETTLE_SECONDS, EndpointResult, poll_endpoint
 
 if TYPE_CHECKING:
     from certbot_fanout import remote
+    from certbot_fanout.remote_receive import ReceiveSession
 
 logger = logging.getLogger(__name__)
 
@@ -322,6 +324,22 @@ def deploy_lineage(
     if not config.consumers_for(os.path.basename(live_dir)):
         return None
     lineage = read_lineage(live_dir)
+    return deploy_locked(config, lineage, options, effects, lock_path, state_path)
+
+
+def deploy_locked(
+    config: Config,
+    lineage: Lineage,
+    options: DeployOptions = DeployOptions(),
+    effects: Effects = Effects(),
+    lock_path: str | None = None,
+    state_path: str | None = None,
+) -> DeployResult:
+    """:func:`deploy` under the run lock (not for a dry run), recorded in ``state_path``.
+
+    Raises:
+        LockError: another run held the lock too long; nothing was touched.
+    """
     if options.dry_run:
         return deploy(config, lineage, options, effects)
     with run_lock(lock_path or default_lock_path()):
@@ -377,10 +395,11 @@ class Places:
         """Connect, when its first consumer needs it, to each host ``config`` has consumers on
         (none: nothing is imported or started)."""
         if any(c.host for c in config.consumers):
-            from certbot_fanout import remote  # only for a map with other hosts
+            # Only for a map with other hosts.
+            from certbot_fanout import remote, remote_receive
 
             self.hosts = stack.enter_context(
-                remote.Hosts(config.hosts, config.consumers, host_jobs)
+                remote.Hosts(config.hosts, config.consumers, host_jobs, remote_receive.session_for)
             )
 
     def locate(self, consumer: Consumer) -> tuple[Consumer, Effects]:
@@ -393,6 +412,9 @@ class Places:
         if consumer.host is None:
             return consumer, self.effects
         assert self.hosts is not None
+        if self.hosts.hosts[consumer.host].mode == "receive":
+            # Its files are its own map's (`status` there checks them); here, its endpoints.
+            return consumer, self.unreached(consumer)
         session, placed = self.hosts.prepare(consumer)
         return placed, replace(
             self.effects,
@@ -420,6 +442,16 @@ class Places:
         from certbot_fanout.remote import HostError
 
         start = time.monotonic()
+        assert self.hosts is not None
+        if self.hosts.hosts[consumer.host].mode == "receive":
+            from certbot_fanout.remote_receive import ReceiveSession
+
+            try:
+                session = self.hosts.session(consumer.host)
+            except HostError as e:
+                return _failed(consumer, Stage.CONNECT, str(e), start)
+            assert isinstance(session, ReceiveSession)
+            return _received(session, consumer, lineage, options, self.unreached(consumer))
         try:
             placed, effects = self.locate(consumer)
         except HostError as e:
@@ -427,6 +459,103 @@ class Places:
         except PlacementError as e:
             return _failed(consumer, Stage.PLACE, str(e), start)
         return replace(_guarded(placed, lineage, options, effects), consumer=consumer)
+
+
+def _received(
+    session: ReceiveSession,
+    consumer: Consumer,
+    lineage: Lineage,
+    options: DeployOptions,
+    fx: Effects,
+) -> ConsumerResult:
+    """``consumer`` (of this map, on a receive-mode host) after the target's deploy of ``lineage``,
+    its endpoints probed from here."""
+    start = time.monotonic()
+    if lineage.name not in session.certificates:
+        return _failed(
+            consumer,
+            Stage.PLACE,
+            f"{session.where}: its own map has no consumer of {lineage.name}, so it was not "
+            "handed over (add one there, or drop this consumer)",
+            start,
+        )
+    try:
+        document = session.deploy_once(lineage, options.force, options.dry_run)
+    except FanoutError as e:  # the connection broke, or the target refused the lineage
+        return _failed(consumer, Stage.CONNECT, str(e), start)
+    theirs = [c for c in document["consumers"] if isinstance(c, dict)]
+    reasons = [str(c["reload_reason"]) for c in theirs if c.get("reload_reason")]
+    done = ConsumerResult(
+        consumer=consumer,
+        outcome=Outcome.PLANNED if options.dry_run else Outcome.OK,
+        files=tuple(_received_file(f) for c in theirs for f in c.get("files") or ()),
+        tested=any(c.get("tested") for c in theirs),
+        reloaded=any(c.get("reloaded") for c in theirs),
+        reload_reason=reasons[0] if reasons else "",
+    )
+    failed = [c for c in theirs if c.get("outcome") == "failed"]
+    if failed:
+        error = "; ".join(
+            f"{session.host.name}'s {printable(str(c.get('name')))}: "
+            f"{printable(str(c.get('error')))}"
+            for c in failed
+        )
+        return replace(
+            done,
+            outcome=Outcome.FAILED,
+            failed_stage=_received_stage(failed[0].get("failed_stage")),
+            error=error,
+            rolled_back=all(c.get("rolled_back") for c in failed),
+            seconds=time.monotonic() - start,
+        )
+    if options.dry_run:
+        return replace(done, seconds=time.monotonic() - start)
+    deadline = time.monotonic() + consumer.verify_timeout
+    endpoints = tuple(
+        poll_endpoint(ep, lineage, fx.fetch_for(ep), deadline, fx.sleep) for ep in consumer.verify
+    )
+    bad = [r for r in endpoints if not r.ok]
+    if bad:
+        return replace(
+            done,
+            outcome=Outcome.FAILED,
+            endpoints=endpoints,
+            failed_stage=Stage.VERIFY,
+            error="; ".join(r.error or r.label for r in bad),
+            seconds=time.monotonic() - start,
+        )
+    return replace(done, endpoints=endpoints, seconds=time.monotonic() - start)
+
+
+def _received_file(document: Any) -> FileResult:
+    """A file the target placed (or found current), as its document gives it."""
+    if not isinstance(document, dict):
+        return FileResult("?", False)
+    reasons = [str(r) for r in document.get("reasons") or ()]
+    # The kinds stay on the target; the words come back (a new file's is files.MISSING_REASON).
+    differences = tuple(
+        files.Difference(
+            files.DifferenceKind.MISSING
+            if r == files.MISSING_REASON
+            else files.DifferenceKind.CONTENT,
+            r,
+        )
+        for r in reasons
+    )
+    warning = document.get("warning")
+    return FileResult(
+        path=str(document.get("path")),
+        changed=bool(document.get("changed")),
+        differences=differences,
+        warning=str(warning) if warning else None,
+    )
+
+
+def _received_stage(value: object) -> Stage:
+    try:
+        return Stage(str(value))
+    except ValueError:
+        return Stage.INTERNAL
 
 
 def _not_our_loopback(fetch: probe.Fetch, host: str) -> probe.Fetch:

@@ -188,7 +188,22 @@ def read_lineage(live_dir: str) -> Lineage:
         if not data.strip():
             raise LineageError(f"{path}: empty file")
         pems[part] = data
+    return lineage_from_pems(name, live_dir, pems)
 
+
+def lineage_from_pems(name: str, live_dir: str, pems: dict[Part, bytes]) -> Lineage:
+    """The lineage ``name`` (whose files would be in ``live_dir``) from its PEM parts, checked
+    as :func:`read_lineage` checks the files (``receive`` gets them over ssh, not from disk).
+
+    Raises:
+        LineageError: a part is missing, too large or empty, or the parts do not agree.
+    """
+    for part, filename in _PEM_FILES.items():
+        data = pems.get(part)
+        if data is None or not data.strip():
+            raise LineageError(f"{live_dir}/{filename}: missing or empty")
+        if len(data) > MAX_PEM_BYTES:
+            raise LineageError(f"{live_dir}/{filename}: larger than {MAX_PEM_BYTES} bytes")
     try:
         cert = x509.load_pem_x509_certificate(pems[Part.CERT])
     except ValueError as e:

@@ -214,6 +214,9 @@ class Host:
     known_hosts: str = DEFAULT_KNOWN_HOSTS
     python: str = DEFAULT_PYTHON  # the target's interpreter (3.9 or later)
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    # "agent": this host's placement code runs there (nothing installed but python3);
+    # "receive": the target runs `certbot-fanout receive` with its own map (least privilege).
+    mode: str = "agent"
 
 
 @dataclass(frozen=True)

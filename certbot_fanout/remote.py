@@ -30,7 +30,7 @@ import shlex
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
@@ -216,6 +216,9 @@ class _Pending:
 class Session:
     """One host's connection and agent, for one run."""
 
+    # Whether the consumers' owners and groups are looked up on the target at open.
+    resolves_accounts = True
+
     def __init__(self, host: Host, control_path: str) -> None:
         self.host = host
         self.control_path = control_path
@@ -246,8 +249,16 @@ class Session:
             "ControlPersist=no",
             "--",
             self.host.ssh,
-            agent_command(self.host),
+            self.command(),
         ]
+
+    def command(self) -> str:
+        """What ssh asks the target to run."""
+        return agent_command(self.host)
+
+    def payload(self) -> bytes:
+        """What the target reads first, before any request."""
+        return agent_payload()
 
     @property
     def fetch_through(self) -> probe.Fetch:
@@ -266,8 +277,8 @@ class Session:
 
     # -- starting and stopping ------------------------------------------------------------
 
-    def open(self) -> Hello:
-        """Connect, start the agent, and wait for its greeting.
+    def open(self) -> None:
+        """Connect, start the agent, and wait for its greeting (then in ``hello``).
 
         Raises:
             HostError: ssh failed (its words), the target has no usable python, or the agent
@@ -299,8 +310,10 @@ class Session:
 
         threading.Thread(target=first, daemon=True, name=f"hello-{self.host.name}").start()
         try:
-            self.proc.stdin.write(agent_payload())
-            self.proc.stdin.flush()
+            payload = self.payload()
+            if payload:
+                self.proc.stdin.write(payload)
+                self.proc.stdin.flush()
         except OSError:
             pass  # ssh is gone already: its exit says why
         if not got.wait(self.host.connect_timeout + MARGIN):
@@ -312,8 +325,19 @@ class Session:
         message = greeting[0]
         if not isinstance(message, dict):
             raise HostError(self._failure_text(message))
-        if message.get("hello") != wire.PROTOCOL:
+        try:
+            self.greeted(message)
+        except HostError:
             self._kill()
+            raise
+        self._reader = threading.Thread(
+            target=self._read_answers, daemon=True, name=f"agent-{self.host.name}"
+        )
+        self._reader.start()
+
+    def greeted(self, message: dict[str, Any]) -> None:
+        """Take the target's first message, or say why it cannot serve (HostError)."""
+        if message.get("hello") != wire.PROTOCOL:
             error = message.get("error") or f"protocol {message.get('hello')!r}"
             raise HostError(
                 f"{self.where}: the agent cannot run there: {printable(str(error))} "
@@ -322,11 +346,6 @@ class Session:
                 f"hosts.{self.host.name}.python)"
             )
         self.hello = Hello(str(message.get("python")), int(message["pid"]), int(message["uid"]))
-        self._reader = threading.Thread(
-            target=self._read_answers, daemon=True, name=f"agent-{self.host.name}"
-        )
-        self._reader.start()
-        return self.hello
 
     def _failure_text(self, message: object) -> str:
         """Why ssh ended before the agent spoke: ssh's exit and its words."""
@@ -557,7 +576,16 @@ class Hosts:
     """The sessions of one run: each host connected once, when its first consumer needs it,
     at most ``jobs`` connecting at a time; every one closed when the run ends."""
 
-    def __init__(self, hosts: Iterable[Host], consumers: Iterable[Consumer], jobs: int) -> None:
+    def __init__(
+        self,
+        hosts: Iterable[Host],
+        consumers: Iterable[Consumer],
+        jobs: int,
+        session_for: Callable[[Host, str], Session] = Session,
+    ) -> None:
+        """``session_for(host, control_path)``: the session of a host (another kind for a
+        receive-mode host; see :mod:`certbot_fanout.remote_receive`)."""
+        self._session_for = session_for
         self.hosts = {h.name: h for h in hosts}
         self.consumers: dict[str, list[Consumer]] = {}
         for c in consumers:
@@ -600,10 +628,13 @@ class Hosts:
 
     def _open(self, name: str) -> Session | HostError:
         index = sorted(self.hosts).index(name)
-        session = Session(self.hosts[name], os.path.join(self._control, f"h{index}"))
+        session = self._session_for(self.hosts[name], os.path.join(self._control, f"h{index}"))
         with self._gate:
             try:
                 session.open()
+                if not session.resolves_accounts:
+                    self._accounts[name] = ({}, {})
+                    return session
                 users = {f.owner_name for c in self.consumers[name] for f in c.files}
                 groups = {f.group_name for c in self.consumers[name] for f in c.files}
                 self._accounts[name] = session.resolve(users, groups)

@@ -47,7 +47,12 @@ from certbot_fanout.model import (
     Part,
 )
 from certbot_fanout.presets import CERTIFICATE_RE, PRESETS, SYNAPSE_SERVER_NAME_FILE
-from certbot_fanout.schema_hosts import consumer_host, endpoint_via, read_hosts
+from certbot_fanout.schema_hosts import (
+    check_receive_consumer,
+    consumer_host,
+    endpoint_via,
+    read_hosts,
+)
 from certbot_fanout.schema_keystore import (
     KEYSTORE_KEYS,
     WHOLE_FILES,
@@ -280,6 +285,8 @@ class _MapReader(Reader):
         self.remote = None
         if "host" in items:
             self.remote = consumer_host(self, self.hosts, items["host"][1], path / "host")
+            if self.hosts[self.remote].mode == "receive":
+                check_receive_consumer(self, self.hosts[self.remote], items, path)
         if "preset" in items:
             for key, pair in self.preset(items["preset"][1], path / "preset", certificate):
                 items.setdefault(key, pair)
@@ -592,7 +599,9 @@ class _MapReader(Reader):
             starttls=starttls,
             check_chain=self.check_chain(items, path),
             family=self.family(items, path),
-            via_host=endpoint_via(self, self.remote, items, path),
+            via_host=endpoint_via(
+                self, self.hosts[self.remote] if self.remote else None, items, path
+            ),
         )
 
     def federation_endpoint(self, items: Items, node: Node, path: Path) -> Endpoint:

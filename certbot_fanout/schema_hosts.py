@@ -35,7 +35,12 @@ HOST_KEYS = (
     "known_hosts",
     "python",
     "connect_timeout",
+    "mode",
 )
+MODES = ("agent", "receive")
+# What a consumer on a receive host may say: the target's own map decides files, owners, the
+# test and the reload; this map only names the lineage handed over and what to verify.
+RECEIVE_CONSUMER_KEYS = ("certificate", "host", "verify", "verify_timeout", "notes", "notify")
 MAX_CONNECT_TIMEOUT = 300.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 # [user@]host, or ssh://[user@]host[:port]: what ssh takes as its destination, and never an
@@ -76,9 +81,9 @@ def consumer_host(reader: Reader, hosts: Mapping[str, Host], node: Node, path: P
     return name
 
 
-def endpoint_via(reader: Reader, remote: str | None, items: Items, path: Path) -> bool:
+def endpoint_via(reader: Reader, remote: Host | None, items: Items, path: Path) -> bool:
     """An endpoint's ``via``: ``here`` (the default: probed from this host, as clients reach
-    it) or ``host`` (through the ssh connection, from the consumer's own host)."""
+    it) or ``host`` (through the ssh connection, from the consumer's own host ``remote``)."""
     if "via" not in items:
         return False
     node = items["via"][1]
@@ -94,12 +99,19 @@ def endpoint_via(reader: Reader, remote: str | None, items: Items, path: Path) -
             "via: host is for a consumer on another host (one with 'host:'); this consumer's "
             "endpoints are probed from here already",
         )
+    if remote.mode == "receive":
+        raise reader.error(
+            node,
+            path / "via",
+            f"host {remote.name} is in receive mode: its key is restricted (no forwarding), so "
+            "nothing can be probed through it; probe from here",
+        )
     if "family" in items:
         raise reader.error(
             items["family"][0],
             path / "family",
-            f"an endpoint probed via {remote} is reached at the address {remote} resolves for "
-            "it; 'family' picks addresses here, so it cannot be used with via: host",
+            f"an endpoint probed via {remote.name} is reached at the address {remote.name} "
+            "resolves for it; 'family' picks addresses here, so it cannot be used with via: host",
         )
     return True
 
@@ -130,14 +142,35 @@ def _host(reader: Reader, name: str, node: Node, path: Path) -> Host:
     python = Host(name, "").python
     if "python" in items:
         python = _program(reader, items["python"][1], path / "python")
+    mode = "agent"
+    if "mode" in items:
+        mode_node = items["mode"][1]
+        mode = reader.string(mode_node, path / "mode", "agent or receive")
+        if mode not in MODES:
+            raise reader.error(mode_node, path / "mode", f"expected agent or receive, got {mode!r}")
     return Host(
         name=name,
         ssh=_destination(reader, items["ssh"][1], path / "ssh"),
         port=port,
         python=python,
         connect_timeout=timeout,
+        mode=mode,
         **files,
     )
+
+
+def check_receive_consumer(reader: Reader, host: Host, items: Items, path: Path) -> None:
+    """A consumer on a ``mode: receive`` host names its lineage and what to verify from here;
+    anything about its files or commands belongs in the target's own map."""
+    for key, (key_node, _) in items.items():
+        if key not in RECEIVE_CONSUMER_KEYS:
+            raise reader.error(
+                key_node,
+                path / key,
+                f"host {host.name} is in receive mode: its own map decides the files, owners, "
+                f"test and reload, so '{key}' cannot be given here (allowed: "
+                f"{', '.join(RECEIVE_CONSUMER_KEYS)})",
+            )
 
 
 def _destination(reader: Reader, node: Node, path: Path) -> str:

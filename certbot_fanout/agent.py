@@ -112,6 +112,13 @@ def _program_problem(args: dict[str, Any]) -> str | None:
     return commands.untrusted_program_text(problem)
 
 
+def _directory(args: dict[str, Any]) -> dict[str, Any]:
+    """Whether ``directory`` is one, and its default ACL's named entries (for ``check``)."""
+    directory = str(args["directory"])
+    isdir = os.path.isdir(directory)
+    return {"isdir": isdir, "default_acl": list(files.default_acl(directory)) if isdir else []}
+
+
 OPS: dict[str, Handler] = {
     "resolve": _resolve,
     "names": _names,
@@ -123,6 +130,7 @@ OPS: dict[str, Handler] = {
     "reader_problem": _reader_problem,
     "enter_problem": _enter_problem,
     "program_problem": _program_problem,
+    "directory": _directory,
 }
 
 

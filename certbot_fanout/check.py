@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-import stat
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
-from certbot_fanout import commands, trust, verify
+from certbot_fanout import commands, files, trust, verify
+from certbot_fanout import probe as probe_module
+from certbot_fanout.deploy import loopback_problem
 from certbot_fanout.errors import FanoutError, ProbeError
 from certbot_fanout.files import default_acl, enter_problem, reader_problem
 from certbot_fanout.lineage import Lineage, lineage_dir, read_lineage
-from certbot_fanout.model import Config, Consumer, Endpoint, FileSpec, Notify, address_label
+from certbot_fanout.model import (
+    DEFAULT_HOST_JOBS,
+    Config,
+    Consumer,
+    Endpoint,
+    FileSpec,
+    Notify,
+    address_label,
+)
 
 CONNECT_TIMEOUT = 5.0
 
@@ -34,6 +46,44 @@ class CheckReport:
     probed: bool
 
 
+def _local_directory(directory: str) -> tuple[bool, tuple[str, ...]]:
+    isdir = os.path.isdir(directory)
+    return isdir, default_acl(directory) if isdir else ()
+
+
+def _program_problem(program: str) -> str | None:
+    """Why a command's program would not run: found as a deploy finds it (a bare name in
+    :data:`commands.COMMAND_PATH` only), and trusted as a deploy requires."""
+    path = commands.resolve_program(program)
+    if path is None:
+        return (
+            f"no program named {program} on PATH ({commands.COMMAND_PATH_TEXT}); install it, "
+            "or give its full path"
+        )
+    problem = commands.program_problem(path)
+    if problem is not None and problem.fault is trust.Fault.MISSING:
+        return commands.not_found_text(path)
+    if problem is not None:
+        return f"it would not be run: {commands.untrusted_program_text(problem)}"
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        return f"{path} is not an executable file"
+    return None
+
+
+@dataclass(frozen=True)
+class Look:
+    """Where a consumer's files and programs are looked at: this host (the defaults), or the
+    host it lives on, through that host's session (each call a request to its agent)."""
+
+    where: str = "this host"
+    snapshot: Callable[[str], files.Snapshot] = files.snapshot
+    directory: Callable[[str], tuple[bool, tuple[str, ...]]] = _local_directory
+    reader_problem: Callable[[str, int, int], str | None] = reader_problem
+    enter_problem: Callable[[str, int, int], str | None] = enter_problem
+    program_problem: Callable[[str], str | None] = _program_problem
+    fetch_through: probe_module.Fetch | None = None  # via: host endpoints, when remote
+
+
 def run_checks(config: Config, config_dir: str, probe: bool = True) -> CheckReport:
     problems: list[Problem] = []
     lineages: dict[str, Lineage | None] = {}
@@ -44,8 +94,20 @@ def run_checks(config: Config, config_dir: str, probe: bool = True) -> CheckRepo
         except FanoutError as e:
             lineages[name] = None
             problems.append(Problem(f"certificate {name}", f"{e}; no deploy can succeed"))
-    for consumer in config.consumers:
-        problems.extend(_preflight_consumer(consumer, lineages.get(consumer.certificate), probe))
+    with contextlib.ExitStack() as stack:
+        hosts = _open_hosts(stack, config)
+        for consumer in config.consumers:
+            lineage = lineages.get(consumer.certificate)
+            if consumer.host is None:
+                problems.extend(_preflight_consumer(consumer, lineage, probe, Look()))
+                continue
+            assert hosts is not None
+            try:
+                located, look = _remote_look(hosts, consumer)
+            except FanoutError as e:  # the host unreachable, or an owner missing there
+                problems.append(Problem(consumer.name, str(e)))
+                continue
+            problems.extend(_preflight_consumer(located, lineage, probe, look))
     return CheckReport(
         # Each distinct problem once: files in one missing directory share its problem.
         problems=tuple(dict.fromkeys(problems)),
@@ -56,21 +118,65 @@ def run_checks(config: Config, config_dir: str, probe: bool = True) -> CheckRepo
     )
 
 
-def _preflight_consumer(consumer: Consumer, lineage: Lineage | None, probe: bool) -> list[Problem]:
+def _open_hosts(stack: contextlib.ExitStack, config: Config) -> Any:
+    """The run's host sessions, when a consumer lives on another host (else None)."""
+    if not any(c.host for c in config.consumers):
+        return None
+    from certbot_fanout import remote, remote_receive
+
+    return stack.enter_context(
+        remote.Hosts(config.hosts, config.consumers, DEFAULT_HOST_JOBS, remote_receive.session_for)
+    )
+
+
+def _remote_look(hosts: Any, consumer: Consumer) -> tuple[Consumer, Look]:
+    """``consumer`` as its host numbers its owners, and how to look at it there.
+
+    Raises:
+        FanoutError: the host could not be reached, or an owner does not exist there.
+    """
+    assert consumer.host is not None
+    where = f"host {consumer.host}"
+    if hosts.hosts[consumer.host].mode == "receive":
+        # Its own map decides its files and commands (`check` there looks at them).
+        return replace(consumer, files=(), test=None, reload=None), Look(where=where)
+    session, located = hosts.prepare(consumer)
+    look = Look(
+        where=where,
+        snapshot=session.snapshot,
+        directory=session.directory,
+        reader_problem=session.reader_problem,
+        enter_problem=session.enter_problem,
+        program_problem=session.program_problem,
+        fetch_through=session.fetch_through,
+    )
+    return located, look
+
+
+def _preflight_consumer(
+    consumer: Consumer, lineage: Lineage | None, probe: bool, look: Look
+) -> list[Problem]:
     """What would break a deploy to ``consumer``: its files, its commands, its endpoints."""
     found: list[str] = []
     for spec in consumer.files:
-        found.extend(_check_file(spec, lineage))
+        try:
+            found.extend(_check_file(spec, lineage, look))
+        except FanoutError as e:  # unreadable there, or the host's connection lost
+            found.append(f"{spec.path}: {e}")
     for what, argv in (("test", consumer.test), ("reload", consumer.reload)):
         if argv:
-            problem = _program_problem(argv[0])
+            try:
+                problem = look.program_problem(argv[0])
+            except FanoutError as e:
+                problem = str(e)
             if problem:
-                found.append(f"the {what} command `{' '.join(argv)}` cannot run: {problem}")
+                on = f" on {look.where}" if consumer.host else ""
+                found.append(f"the {what} command `{' '.join(argv)}` cannot run{on}: {problem}")
     if consumer.notify:
         found.extend(_notify_problems(consumer.notify))
     if probe:
         for ep in consumer.verify:
-            found.extend(_endpoint_problems(ep))
+            found.extend(_endpoint_problems(ep, consumer.host, look))
     return [Problem(consumer.name, text) for text in found]
 
 
@@ -99,9 +205,22 @@ def _notify_problems(notify: Notify) -> list[str]:
     return found
 
 
-def _endpoint_problems(ep: Endpoint) -> list[str]:
+def _endpoint_problems(ep: Endpoint, host: str | None = None, look: Look = Look()) -> list[str]:
     """Every address of ``ep`` that accepts no connection (for a federation endpoint: of
-    each place its name leads peers to, the well-known's server included)."""
+    each place its name leads peers to, the well-known's server included). For a consumer on
+    another ``host``: a ``via: host`` endpoint is reached through it, and a loopback is not
+    probed here."""
+    if ep.via_host:
+        assert look.fetch_through is not None
+        try:
+            look.fetch_through(ep.host, ep.port, ep.server_name, CONNECT_TIMEOUT, ep.starttls)
+        except ProbeError as e:
+            return [str(e)]
+        return []
+    if host is not None:
+        problem = loopback_problem(ep.host, ep.port, host)
+        if problem is not None:
+            return [problem]
     try:
         places = _places(ep)
     except ProbeError as e:
@@ -138,7 +257,7 @@ def _places(ep: Endpoint) -> list[tuple[str, int]]:
     return list(dict.fromkeys((t.host, t.port) for t in targets))
 
 
-def _check_file(spec: FileSpec, lineage: Lineage | None) -> list[str]:
+def _check_file(spec: FileSpec, lineage: Lineage | None, look: Look) -> list[str]:
     found = []
     who = spec.owner_name
     if spec.link:
@@ -155,16 +274,18 @@ def _check_file(spec: FileSpec, lineage: Lineage | None) -> list[str]:
     if spec.holds_key and spec.mode & 0o004:
         found.append(
             f"{spec.path} holds the private key, and its configured mode {spec.mode:04o} lets "
-            'every user on this host read it; use mode "0600", or "0640" with a group'
+            f'every user on {look.where} read it; use mode "0600", or "0640" with a group'
         )
     directory = os.path.dirname(spec.path)
-    if not os.path.isdir(directory):
+    isdir, default_entries = look.directory(directory)
+    if not isdir:
+        on = f" on {look.where}" if look.where != Look.where else ""
         found.append(
-            f"the directory {directory} does not exist; create it (with the owner and mode "
+            f"the directory {directory} does not exist{on}; create it (with the owner and mode "
             f"{who} needs to reach it) before the first deploy"
         )
         return found
-    acl = default_acl(directory) if spec.holds_key else ()
+    acl = default_entries if spec.holds_key else ()
     if acl:
         found.append(
             f"{directory}, where {spec.path} holds the private key, has a default ACL "
@@ -172,38 +293,19 @@ def _check_file(spec: FileSpec, lineage: Lineage | None) -> list[str]:
             f"it from the key it places, but not from what others create there: remove it "
             f"(setfacl -k {directory})"
         )
-    if os.path.lexists(spec.path):
-        st = os.lstat(spec.path)
-        if spec.holds_key and stat.S_ISREG(st.st_mode) and st.st_mode & 0o004:
+    current = look.snapshot(spec.path)
+    if current.kind is not files.Kind.MISSING:
+        if spec.holds_key and current.kind is files.Kind.FILE and current.mode & 0o004:
             found.append(
-                f"{spec.path} holds the private key and is readable by every user on this host "
-                f"right now (mode {stat.S_IMODE(st.st_mode):04o}); the next deploy fixes it"
+                f"{spec.path} holds the private key and is readable by every user on "
+                f"{look.where} right now (mode {current.mode:04o}); the next deploy fixes it"
             )
-        problem = reader_problem(spec.path, spec.owner, spec.group)
+        problem = look.reader_problem(spec.path, spec.owner, spec.group)
     else:
-        problem = enter_problem(directory, spec.owner, spec.group)
+        problem = look.enter_problem(directory, spec.owner, spec.group)
     if problem:
         found.append(
             f"{who} is to own {spec.path} but could not read it: {problem}; let {who} "
             "(or its group) enter every directory on the way, or place the file elsewhere"
         )
     return found
-
-
-def _program_problem(program: str) -> str | None:
-    """Why a command's program would not run: found as a deploy finds it (a bare name in
-    :data:`commands.COMMAND_PATH` only), and trusted as a deploy requires."""
-    path = commands.resolve_program(program)
-    if path is None:
-        return (
-            f"no program named {program} on PATH ({commands.COMMAND_PATH_TEXT}); install it, "
-            "or give its full path"
-        )
-    problem = commands.program_problem(path)
-    if problem is not None and problem.fault is trust.Fault.MISSING:
-        return commands.not_found_text(path)
-    if problem is not None:
-        return f"it would not be run: {commands.untrusted_program_text(problem)}"
-    if not os.path.isfile(path) or not os.access(path, os.X_OK):
-        return f"{path} is not an executable file"
-    return None

@@ -558,6 +558,18 @@ def _received_stage(value: object) -> Stage:
         return Stage.INTERNAL
 
 
+def loopback_problem(address: str, port: int, host: str) -> str | None:
+    """Why ``address`` is not probed here for a consumer on ``host``: it is a loopback."""
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(address.split("%")[0]).is_loopback:
+            return (
+                f"{address_label(address, port)} is the loopback of {host}, not of this "
+                f"host: give an address of {host} that clients use, or add 'via: host' to "
+                f"the endpoint to probe it through the ssh connection, from {host} itself"
+            )
+    return None
+
+
 def _not_our_loopback(fetch: probe.Fetch, host: str) -> probe.Fetch:
     """``fetch``, refusing this host's loopback for a consumer on ``host``: 127.0.0.1 there is
     not 127.0.0.1 here, and probing ours would prove nothing about it (or the wrong thing)."""
@@ -573,13 +585,9 @@ def _not_our_loopback(fetch: probe.Fetch, host: str) -> probe.Fetch:
         key_type: KeyType | None = None,
         trust: probe.Trust | None = None,
     ) -> probe.Served:
-        with contextlib.suppress(ValueError):
-            if ipaddress.ip_address(address.split("%")[0]).is_loopback:
-                raise ProbeError(
-                    f"{address_label(address, port)} is the loopback of {host}, not of this "
-                    f"host: give an address of {host} that clients use, or add 'via: host' to "
-                    f"the endpoint to probe it through the ssh connection, from {host} itself"
-                )
+        problem = loopback_problem(address, port, host)
+        if problem is not None:
+            raise ProbeError(problem)
         return fetch(address, port, server_name, timeout, starttls, key_type=key_type, trust=trust)
 
     return guarded

@@ -523,6 +523,21 @@ class Session:
         found = self._file_call("reader_problem", {"path": path, "uid": uid, "gid": gid})
         return None if found is None else str(found)
 
+    def enter_problem(self, directory: str, uid: int, gid: int) -> str | None:
+        found = self._file_call("enter_problem", {"directory": directory, "uid": uid, "gid": gid})
+        return None if found is None else str(found)
+
+    def program_problem(self, program: str) -> str | None:
+        """Why the target would not run ``program`` (found and trusted as a deploy there
+        requires), in a sentence; None: it would."""
+        found = self._file_call("program_problem", {"program": program})
+        return None if found is None else str(found)
+
+    def directory(self, directory: str) -> tuple[bool, tuple[str, ...]]:
+        """Whether ``directory`` is one on the target, and its default ACL's named entries."""
+        found = self._file_call("directory", {"directory": directory})
+        return bool(found["isdir"]), tuple(str(e) for e in found["default_acl"])
+
     def run(
         self, argv: Iterable[str], timeout: float, what: str = "command"
     ) -> commands.CommandResult:

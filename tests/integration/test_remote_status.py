@@ -1,4 +1,5 @@
-"""Consumers on other hosts, after the deploy (issue 15): ``status`` checks each consumer's
+"""Consumers on other hosts, before and after the deploy (issue 15): ``check`` looks at each
+consumer's directories, owners and programs on its own host; ``status`` checks each consumer's
 files on its own host over ssh and probes its endpoints from here, ``--repair`` redeploys what
 drifted there, the Prometheus textfile labels each sample with its host, an unreachable host is
 CRITICAL for its own consumers only, and an endpoint only its host reaches (``via: host``) is
@@ -21,6 +22,7 @@ from tests.support.hostworld import (
     FULLCHAIN,
     PRIVKEY,
     World,
+    check,
     consumer_entry,
     start_nginx_with,
     status,
@@ -153,3 +155,51 @@ def test_status_checks_files_on_their_hosts_and_repair_fixes_them_there(
     [problem] = found["files-b"]["problems"]
     assert problem.startswith("files not checked: host b") and "refused" in problem, problem
     nginx.stop()
+
+
+def test_check_looks_at_each_consumers_directories_users_and_programs_on_its_host(
+    world: World,
+) -> None:
+    a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
+    # Each host's /srv/tls is its own: this directory and this program exist on b only.
+    b.write("/srv/tls/only-b/.keep", b"", mode=0o644)
+    b.write("/srv/tls/reload.sh", b"#!/bin/sh\nexit 0\n", mode=0o755)
+    in_only_b = [{"path": "/srv/tls/only-b/key.pem", "content": "privkey", "mode": "0600"}]
+    world.consumers = {
+        "ok-b": {
+            "host": "b",
+            "certificate": CERT,
+            "files": in_only_b,
+            "reload": ["/srv/tls/reload.sh"],
+        },
+        "dir-a": {"host": "a", "certificate": CERT, "files": in_only_b},
+        "prog-a": {"host": "a", "certificate": CERT, "reload": ["/srv/tls/reload.sh"]},
+        "user-b": consumer_entry(b, "svc"),  # svc exists on a only
+        "via-a": {
+            "host": "a",
+            "certificate": CERT,
+            "verify": [{"host": "127.0.0.1", "port": 8443, "via": "host"}],
+        },
+    }
+    found = check(world)
+    assert found.returncode == 1, explain(found)
+    problems = [line for line in found.stdout.splitlines() if line.startswith("PROBLEM: ")]
+    by_name: dict[str, list[str]] = {}
+    for line in problems:
+        name, _, text = line.removeprefix("PROBLEM: ").partition(": ")
+        by_name.setdefault(name, []).append(text)
+    assert "ok-b" not in by_name, by_name
+    [dir_a] = by_name["dir-a"]
+    assert dir_a.startswith("the directory /srv/tls/only-b does not exist on host a"), dir_a
+    [prog_a] = by_name["prog-a"]
+    assert "the reload command `/srv/tls/reload.sh` cannot run on host a" in prog_a, prog_a
+    [user_b] = by_name["user-b"]
+    assert "user svc does not exist on b" in user_b, user_b
+    [via_a] = by_name["via-a"]
+    assert "a could not open a connection to it" in via_a, via_a
+    # A host down: its consumers get ssh's reason; the other host's are still checked.
+    a.stop()
+    down = check(world)
+    assert down.returncode == 1, explain(down)
+    assert "PROBLEM: dir-a: host a (" in down.stdout and "refused" in down.stdout, down.stdout
+    assert "PROBLEM: ok-b" not in down.stdout, down.stdout

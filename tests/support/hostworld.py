@@ -106,3 +106,17 @@ def status_argv(world: World, *extra: str) -> list[str]:
 def status(world: World, *extra: str) -> Any:
     """The completed ``status`` run (see :func:`status_argv`)."""
     return run(status_argv(world, *extra), timeout=120)
+
+
+def check(world: World, *extra: str) -> Any:
+    """``certbot-fanout check`` on the world's map and lineages, in the controller namespace."""
+    argv = [
+        cli_path(),
+        "check",
+        "--config",
+        str(world.write_map()),
+        "--config-dir",
+        str(world.live.parent.parent),
+        *extra,
+    ]
+    return run(world.hosts.controller_argv(argv), timeout=120)

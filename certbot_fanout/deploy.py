@@ -468,8 +468,8 @@ def _received(
     options: DeployOptions,
     fx: Effects,
 ) -> ConsumerResult:
-    """``consumer`` (of this map, on a receive-mode host) after the target's deploy of ``lineage``,
-    its endpoints probed from here."""
+    """``consumer`` (of this map, on a receive-mode host) after the target's deploy of
+    ``lineage``, its endpoints probed from here."""
     start = time.monotonic()
     if lineage.name not in session.certificates:
         return _failed(
@@ -484,47 +484,49 @@ def _received(
     except FanoutError as e:  # the connection broke, or the target refused the lineage
         return _failed(consumer, Stage.CONNECT, str(e), start)
     theirs = [c for c in document["consumers"] if isinstance(c, dict)]
+    done = _as_theirs(consumer, theirs, options.dry_run, session.host.name)
+    if done.outcome is Outcome.OK:
+        deadline = time.monotonic() + consumer.verify_timeout
+        endpoints = tuple(
+            poll_endpoint(ep, lineage, fx.fetch_for(ep), deadline, fx.sleep)
+            for ep in consumer.verify
+        )
+        bad = [r for r in endpoints if not r.ok]
+        done = replace(done, endpoints=endpoints)
+        if bad:
+            error = "; ".join(r.error or r.label for r in bad)
+            done = replace(done, outcome=Outcome.FAILED, failed_stage=Stage.VERIFY, error=error)
+    return replace(done, seconds=time.monotonic() - start)
+
+
+def _as_theirs(
+    consumer: Consumer, theirs: list[dict[str, Any]], dry_run: bool, host: str
+) -> ConsumerResult:
+    """``consumer``'s result as the target's deploy document tells it (before the probes
+    from here): its files, test and reload are those of the target's consumers."""
     reasons = [str(c["reload_reason"]) for c in theirs if c.get("reload_reason")]
     done = ConsumerResult(
         consumer=consumer,
-        outcome=Outcome.PLANNED if options.dry_run else Outcome.OK,
+        outcome=Outcome.PLANNED if dry_run else Outcome.OK,
         files=tuple(_received_file(f) for c in theirs for f in c.get("files") or ()),
         tested=any(c.get("tested") for c in theirs),
         reloaded=any(c.get("reloaded") for c in theirs),
         reload_reason=reasons[0] if reasons else "",
     )
     failed = [c for c in theirs if c.get("outcome") == "failed"]
-    if failed:
-        error = "; ".join(
-            f"{session.host.name}'s {printable(str(c.get('name')))}: "
-            f"{printable(str(c.get('error')))}"
-            for c in failed
-        )
-        return replace(
-            done,
-            outcome=Outcome.FAILED,
-            failed_stage=_received_stage(failed[0].get("failed_stage")),
-            error=error,
-            rolled_back=all(c.get("rolled_back") for c in failed),
-            seconds=time.monotonic() - start,
-        )
-    if options.dry_run:
-        return replace(done, seconds=time.monotonic() - start)
-    deadline = time.monotonic() + consumer.verify_timeout
-    endpoints = tuple(
-        poll_endpoint(ep, lineage, fx.fetch_for(ep), deadline, fx.sleep) for ep in consumer.verify
+    if not failed:
+        return done
+    error = "; ".join(
+        f"{host}'s {printable(str(c.get('name')))}: {printable(str(c.get('error')))}"
+        for c in failed
     )
-    bad = [r for r in endpoints if not r.ok]
-    if bad:
-        return replace(
-            done,
-            outcome=Outcome.FAILED,
-            endpoints=endpoints,
-            failed_stage=Stage.VERIFY,
-            error="; ".join(r.error or r.label for r in bad),
-            seconds=time.monotonic() - start,
-        )
-    return replace(done, endpoints=endpoints, seconds=time.monotonic() - start)
+    return replace(
+        done,
+        outcome=Outcome.FAILED,
+        failed_stage=_received_stage(failed[0].get("failed_stage")),
+        error=error,
+        rolled_back=all(c.get("rolled_back") for c in failed),
+    )
 
 
 def _received_file(document: Any) -> FileResult:

@@ -15,6 +15,7 @@ This is the only module that imports ``certbot``. Facts it rests on (certbot 2.1
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -24,15 +25,21 @@ from certbot import errors, interfaces
 from certbot.display import util as display_util
 from certbot.plugins import common
 
-from certbot_fanout import commands, files
+from certbot_fanout import files
 from certbot_fanout.config import (
     default_config_path,
     load_config,
 )
-from certbot_fanout.deploy import DeployOptions, DeployResult, Effects, deploy_lineage
+from certbot_fanout.deploy import DeployOptions, DeployResult, Effects, Places, deploy_lineage
 from certbot_fanout.errors import ConfigNotFound, FanoutError
 from certbot_fanout.escape import printable
-from certbot_fanout.model import CONFIG_ENV, DEFAULT_CERTBOT_DIR, DEFAULT_CONFIG_PATH, Config
+from certbot_fanout.model import (
+    CONFIG_ENV,
+    DEFAULT_CERTBOT_DIR,
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_HOST_JOBS,
+    Config,
+)
 from certbot_fanout.render_common import plural
 from certbot_fanout.render_deploy import render_deploy_failures, render_deploy_text
 from certbot_fanout.render_status import render_status_failures, render_status_text
@@ -128,13 +135,20 @@ class Installer(
         self._restore_originals()
 
     def config_test(self) -> None:
+        """Every consumer's test command, where the consumer lives (another host's over its
+        ssh connection)."""
         config = self._load()
         failures = []
-        for consumer in config.consumers:
-            if consumer.test:
+        with contextlib.ExitStack() as stack:
+            places = Places(Effects())
+            places.open_hosts(stack, config, DEFAULT_HOST_JOBS)
+            for consumer in config.consumers:
+                if not consumer.test:
+                    continue
                 try:
-                    commands.run_command(consumer.test, consumer.reload_timeout, "test")
-                except FanoutError as e:
+                    located, fx = places.locate(consumer)
+                    fx.run(consumer.test, located.reload_timeout, "test")
+                except FanoutError as e:  # failed, or its host could not be reached
                     # The message holds the command's output: escaped, as in every report.
                     failures.append(printable(f"{consumer.name}: {e}"))
         if failures:

@@ -18,6 +18,7 @@ import re
 import shlex
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -382,3 +383,64 @@ def test_certbot_renew_with_the_deploy_hook_reaches_two_hosts_and_proves_each(
     assert state, "the hook recorded the deploy"
     nginx.stop()
     dovecot.stop()
+
+
+def test_the_installer_deploys_to_a_host_and_runs_each_test_where_its_consumer_lives(
+    world: World, certbot: Certbot, lineages: LineageFactory, tmp_path: Path
+) -> None:
+    """`certbot install -i fanout` (certbot 5.8, run where the hosts are reached) deploys to
+    nginx on host a and proves it; the installer's config_test runs a's test on a and b's on
+    b, and names the consumer whose test fails there."""
+    a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
+    nginx = start_nginx_with(a, lineages.ca.issue([CERT_NAME]))
+    before = settled_workers(nginx.pid)
+    world.consumers = {
+        "nginx-a": {
+            **consumer_entry(a, "svc"),
+            "certificate": CERT_NAME,
+            "test": nginx.test_argv,
+            "reload": nginx.reload_argv,
+            "verify": [{"host": a.address, "port": 443, "server_name": CERT_NAME}],
+        },
+    }
+    config = world.write_map()
+    state = {"CERTBOT_FANOUT_STATE": str(tmp_path / "installer-state.json")}
+    installer = Certbot(
+        certbot.pebble,
+        certbot.basedir,
+        certbot_argv=world.hosts.controller_argv(certbot.certbot_argv),
+        extra_env={**certbot.extra_env, **state},
+    )
+    result = installer.run(
+        "install", "--cert-name", CERT_NAME, "-i", "fanout", "--fanout-config", str(config)
+    )
+    assert result.returncode == 0, explain(result)
+    live = certbot.lineage(CERT_NAME)
+    assert a.read_bytes(PRIVKEY) == (live / "privkey.pem").read_bytes()
+    settled_workers(nginx.pid, replacing=before)
+    leaf = hashlib.sha256(ssl.PEM_cert_to_DER_cert((live / "cert.pem").read_text())).hexdigest()
+    assert served_in(world.hosts.controller, a.address, 443, CERT_NAME).fingerprint == leaf
+
+    # config_test: each test where its consumer lives (a marker only a's /srv/tls can hold).
+    world.consumers["marker-a"] = {
+        "host": "a",
+        "certificate": CERT_NAME,
+        "test": ["sh", "-c", "touch /srv/tls/tested-here"],
+    }
+    world.consumers["failing-b"] = {"host": "b", "certificate": CERT_NAME, "test": ["false"]}
+    code = (
+        "import sys, types\n"
+        "from certbot import errors\n"
+        "from certbot_fanout.plugin import Installer\n"
+        "try:\n"
+        f"    Installer(types.SimpleNamespace(fanout_config={str(world.write_map())!r}),"
+        " 'fanout').config_test()\n"
+        "except errors.MisconfigurationError as e:\n"
+        "    print(e)\n"
+    )
+    tested = run(world.hosts.controller_argv([sys.executable, "-c", code]), timeout=120)
+    assert tested.returncode == 0, explain(tested)
+    assert "config test failed for failing-b:" in tested.stdout, explain(tested)
+    assert "nginx-a" not in tested.stdout and "marker-a" not in tested.stdout, tested.stdout
+    assert a.exists("/srv/tls/tested-here") and not b.exists("/srv/tls/tested-here")
+    nginx.stop()

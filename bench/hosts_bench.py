@@ -20,7 +20,6 @@ faster than the serial loop.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -35,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from certbot_fanout._pki import ThrowawayCA, write_lineage
+from tests.support.cpuacct import TargetCpu
 from tests.support.sshhosts import SshHosts
 
 CERT = "bench.example.test"
@@ -44,44 +44,6 @@ CONSUMERS = 2
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-CPUACCT = Path("/sys/fs/cgroup/cpuacct")
-
-
-class TargetCpu:
-    """The CPU the simulated targets use (every sshd, with its sessions and agents), apart
-    from the controller's: a cgroup-v1 cpuacct group each host's sshd is moved into (its
-    children inherit it). Disabled (None readings) where there is no cpuacct hierarchy."""
-
-    def __init__(self) -> None:
-        self.group: Path | None = None
-        if CPUACCT.is_dir() and os.access(CPUACCT, os.W_OK):
-            self.group = CPUACCT / f"certbot-fanout-bench-targets.{os.getpid()}"
-            self.group.mkdir()
-
-    def add(self, pid: int) -> None:
-        if self.group is not None:
-            (self.group / "cgroup.procs").write_text(f"{pid}\n")
-
-    def seconds(self) -> float | None:
-        if self.group is None:
-            return None
-        return int((self.group / "cpuacct.usage").read_text()) / 1e9
-
-    def close(self) -> None:
-        """Move what is left to the root group, then remove the group."""
-        if self.group is None:
-            return
-        for pid in (self.group / "cgroup.procs").read_text().split():
-            with contextlib.suppress(OSError):  # already gone
-                (CPUACCT / "cgroup.procs").write_text(f"{pid}\n")
-        for _ in range(50):
-            try:
-                self.group.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
 
 
 def _map(hosts: SshHosts) -> dict[str, Any]:

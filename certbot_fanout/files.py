@@ -34,7 +34,6 @@ import grp
 import os
 import pwd
 import re
-import secrets
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -45,7 +44,7 @@ MAX_EXISTING_BYTES = 1 << 20
 MAX_SYMLINKS = 40  # as the kernel's own limit on a path walk
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_SUFFIX = ".fanout-"
-_TEMP_TOKEN = re.compile(r"[0-9a-f]{12}")  # secrets.token_hex(6)
+_TEMP_TOKEN = re.compile(r"[0-9a-f]{12}")  # os.urandom(6).hex()
 ACCESS_ACL = "system.posix_acl_access"
 DEFAULT_ACL = "system.posix_acl_default"
 # What the filesystem says when a file has no ACL, or cannot have one.
@@ -504,7 +503,9 @@ def place(desired: Desired) -> None:
         if problem:
             raise PlacementError(problem)
         _remove_leftovers(dfd, name)
-        tmp = f".{name}{_TEMP_SUFFIX}{secrets.token_hex(6)}"
+        # os.urandom, as secrets.token_hex is (without importing secrets, hmac and hashlib
+        # into the agent on every target).
+        tmp = f".{name}{_TEMP_SUFFIX}{os.urandom(6).hex()}"
         step = "create a temporary file"
         created = False
         try:

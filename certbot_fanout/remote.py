@@ -59,16 +59,16 @@ if sys.version_info < OLDEST:
     sys.stdout.buffer.write(struct.pack(">I", len(body)) + body)
     sys.stdout.flush()
     sys.exit(3)
-import importlib.abc, importlib.util
+from importlib.machinery import ModuleSpec
 _in = sys.stdin.buffer
 _SOURCES = json.loads(_in.read(int(_in.readline())).decode("utf-8"))
 
-class _Memory(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class _Memory:  # a meta path finder and loader (importlib.abc's bases cost 10 ms to import)
     def find_spec(self, name, path, target=None):
         if name == "certbot_fanout":
-            return importlib.util.spec_from_loader(name, self, is_package=True)
+            return ModuleSpec(name, self, is_package=True)
         if name.startswith("certbot_fanout.") and name[15:] in _SOURCES:
-            return importlib.util.spec_from_loader(name, self)
+            return ModuleSpec(name, self)
         return None
 
     def create_module(self, spec):
@@ -153,7 +153,8 @@ def ssh_options(host: Host, *, pinned: bool = True) -> list[str]:
 
 def agent_command(host: Host) -> str:
     """The one command line ssh runs on the target: a fixed loader, no data."""
-    return shlex.join(["exec", host.python, "-I", "-c", STAGE1])
+    # -I: no environment, no user site, no script directory; -S: no site (3 ms less start).
+    return shlex.join(["exec", host.python, "-I", "-S", "-c", STAGE1])
 
 
 def agent_payload() -> bytes:

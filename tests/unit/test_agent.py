@@ -32,7 +32,7 @@ class LocalSession(remote.Session):
     """A session whose 'ssh' is the interpreter itself, started as ssh would start it."""
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-I", "-c", remote.STAGE1]
+        return [sys.executable, "-I", "-S", "-c", remote.STAGE1]
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def test_frames_are_bounded_and_a_torn_frame_is_an_error() -> None:
 def test_the_command_line_holds_no_data_only_the_fixed_loader() -> None:
     host = Host("mx1", "root@mx1", python="/usr/bin/python3")
     command = remote.agent_command(host)
-    assert command == f"exec /usr/bin/python3 -I -c '{remote.STAGE1}'"
+    assert command == f"exec /usr/bin/python3 -I -S -c '{remote.STAGE1}'"
     argv = LocalSession(host, "/run/x/h0").argv()
     real = remote.Session(host, "/run/x/h0").argv()
     assert real[-2:] == ["root@mx1", command] and real[-3] == "--"

@@ -104,10 +104,11 @@ def run_checks(config: Config, config_dir: str, probe: bool = True) -> CheckRepo
             assert hosts is not None
             try:
                 located, look = _remote_look(hosts, consumer)
+                problems.extend(_preflight_consumer(located, lineage, probe, look))
             except FanoutError as e:  # the host unreachable, or an owner missing there
                 problems.append(Problem(consumer.name, str(e)))
-                continue
-            problems.extend(_preflight_consumer(located, lineage, probe, look))
+            finally:
+                hosts.release(consumer)  # its host's last consumer closes the connection
     return CheckReport(
         # Each distinct problem once: files in one missing directory share its problem.
         problems=tuple(dict.fromkeys(problems)),

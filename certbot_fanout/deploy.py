@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from certbot_fanout import commands, files, keystore, probe, state
 from certbot_fanout.errors import CommandError, FanoutError, PlacementError, ProbeError
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from certbot_fanout.remote_receive import ReceiveSession
 
 logger = logging.getLogger(__name__)
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,7 @@ def deploy(
         if consumers:
             workers = max(1, min(options.jobs, len(consumers)))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fanout") as pool:
-                results = list(pool.map(lambda c: places.run(c, lineage, options), consumers))
+                results = places.map(pool, lambda c: places.run(c, lineage, options), consumers)
     return DeployResult(
         certificate=lineage.name,
         expected=lineage.cert,
@@ -370,6 +371,7 @@ def record_result(state_path: str, result: DeployResult) -> None:
         # A consumer whose placed files could not be put back (its connection was lost during
         # its reload, say) stays pending: the next run must reload it, not find it current.
         finished=[c.name for c in result.consumers if not _left_placed(c)],
+        hosts={c.name: c.consumer.host for c in result.consumers},
     )
 
 
@@ -435,6 +437,31 @@ class Places:
         if consumer.host is None:
             return self.effects
         return replace(self.effects, fetch=_not_our_loopback(self.effects.fetch, consumer.host))
+
+    def release(self, consumer: Consumer) -> None:
+        """``consumer`` is done: the last consumer of a host closes its connection."""
+        if self.hosts is not None:
+            self.hosts.release(consumer)
+
+    def map(
+        self, pool: ThreadPoolExecutor, work: Callable[[Consumer], R], consumers: Sequence[Consumer]
+    ) -> list[R]:
+        """``work`` on each consumer in ``pool``, a host's consumers one after another in the
+        queue (so few connections are open at once), each released when done; the results in
+        the order of ``consumers``."""
+        first: dict[str | None, int] = {}
+        for i, c in enumerate(consumers):
+            first.setdefault(c.host, i)
+        order = sorted(range(len(consumers)), key=lambda i: first[consumers[i].host])
+
+        def one(i: int) -> R:
+            try:
+                return work(consumers[i])
+            finally:
+                self.release(consumers[i])
+
+        done = dict(zip(order, pool.map(one, order), strict=True))
+        return [done[i] for i in range(len(consumers))]
 
     def run(self, consumer: Consumer, lineage: Lineage, options: DeployOptions) -> ConsumerResult:
         if consumer.host is None:

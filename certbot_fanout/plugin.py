@@ -151,6 +151,8 @@ class Installer(
                 except FanoutError as e:  # failed, or its host could not be reached
                     # The message holds the command's output: escaped, as in every report.
                     failures.append(printable(f"{consumer.name}: {e}"))
+                finally:
+                    places.release(consumer)
         if failures:
             raise errors.MisconfigurationError(
                 "certbot-fanout: config test failed for " + "; ".join(failures)

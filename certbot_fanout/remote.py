@@ -608,6 +608,10 @@ class Hosts:
             if c.host is not None:
                 self.consumers.setdefault(c.host, []).append(c)
         self._gate = threading.BoundedSemaphore(max(1, jobs))
+        # Consumers of each host not yet released: its session closes when none is left, so
+        # a run over many hosts keeps only those in progress open (processes, descriptors).
+        self._remaining = {name: len(found) for name, found in self.consumers.items()}
+        self._count_lock = threading.Lock()
         self._locks = {name: threading.Lock() for name in self.consumers}
         self._opened: dict[str, Session | HostError] = {}
         self._accounts: dict[str, tuple[dict[str, int | None], dict[str, int | None]]] = {}
@@ -626,6 +630,17 @@ class Hosts:
         for t in threads:
             t.join()
         self._stack.close()
+
+    def release(self, consumer: Consumer) -> None:
+        """``consumer`` is done with its host: the last one of a host closes its session."""
+        if consumer.host is None or consumer.host not in self._remaining:
+            return
+        with self._count_lock:
+            self._remaining[consumer.host] -= 1
+            last = self._remaining[consumer.host] == 0
+            found = self._opened.get(consumer.host) if last else None
+        if isinstance(found, Session):
+            found.close()
 
     def session(self, name: str) -> Session:
         """The open session of host ``name``, connecting first if no consumer has yet.

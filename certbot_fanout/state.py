@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,9 @@ class ConsumerRecord:
     # Set when a run began to deploy to a consumer that only a reload can prove done (it has
     # no endpoints), cleared when that run finished with it: still set, that run died.
     pending: bool = False
+    # The host it was deployed on (the map's name; None: this host). A record of another host
+    # is not this consumer's once the map moves it.
+    host: str | None = None
 
 
 def default_state_path() -> str:
@@ -76,6 +79,7 @@ def load_state(path: str) -> dict[str, ConsumerRecord]:
                 last_verified=_number(item.get("last_verified")),
                 sha256=item.get("sha256") if isinstance(item.get("sha256"), str) else None,
                 pending=item.get("pending") is True,
+                host=item.get("host") if isinstance(item.get("host"), str) else None,
             )
             for name, item in doc["consumers"].items()
         }
@@ -100,6 +104,7 @@ def save_state(path: str, records: dict[str, ConsumerRecord]) -> None:
                 "last_verified": r.last_verified,
                 "sha256": r.sha256,
                 **({"pending": True} if r.pending else {}),
+                **({"host": r.host} if r.host else {}),
             }
             for name, r in sorted(records.items())
         },
@@ -139,11 +144,13 @@ def update_state(
     verified: list[str],
     now: float,
     finished: Sequence[str] = (),
+    hosts: Mapping[str, str | None] | None = None,
 ) -> None:
     """Record that the consumers in ``deployed`` (name -> certificate SHA-256) were deployed and
     those in ``verified`` were proven current, at ``now``, and that the run is done with those
-    in ``finished``. Also removes the temporary files a killed writer of ``path`` left (by
-    writing it, or when there is nothing to write, on its own)."""
+    in ``finished``; ``hosts`` names the host each lives on (absent: this host). Also removes
+    the temporary files a killed writer of ``path`` left (by writing it, or when there is
+    nothing to write, on its own)."""
     records = load_state(path)
     done = [name for name in finished if name in records and records[name].pending]
     if not deployed and not verified and not done:
@@ -157,5 +164,6 @@ def update_state(
             last_verified=now if name in verified else old.last_verified,
             sha256=deployed.get(name, old.sha256),
             pending=old.pending and name not in finished,
+            host=(hosts or {}).get(name, old.host),
         )
     save_state(path, records)

@@ -147,14 +147,15 @@ def check_status(
 
         def one(consumer: Consumer) -> ConsumerStatus:
             lineage = lineages[consumer.certificate]
-            return _consumer_status(
-                consumer, lineage, records.get(consumer.name), options, now, places
-            )
+            record = records.get(consumer.name)
+            if record is not None and record.host != consumer.host:
+                record = None  # deployed on another host, before the map moved it
+            return _consumer_status(consumer, lineage, record, options, now, places)
 
         if config.consumers:
             workers = max(1, min(options.jobs, len(config.consumers)))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="status") as pool:
-                results = list(pool.map(one, config.consumers))
+                results = places.map(pool, one, config.consumers)
     level = max((c.level for c in results), default=Level.OK)
     return StatusReport(
         consumers=tuple(results),

@@ -178,3 +178,20 @@ def test_the_command_line_holds_no_data_only_the_fixed_loader() -> None:
     for option in ("BatchMode=yes", "StrictHostKeyChecking=yes", "ControlMaster=yes"):
         assert option in real
     assert not any(b"PRIVATE" in a.encode() for a in (*argv, *real))
+
+
+def test_a_hosts_session_closes_when_its_last_consumer_is_released() -> None:
+    from certbot_fanout.model import Consumer
+
+    host = Host("here", "root@localhost", connect_timeout=5)
+    first, second = (Consumer(name=n, certificate="example.org", host="here") for n in "ab")
+    hosts = remote.Hosts([host], [first, second], 4, session_for=LocalSession)
+    try:
+        session = hosts.session("here")
+        assert session.proc is not None
+        hosts.release(first)
+        assert session.proc is not None, "closed while a consumer of it was left"
+        hosts.release(second)
+        assert session.proc is None, "still open after its last consumer"
+    finally:
+        hosts.__exit__(None, None, None)

@@ -4,11 +4,13 @@ it; any other address is probed from here, as clients reach it."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from certbot_fanout import deploy, probe
 from certbot_fanout.errors import ProbeError
-from certbot_fanout.model import Dialect, KeyType
+from certbot_fanout.model import Consumer, Dialect, KeyType
 
 
 def _reached(
@@ -37,3 +39,36 @@ def test_any_other_address_is_probed_from_here(address: str) -> None:
     fetch = deploy._not_our_loopback(_reached, "mx1")
     with pytest.raises(AssertionError, match=f"probed {address}:443"):
         fetch(address, 443, None, 1.0)
+
+
+class _Recorder:
+    """Stands in for remote.Hosts: what was released, in order."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def release(self, consumer: Consumer) -> None:
+        self.log.append(f"release {consumer.name}")
+
+
+def test_a_run_takes_consumers_host_by_host_releases_each_and_keeps_the_maps_order() -> None:
+    consumers = [
+        Consumer(name=name, certificate="example.org", host=host)
+        for name, host in (("a1", "a"), ("b1", "b"), ("local", None), ("a2", "a"), ("b2", "b"))
+    ]
+    log: list[str] = []
+    places = deploy.Places(deploy.Effects())
+    places.hosts = _Recorder(log)  # type: ignore[assignment]
+
+    def work(c: Consumer) -> str:
+        log.append(f"work {c.name}")
+        return c.name.upper()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert places.map(pool, work, consumers) == ["A1", "B1", "LOCAL", "A2", "B2"]
+    # One worker: a's consumers, then b's, then the local one; each released after its work.
+    assert log == [
+        "work a1", "release a1", "work a2", "release a2",
+        "work b1", "release b1", "work b2", "release b2",
+        "work local", "release local",
+    ]  # fmt: skip

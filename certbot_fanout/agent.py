@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any
 
-from certbot_fanout import commands, files, trust, wire
+from certbot_fanout import commands, files, fswalk, trust, wire
 from certbot_fanout.errors import CommandError, FanoutError, PlacementError
 
 Handler = Callable[[dict[str, Any]], Any]
@@ -119,6 +119,17 @@ def _directory(args: dict[str, Any]) -> dict[str, Any]:
     return {"isdir": isdir, "default_acl": list(files.default_acl(directory)) if isdir else []}
 
 
+def _scan_pems(args: dict[str, Any]) -> dict[str, Any]:
+    """``discover --host``: the PEM files under the roots (see :func:`fswalk.scan_pems`)."""
+    return fswalk.scan_pems(
+        [str(r) for r in args["roots"]],
+        [str(n) for n in args["never"]],
+        int(args["max_entries"]),
+        float(args["seconds"]),
+        int(args["max_found"]),
+    )
+
+
 OPS: dict[str, Handler] = {
     "resolve": _resolve,
     "names": _names,
@@ -131,6 +142,7 @@ OPS: dict[str, Handler] = {
     "enter_problem": _enter_problem,
     "program_problem": _program_problem,
     "directory": _directory,
+    "scan_pems": _scan_pems,
 }
 
 

@@ -274,6 +274,12 @@ def build_parser() -> _Parser:
         help="time for reading service configurations and scanning files (default: 40)",
     )
     discover.add_argument(
+        "--host",
+        metavar="NAME",
+        help="look on this host of the map's hosts: (over ssh; its PEM files, for now) "
+        "instead of this one",
+    )
+    discover.add_argument(
         "--write-map",
         metavar="FILE",
         help="also write a first map of everything found to FILE (a new file, mode 0600; "
@@ -547,6 +553,10 @@ def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> 
     from certbot_fanout.render_discover import render_discover_text
 
     path = _config_path(args, env)
+    if args.host and args.write_map:
+        from certbot_fanout.errors import FanoutError
+
+        raise FanoutError("--write-map writes a first map of this host; it cannot go with --host")
     if args.write_map:
         from certbot_fanout.mapwriter import refuse_existing
 
@@ -558,7 +568,14 @@ def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> 
     budgets = Budgets(
         listeners=args.probe_budget or Budgets.listeners, files=args.scan_budget or Budgets.files
     )
-    report = discover(config, args.config_dir, args.cert_name, args.path, budgets=budgets)
+    if args.host:
+        from certbot_fanout.discover_remote import discover_on_host
+
+        report = discover_on_host(
+            config, args.config_dir, args.host, args.cert_name, args.path, budgets
+        )
+    else:
+        report = discover(config, args.config_dir, args.cert_name, args.path, budgets=budgets)
     out.write(render_discover_text(report))
     if args.write_map:
         _write_first_map(args, report, out)

@@ -42,17 +42,15 @@ from typing import NamedTuple
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 
-from certbot_fanout import probe
+from certbot_fanout import fswalk, probe
 from certbot_fanout.errors import FanoutError, ProbeError
+from certbot_fanout.fswalk import MAX_FILE_BYTES, MAX_PEM_BLOCKS, NEVER_SCAN
 from certbot_fanout.lineage import CertInfo, Lineage, cert_info, lineage_dir, read_lineage
 from certbot_fanout.model import Config, Dialect, Endpoint
 
 SCAN_ROOTS = ("/etc", "/var/lib", "/opt", "/srv", "/usr/local/etc")
-NEVER_SCAN = ("/proc", "/sys", "/dev", "/run")
-MAX_FILE_BYTES = 1 << 20
 MAX_ENTRIES = 400_000  # directory entries the file scan looks at
 MAX_CONFIG_ENTRIES = 20_000  # directory entries the service-configuration walk looks at
-MAX_PEM_BLOCKS = 16  # certificates parsed in one file (a chain is a handful)
 LISTENER_BUDGET = 20.0  # seconds for the listener phase, from its start (--probe-budget)
 FILE_BUDGET = 40.0  # seconds for the configurations and the file scan, from their start
 PROBE_TIMEOUT = 2.0
@@ -134,8 +132,8 @@ SERVICE_CONFIGS: Mapping[str, ServiceConfig] = {
         re.compile(r"^\s*ssl_(?:cert|key)_file\s*=\s*'([^']+)'", re.M),
     ),
 }
-_PEM_CERT = b"-----BEGIN CERTIFICATE-----"
-_PEM_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
+_PEM_CERT = fswalk.PEM_CERT
+_PEM_KEY = fswalk.PEM_KEY
 
 
 class FindKind(enum.StrEnum):
@@ -179,6 +177,10 @@ class Copy:
     uid: int
     gid: int
     mode: int  # permission bits
+    # The account names as the host the copy is on has them (another host's; None: look up
+    # the numbers here).
+    owner: str | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,7 @@ class Find:
     listener: Listener | None = None  # for a LISTENER find
     reference: Reference | None = None  # for a CONFIG find
     copy: Copy | None = None  # for a file read (FILE, and CONFIG unless it reads live/)
+    host: str | None = None  # the map's host it was found on (None: this host)
 
     def __post_init__(self) -> None:
         """A find carries the facts of its kind and no other: a LISTENER its listener, a CONFIG
@@ -235,6 +238,7 @@ class DiscoverReport:
     listeners: int  # how many listening sockets were probed
     checked_at: datetime.datetime  # when the look ended (an expired find reads as expired)
     shortfalls: tuple[str, ...] = ()  # what a budget left out: the look is incomplete
+    host: str | None = None  # the map's host looked at (None: this host)
 
     @property
     def complete(self) -> bool:
@@ -271,7 +275,7 @@ def discover(
     with warnings.catch_warnings():
         # Certificates found on a host can be odd (negative serials, ...); they are only compared.
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        lineages, notes = _read_lineages(config, config_dir, cert_names)
+        lineages, notes = read_lineages(config, config_dir, cert_names)
         probed = _listeners(config, lineages, sockets, budgets.listeners)
         files_deadline = time.monotonic() + budgets.files
         named = _service_configs(config, lineages, skip, service_configs, files_deadline)
@@ -295,7 +299,7 @@ def discover(
     )
 
 
-def _read_lineages(
+def read_lineages(
     config: Config, config_dir: str, cert_names: Iterable[str]
 ) -> tuple[dict[str, Lineage], list[str]]:
     """The lineages to look for, and a note for each that cannot be read.
@@ -327,7 +331,7 @@ def _all_lineages(config_dir: str) -> list[str]:
         return []
 
 
-def _match(info: CertInfo, lineages: Mapping[str, Lineage]) -> Lineage | None:
+def match(info: CertInfo, lineages: Mapping[str, Lineage]) -> Lineage | None:
     """The lineage whose names the certificate carries (the current one first)."""
     for lineage in lineages.values():
         if info.fingerprint == lineage.cert.fingerprint:
@@ -512,7 +516,7 @@ def _listener_find(
         return None
     served, dialect = probed
     info = _info(served.leaf)
-    if info is None or _match(info, {lineage.name: lineage}) is None:
+    if info is None or match(info, {lineage.name: lineage}) is None:
         return None
     mapped = next(
         (
@@ -545,8 +549,6 @@ def _info(der: bytes) -> CertInfo | None:
 
 # -- files ----------------------------------------------------------------------------------------
 
-_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
 
 def _mapped_path(config: Config, path: str, status: os.stat_result | None = None) -> str | None:
     """The consumer whose ``files:`` name this path, or the same file (a hard link to it)."""
@@ -568,80 +570,12 @@ def _same_file(path: str, status: os.stat_result) -> bool:
     return (st.st_dev, st.st_ino) == (status.st_dev, status.st_ino)
 
 
-class _Pem(NamedTuple):
-    """A small regular file with a PEM certificate in it, and its status when it was read."""
-
-    data: bytes
-    status: os.stat_result
-
-
-def _open_regular(path: str, follow: bool) -> int | None:
-    """A descriptor to read ``path`` if it is a regular file, found without opening anything
-    else: ``O_PATH`` opens neither a FIFO (whose open blocks) nor a device (whose open and read
-    have effects of their own), and the file it names is reopened for reading through
-    /proc/self/fd, so nothing can be swapped in between the check and the read."""
-    try:
-        handle = os.open(path, os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(handle).st_mode):  # a FIFO, a device, a symlink, ...
-            return None
-        try:
-            return os.open(f"/proc/self/fd/{handle}", _READ_FLAGS)
-        except FileNotFoundError:  # no /proc: open the path itself, if it is still that file
-            return _reopen(path, handle, follow)
-    except OSError:
-        return None
-    finally:
-        os.close(handle)
-
-
-def _reopen(path: str, handle: int, follow: bool) -> int | None:
-    fd = os.open(path, _READ_FLAGS | (0 if follow else os.O_NOFOLLOW))
-    checked, opened = os.fstat(handle), os.fstat(fd)
-    if (checked.st_dev, checked.st_ino) != (opened.st_dev, opened.st_ino):
-        os.close(fd)
-        return None
-    return fd
-
-
-def _read_regular(
-    path: str,
-    *,
-    follow: bool = False,
-    max_size: int | None = None,
-    seen: set[tuple[int, int]] | None = None,
-) -> _Pem | None:
-    """At most MAX_FILE_BYTES of ``path`` and its status, if it is a regular file (never a
-    symlink unless ``follow``); None if it is larger than ``max_size``, or is a hard link to a
-    file already in ``seen`` (a file with several names is read once)."""
-    fd = _open_regular(path, follow)
-    if fd is None:
-        return None
-    try:
-        st = os.fstat(fd)
-        if max_size is not None and st.st_size > max_size:
-            return None
-        if seen is not None and st.st_nlink > 1:
-            if (st.st_dev, st.st_ino) in seen:
-                return None
-            seen.add((st.st_dev, st.st_ino))
-        chunks: list[bytes] = []
-        left = MAX_FILE_BYTES
-        while left > 0 and (chunk := os.read(fd, left)):
-            chunks.append(chunk)
-            left -= len(chunk)
-        return _Pem(b"".join(chunks), st)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+_Pem = fswalk.Read  # a small regular file with a PEM certificate in it, and its status
 
 
 def _read_pem(path: str, seen: set[tuple[int, int]] | None = None) -> _Pem | None:
     """The file, if it is a small regular file (never a symlink) with a PEM certificate in it."""
-    pem = _read_regular(path, max_size=MAX_FILE_BYTES, seen=seen)
+    pem = fswalk.read_regular(path, max_size=MAX_FILE_BYTES, seen=seen)
     return pem if pem is not None and _PEM_CERT in pem.data else None
 
 
@@ -663,7 +597,7 @@ def _file_find(
     if not certs:
         return None
     info = certs[0]
-    lineage = _match(info, lineages)
+    lineage = match(info, lineages)
     if lineage is None:
         return None
     return Find(
@@ -750,7 +684,7 @@ def _references(
         for conf in sorted({p for pat in globs for p in expand_glob(pat, allowance)}):
             if not allowance.spend(conf):
                 return
-            read = _read_regular(conf, follow=_links_trusted_in(os.path.dirname(conf)))
+            read = fswalk.read_regular(conf, follow=_links_trusted_in(os.path.dirname(conf)))
             if read is None:
                 continue
             text = read.data.decode(errors="replace")
@@ -905,7 +839,7 @@ def _scan_files(
     seen: set[tuple[int, int]] = set()  # (device, inode) of each hard-linked file read
     todo = [r for r in dict.fromkeys(os.path.abspath(r) for r in roots) if os.path.isdir(r)]
     for i, root in enumerate(todo):
-        for directory, path in _walk(root, never):
+        for directory, path in fswalk.walk(root, never):
             entries += 1
             if entries >= MAX_ENTRIES or time.monotonic() > deadline:
                 why = "entry" if entries >= MAX_ENTRIES else "time"
@@ -929,32 +863,3 @@ def _scan_shortfall(directory: str, read: int, why: str, left: list[str]) -> str
     )
     text = f"the file scan stopped in {directory} after {read} files ({budget})"
     return text + (f"; not reached: {', '.join(left)}" if left else "")
-
-
-def _walk(root: str, never: set[str]) -> Iterator[tuple[str, str | None]]:
-    """Every entry under ``root``, depth first, never following a symlink nor entering a
-    directory in ``never``, with the directory it is in: a regular file as its path, anything
-    else as None (each entry counts against the scan's budget)."""
-    stack = [root]
-    while stack:
-        directory = stack.pop()
-        if directory in never:
-            continue
-        try:
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    yield directory, _file_or_descend(entry, stack)
-        except OSError:
-            continue
-
-
-def _file_or_descend(entry: os.DirEntry[str], stack: list[str]) -> str | None:
-    """A regular file's path; a directory (not a symlink) is put on the stack instead."""
-    try:
-        if entry.is_dir(follow_symlinks=False):
-            stack.append(entry.path)
-        elif entry.is_file(follow_symlinks=False):
-            return entry.path
-    except OSError:
-        pass
-    return None

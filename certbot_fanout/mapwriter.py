@@ -16,6 +16,7 @@ holds a listening socket; :func:`write_new_file` writes the map without ever rep
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import grp
 import os
 import pwd
@@ -93,6 +94,7 @@ class MapConsumer:
     certificate: str
     about: str
     files: tuple[MapFile, ...] | str = ()
+    host: str | None = None  # the map's host it lives on (None: this host)
     test: tuple[str, ...] | None = None
     reload: tuple[str, ...] | str | None = None
     verify: tuple[MapEndpoint, ...] = ()
@@ -197,8 +199,10 @@ def consumer_for(find: Find, name: str) -> MapConsumer | LeftOut:
         return LeftOut(find.where, why)
     service = _service_of(find, {})
     if service is None:
-        return _lone_consumer(name, find)
-    return _service_consumer(name, service, find.certificate, [find])
+        planned = _lone_consumer(name, find)
+    else:
+        planned = _service_consumer(name, service, find.certificate, [find])
+    return dataclasses.replace(planned, host=find.host)
 
 
 def _service_of(find: Find, services: Mapping[int, str]) -> str | None:
@@ -342,12 +346,15 @@ def _content(copy: Copy, service: str | None) -> tuple[str, ...]:
     return (chain, "privkey") if service in _CHAIN_FIRST else ("privkey", chain)
 
 
-def _account(number: int, *, user: bool) -> str | int:
-    """The account's name when it has a plain one, else the number."""
-    try:
-        name = pwd.getpwuid(number).pw_name if user else grp.getgrgid(number).gr_name
-    except KeyError:
-        return number
+def _account(number: int, *, user: bool, named: str | None = None) -> str | int:
+    """The account's name when it has a plain one (``named``: as another host has it), else
+    the number."""
+    name = named
+    if name is None:
+        try:
+            name = pwd.getpwuid(number).pw_name if user else grp.getgrgid(number).gr_name
+        except KeyError:
+            return number
     return name if _ACCOUNT_RE.match(name) else number
 
 
@@ -359,8 +366,8 @@ def _file(find: Find, service: str | None) -> MapFile | None:
     return MapFile(
         path=find.where,
         content=_content(copy, service),
-        owner=_account(copy.uid, user=True),
-        group=_account(copy.gid, user=False),
+        owner=_account(copy.uid, user=True, named=copy.owner),
+        group=_account(copy.gid, user=False, named=copy.group),
         mode=mode,
     )
 

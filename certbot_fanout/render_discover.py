@@ -51,7 +51,8 @@ def render_discover_text(report: DiscoverReport) -> str:
             lines.append(f"{title}:")
             lines.extend(_find_line(f, report.checked_at) for f in group)
     if not report.finds and report.complete:
-        lines.append("nothing on this host carries these certificates outside certbot's files")
+        where = f"host {printable(report.host)}" if report.host else "this host"
+        lines.append(f"nothing on {where} carries these certificates outside certbot's files")
     lines.extend(_paste_lines([f for f in report.finds if not f.mapped]))
     return "\n".join(lines) + "\n"
 
@@ -72,9 +73,10 @@ def _header_lines(report: DiscoverReport) -> list[str]:
         f"{_expires(lineage.cert.not_after, report.checked_at)}"
         for name, lineage in report.lineages.items()
     ]
+    on = f" on host {printable(report.host)}" if report.host else ""
     lines.append(
-        f"  {report.listeners} listening sockets probed, {report.scanned_files} files read, "
-        f"in {report.seconds:.1f} s"
+        f"  {report.listeners} listening sockets probed, {report.scanned_files} files read"
+        f"{on}, in {report.seconds:.1f} s"
     )
     lines.extend(f"  note: {printable(note)}" for note in report.notes)
     lines.extend(f"  NOT COVERED: {printable(shortfall)}" for shortfall in report.shortfalls)
@@ -178,7 +180,10 @@ def _command_value(command: tuple[str, ...] | str) -> object:
 
 
 def _consumer_value(c: MapConsumer) -> dict[str, object]:
-    body: dict[str, object] = {"certificate": _Quoted(c.certificate)}
+    body: dict[str, object] = {}
+    if c.host is not None:
+        body["host"] = _Quoted(c.host)
+    body["certificate"] = _Quoted(c.certificate)
     if isinstance(c.files, str):
         body["files"] = _Quoted(c.files)
     elif c.files:

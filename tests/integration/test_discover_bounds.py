@@ -30,12 +30,12 @@ from certbot_fanout import discover as discover_module
 from certbot_fanout._pki import Issued, write_lineage
 from certbot_fanout.config import parse_config
 from certbot_fanout.discover import (
-    MAX_PEM_BLOCKS,
     Budgets,
     DiscoverReport,
     discover,
     listening_sockets_by_owner,
 )
+from certbot_fanout.fswalk import MAX_PEM_BLOCKS
 from tests.support.cli import explain, run, timed_out
 from tests.support.lineages import LineageFactory
 from tests.support.peers import Peer

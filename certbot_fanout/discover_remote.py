@@ -1,0 +1,166 @@
+"""``discover --host NAME``: the copies of a lineage's certificate on another host of the map.
+
+The host's agent walks the usual directories there (the same bounded, symlink-safe walk as
+here, :func:`certbot_fanout.fswalk.scan_pems`) and sends back, for each small PEM file, its
+path, owner, group, mode, whether it holds a key, and its first certificate (never a key);
+this side matches the certificates against the lineages and the map's consumers on that host.
+Listeners and service configurations are looked at on this host only, for now: a look at
+another host says so in its shortfalls, so it is never a clean "nothing found".
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
+
+from certbot_fanout.discover import (
+    MAX_ENTRIES,
+    SCAN_ROOTS,
+    Budgets,
+    Copy,
+    DiscoverReport,
+    Find,
+    FindKind,
+    match,
+    read_lineages,
+)
+from certbot_fanout.errors import ConfigError, FanoutError
+from certbot_fanout.fswalk import NEVER_SCAN
+from certbot_fanout.lineage import Lineage, cert_info
+from certbot_fanout.model import DEFAULT_HOST_JOBS, Config
+
+MAX_FOUND = 2000  # PEM files one answer may list (each with one certificate: ~3 KB)
+NOT_YET = (
+    "listeners and service configurations on another host are not looked at yet: only its "
+    "PEM files were"
+)
+
+
+def discover_on_host(
+    config: Config,
+    config_dir: str,
+    host: str,
+    cert_names: Iterable[str] = (),
+    extra_paths: Iterable[str] = (),
+    budgets: Budgets | None = None,
+) -> DiscoverReport:
+    """Look for the copies of the lineages' certificates among the files of host ``host``.
+
+    Raises:
+        ConfigError: no such host in the map, or it is in receive mode.
+        FanoutError: no lineage to look for, or the host could not be reached or scanned.
+    """
+    start = time.monotonic()
+    try:
+        target = config.host(host)
+    except KeyError:
+        known = ", ".join(h.name for h in config.hosts) or "none"
+        raise ConfigError(f"no host {host!r} in the map (hosts: {known})", config.source) from None
+    if target.mode == "receive":
+        raise ConfigError(
+            f"host {host} is in receive mode: its key runs only `certbot-fanout receive`; run "
+            "discover there",
+            config.source,
+        )
+    lineages, notes = read_lineages(config, config_dir, cert_names)
+    seconds = (budgets or Budgets()).files
+    answer = _scan(config, host, [*SCAN_ROOTS, *extra_paths], seconds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        finds = [f for f in (_find(config, host, lineages, i) for i in answer["found"]) if f]
+    shortfalls = [NOT_YET]
+    if answer.get("stopped"):
+        shortfalls.append(_stopped(answer["stopped"], int(answer.get("read", 0))))
+    return DiscoverReport(
+        lineages=lineages,
+        finds=tuple(finds),
+        notes=tuple(notes),
+        seconds=time.monotonic() - start,
+        scanned_files=int(answer.get("read", 0)),
+        listeners=0,
+        checked_at=datetime.datetime.now(datetime.UTC),
+        shortfalls=tuple(shortfalls),
+        host=host,
+    )
+
+
+def _scan(config: Config, host: str, roots: list[str], seconds: float) -> dict[str, Any]:
+    from certbot_fanout import remote, remote_receive
+
+    args = {
+        "roots": roots,
+        "never": list(NEVER_SCAN),
+        "max_entries": MAX_ENTRIES,
+        "seconds": seconds,
+        "max_found": MAX_FOUND,
+    }
+    consumers = [c for c in config.consumers if c.host == host]
+    with remote.Hosts(
+        config.hosts, consumers, DEFAULT_HOST_JOBS, remote_receive.session_for
+    ) as hosts:
+        try:
+            session = hosts.session(host)
+            answer = session.call("scan_pems", args, seconds)
+        except remote.RemoteFailure as e:
+            raise FanoutError(f"host {host}: the scan failed: {e.message}") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("found"), list):
+        raise FanoutError(f"host {host}: its scan's answer is not a list of files")
+    return answer
+
+
+def _find(config: Config, host: str, lineages: Mapping[str, Lineage], item: Any) -> Find | None:
+    """A file the host's scan listed, if its first certificate is one of the lineages'."""
+    try:
+        info = cert_info(x509.load_der_x509_certificate(base64.b64decode(item["der"])))
+        path = str(item["path"])
+        copy = Copy(
+            certificates=int(item["certificates"]),
+            holds_key=bool(item["holds_key"]),
+            uid=int(item["uid"]),
+            gid=int(item["gid"]),
+            mode=int(item["mode"]) & 0o7777,
+            owner=str(item["owner"]) if item.get("owner") else None,
+            group=str(item["group"]) if item.get("group") else None,
+        )
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        return None
+    lineage = match(info, lineages)
+    if lineage is None:
+        return None
+    mapped = next(
+        (
+            c.name
+            for c in config.consumers
+            if c.host == host and any(spec.path == path for spec in c.files)
+        ),
+        None,
+    )
+    return Find(
+        kind=FindKind.FILE,
+        where=path,
+        certificate=lineage.name,
+        served=info,
+        current=info.fingerprint == lineage.cert.fingerprint,
+        mapped_by=mapped,
+        copy=copy,
+        host=host,
+    )
+
+
+def _stopped(stopped: Mapping[str, Any], read: int) -> str:
+    why = {
+        "entry": f"its budget of {MAX_ENTRIES} entries ran out",
+        "time": "its time budget ran out; raise it with --scan-budget",
+        "found": f"it listed {MAX_FOUND} PEM files, the most one answer holds",
+    }.get(str(stopped.get("why")), "a bound was reached")
+    text = f"the file scan stopped in {stopped.get('in')} after {read} files ({why})"
+    left = [str(r) for r in stopped.get("left") or ()]
+    return text + (f"; not reached: {', '.join(left)}" if left else "")

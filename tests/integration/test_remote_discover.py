@@ -1,0 +1,76 @@
+"""``discover --host`` (issue 15): the copies of a lineage's certificate on another host of the
+map, found by that host's agent walking its own files (each test host's /srv/tls is its own),
+matched here against the lineage and the map's consumers on that host. Real sshd on the test
+hosts of tests/support/sshhosts.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import explain, run
+from tests.support.hostworld import CERT, FULLCHAIN, World, cli_path, consumer_entry
+from tests.support.lineages import LineageFactory
+from tests.support.sshhosts import SshHosts
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and sshd")
+
+STALE = "/srv/tls/old/fullchain.pem"
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[SshHosts]:
+    with SshHosts(tmp_path / "ssh") as made:
+        made.add_host("a", users=("svc",))
+        made.add_host("b")
+        yield made
+
+
+@pytest.fixture
+def world(hosts: SshHosts, tmp_path: Path, lineages: LineageFactory) -> World:
+    return World(hosts, tmp_path, lineages)
+
+
+def _discover(world: World, *extra: str) -> subprocess.CompletedProcess[str]:
+    argv = [
+        cli_path(),
+        "discover",
+        "--config",
+        str(world.write_map()),
+        "--config-dir",
+        str(world.live.parent.parent),
+        *extra,
+    ]
+    return run(world.hosts.controller_argv(argv), timeout=180)
+
+
+def test_discover_on_a_host_finds_its_copies_and_credits_its_consumers(
+    world: World, lineages: LineageFactory
+) -> None:
+    a = world.hosts.hosts["a"]
+    a.run(["mkdir", "-p", "/srv/tls"])
+    world.consumers = {"files-a": consumer_entry(a, "svc")}
+    done = world.deploy()
+    assert done.returncode == 0, explain(done)
+    old = lineages.ca.issue([CERT])
+    a.write(STALE, old.fullchain_pem, uid=a.users["svc"].uid, mode=0o640)  # a copy forgotten
+    found = _discover(world, "--host", "a")
+    assert found.returncode == 1, explain(found)  # something to review
+    lines = found.stdout.splitlines()
+    stale = next(line for line in lines if STALE in line)
+    assert "STALE" in stale and "[consumer" not in stale, found.stdout
+    mapped = next(line for line in lines if FULLCHAIN in line and "file" in line)
+    assert "current" in mapped and "[consumer files-a]" in mapped, found.stdout
+    # The entry to paste is for host a, owned by svc as a names it.
+    assert 'host: "a"' in found.stdout, found.stdout
+    assert f'path: "{STALE}"' in found.stdout and 'owner: "svc"' in found.stdout, found.stdout
+    assert "NOT COVERED: listeners and service configurations on another host" in found.stdout
+    # b has none of a's files: nothing of them is found there.
+    on_b = _discover(world, "--host", "b")
+    assert STALE not in on_b.stdout and FULLCHAIN not in on_b.stdout, explain(on_b)
+    refused = _discover(world, "--host", "nowhere")
+    assert refused.returncode == 2 and "no host 'nowhere' in the map" in refused.stderr

@@ -173,3 +173,42 @@ def test_via_host_is_read_for_a_remote_consumer_and_here_is_the_default() -> Non
 def test_via_is_refused_where_it_cannot_mean_anything(consumer: str, words: str) -> None:
     error = _refused("  mx1: root@mx1.example.org\n", consumer)
     assert words in str(error)
+
+
+RECEIVE_HOST = "  mx1: {ssh: root@mx1.example.org, mode: receive}\n"
+
+
+def test_a_receive_host_takes_a_consumer_that_names_its_lineage_and_endpoints() -> None:
+    config = _map(
+        RECEIVE_HOST,
+        "  mail-mx1:\n    host: mx1\n    certificate: example.org\n"
+        "    verify: [{host: mx1.example.org, port: 25, starttls: smtp}]\n",
+    )
+    assert config.host("mx1").mode == "receive"
+    [consumer] = config.consumers
+    assert (consumer.files, consumer.test, consumer.reload) == ((), None, None)
+    assert consumer.verify[0].port == 25
+
+
+@pytest.mark.parametrize(
+    ("hosts", "consumer", "words"),
+    [
+        ("  mx1: {ssh: root@mx1.example.org, mode: push}\n", "", "expected agent or receive"),
+        (RECEIVE_HOST, CONSUMER.format(host="mx1"), "its own map decides the files"),
+        (
+            RECEIVE_HOST,
+            "  m:\n    host: mx1\n    certificate: example.org\n    reload: [true]\n",
+            "'reload' cannot be given here",
+        ),
+        (
+            RECEIVE_HOST,
+            "  m:\n    host: mx1\n    certificate: example.org\n"
+            "    verify: [{host: 127.0.0.1, port: 25, via: host}]\n",
+            "nothing can be probed through it",
+        ),
+    ],
+)
+def test_a_receive_host_refuses_what_its_own_map_decides(
+    hosts: str, consumer: str, words: str
+) -> None:
+    assert words in str(_refused(hosts, consumer))

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any
 
-from certbot_fanout import commands, files, fswalk, trust, wire
+from certbot_fanout import commands, files, fswalk, procnet, trust, wire
 from certbot_fanout.errors import CommandError, FanoutError, PlacementError
 
 Handler = Callable[[dict[str, Any]], Any]
@@ -130,6 +130,11 @@ def _scan_pems(args: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _listeners(args: dict[str, Any]) -> list[list[Any]]:
+    """``discover --host``: this host's listening TCP sockets, root's first."""
+    return [[s.address, s.port, s.uid] for s in procnet.listening_sockets_by_owner()]
+
+
 OPS: dict[str, Handler] = {
     "resolve": _resolve,
     "names": _names,
@@ -143,6 +148,7 @@ OPS: dict[str, Handler] = {
     "program_problem": _program_problem,
     "directory": _directory,
     "scan_pems": _scan_pems,
+    "listeners": _listeners,
 }
 
 

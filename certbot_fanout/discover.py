@@ -47,6 +47,7 @@ from certbot_fanout.errors import FanoutError, ProbeError
 from certbot_fanout.fswalk import MAX_FILE_BYTES, MAX_PEM_BLOCKS, NEVER_SCAN
 from certbot_fanout.lineage import CertInfo, Lineage, cert_info, lineage_dir, read_lineage
 from certbot_fanout.model import Config, Dialect, Endpoint
+from certbot_fanout.procnet import Socket, listening_sockets_by_owner
 
 SCAN_ROOTS = ("/etc", "/var/lib", "/opt", "/srv", "/usr/local/etc")
 MAX_ENTRIES = 400_000  # directory entries the file scan looks at
@@ -55,7 +56,6 @@ LISTENER_BUDGET = 20.0  # seconds for the listener phase, from its start (--prob
 FILE_BUDGET = 40.0  # seconds for the configurations and the file scan, from their start
 PROBE_TIMEOUT = 2.0
 MIN_PROBE_SECONDS = 0.25  # a probe is not started with less time than this left
-SYSTEM_UID_MAX = 999  # root's and then the system accounts' listeners are probed first
 
 STARTTLS_PORTS = {
     21: Dialect.FTP,
@@ -276,7 +276,7 @@ def discover(
         # Certificates found on a host can be odd (negative serials, ...); they are only compared.
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
         lineages, notes = read_lineages(config, config_dir, cert_names)
-        probed = _listeners(config, lineages, sockets, budgets.listeners)
+        probed = listeners(config, lineages, sockets, budgets.listeners)
         files_deadline = time.monotonic() + budgets.files
         named = _service_configs(config, lineages, skip, service_configs, files_deadline)
         scan = _scan_files(config, lineages, [*roots, *extra_paths], skip, files_deadline)
@@ -345,66 +345,6 @@ def match(info: CertInfo, lineages: Mapping[str, Lineage]) -> Lineage | None:
 # -- listeners ----------------------------------------------------------------------------------
 
 
-class Socket(NamedTuple):
-    """A listening TCP socket, and the uid that owns it (None when the table does not say)."""
-
-    address: str
-    port: int
-    uid: int | None
-
-
-def listening_sockets(proc_net: str = "/proc/net") -> list[tuple[str, int]]:
-    """(address, port) of every listening TCP socket, from /proc/net/tcp and tcp6, root's
-    first, then the system accounts', then everyone else's."""
-    return [(s.address, s.port) for s in listening_sockets_by_owner(proc_net)]
-
-
-def listening_sockets_by_owner(proc_net: str = "/proc/net") -> list[Socket]:
-    """Every listening TCP socket, ordered by whose it is: root's, then the system accounts'
-    (up to SYSTEM_UID_MAX), then the rest (in table order within each), so that a user who
-    opens many silent listeners cannot spend the listener budget before the services' turn."""
-    found: dict[tuple[str, int], int | None] = {}
-    for table, width in (("tcp", 8), ("tcp6", 32)):
-        try:
-            with open(os.path.join(proc_net, table)) as f:
-                lines = f.read(4 << 20).splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parsed = _socket_line(line.split(), width)
-            if parsed is not None:
-                found.setdefault((parsed.address, parsed.port), parsed.uid)
-    sockets = [Socket(address, port, uid) for (address, port), uid in found.items()]
-    return sorted(sockets, key=_owner_rank)
-
-
-def _owner_rank(s: Socket) -> int:
-    if s.uid == 0:
-        return 0
-    return 1 if s.uid is not None and s.uid <= SYSTEM_UID_MAX else 2
-
-
-def _socket_line(fields: list[str], width: int) -> Socket | None:
-    """A listening socket's line of /proc/net/tcp*: ``sl local rem st queues timer retr uid``."""
-    if len(fields) < 4 or fields[3] != "0A":  # TCP_LISTEN
-        return None
-    address, _, port_hex = fields[1].partition(":")
-    if len(address) != width:
-        return None
-    try:
-        raw = bytes.fromhex(address)
-        port = int(port_hex, 16)
-    except ValueError:
-        return None
-    # The kernel prints each 32-bit word in host (little-endian) order.
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    ip = ipaddress.ip_address(words)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    uid = int(fields[7]) if len(fields) > 7 and fields[7].isdigit() else None
-    return Socket(str(ip), port, uid)
-
-
 def _connect_to(address: str) -> str:
     ip = ipaddress.ip_address(address)
     if ip.is_unspecified:
@@ -436,27 +376,33 @@ def _endpoint_covers(ep: Endpoint, address: str, port: int) -> bool:
     return False
 
 
-class _Probed(NamedTuple):
+class Probed(NamedTuple):
     finds: list[Find]
     unprobed: int  # listening sockets the budget left unprobed
     shortfall: str | None
 
 
-def _listeners(
-    config: Config, lineages: Mapping[str, Lineage], sockets: list[Socket], budget: float
-) -> _Probed:
+def listeners(
+    config: Config,
+    lineages: Mapping[str, Lineage],
+    sockets: list[Socket],
+    budget: float,
+    fetch: probe.Fetch = probe.fetch_served,
+    host: str | None = None,
+) -> Probed:
     """Each listening socket that serves one of the lineages' certificates (probed at once, in
-    the sockets' order, until the budget runs out)."""
+    the sockets' order, until the budget runs out) with ``fetch``: from here, or, for the
+    sockets of another ``host``, through its connection."""
     jobs = [(s, lin) for s in sockets for lin in lineages.values()]
     if not jobs:
-        return _Probed([], 0, None)
+        return Probed([], 0, None)
     deadline = time.monotonic() + budget
 
     def look(job: tuple[Socket, Lineage]) -> Find | bool | None:
         """The find, None, or False when there was no time left to probe."""
         if deadline - time.monotonic() < MIN_PROBE_SECONDS:
             return False
-        return _listener_find(config, job[0].address, job[0].port, job[1], deadline)
+        return _listener_find(config, job[0].address, job[0].port, job[1], deadline, fetch, host)
 
     with ThreadPoolExecutor(max_workers=min(32, len(jobs))) as pool:
         looked = list(pool.map(look, jobs))
@@ -474,11 +420,11 @@ def _listeners(
             f"budget of {budget:g} s ran out (root's and the system accounts' come first; "
             "raise it with --probe-budget)"
         )
-    return _Probed(list(unique.values()), len(unprobed), shortfall)
+    return Probed(list(unique.values()), len(unprobed), shortfall)
 
 
 def _probe_listener(
-    host: str, port: int, lineage: Lineage, deadline: float
+    host: str, port: int, lineage: Lineage, deadline: float, fetch: probe.Fetch
 ) -> tuple[probe.Served, Dialect | None] | None:
     """What the socket serves for the lineage's name and key type (a server with an RSA and
     an ECDSA certificate shows each lineage its own), and the dialect it answered in."""
@@ -486,17 +432,13 @@ def _probe_listener(
     dialect = STARTTLS_PORTS.get(port)
     key_type = lineage.cert.key_type
     try:
-        served = probe.fetch_served(
-            host, port, name, _probe_timeout(deadline), dialect, key_type=key_type
-        )
+        served = fetch(host, port, name, _probe_timeout(deadline), dialect, key_type=key_type)
         return served, dialect
     except ProbeError:
         if dialect is None:
             return None
     try:  # a well-known port may still speak TLS directly (or not at all)
-        served = probe.fetch_served(
-            host, port, name, _probe_timeout(deadline), None, key_type=key_type
-        )
+        served = fetch(host, port, name, _probe_timeout(deadline), None, key_type=key_type)
         return served, None
     except ProbeError:
         return None
@@ -508,10 +450,16 @@ def _probe_timeout(deadline: float) -> float:
 
 
 def _listener_find(
-    config: Config, address: str, port: int, lineage: Lineage, deadline: float
+    config: Config,
+    address: str,
+    port: int,
+    lineage: Lineage,
+    deadline: float,
+    fetch: probe.Fetch,
+    on: str | None,
 ) -> Find | None:
     host = _connect_to(address)
-    probed = _probe_listener(host, port, lineage, deadline)
+    probed = _probe_listener(host, port, lineage, deadline, fetch)
     if probed is None:
         return None
     served, dialect = probed
@@ -524,6 +472,7 @@ def _listener_find(
             for c in config.consumers
             # Its own consumer's: one listener can serve an ECDSA and an RSA lineage.
             if c.certificate == lineage.name
+            and c.host == on
             and any(_endpoint_covers(ep, address, port) for ep in c.verify)
         ),
         None,
@@ -537,6 +486,7 @@ def _listener_find(
         current=info.fingerprint == lineage.cert.fingerprint,
         mapped_by=mapped,
         listener=Listener(host=host, port=port, starttls=dialect),
+        host=on,
     )
 
 

@@ -1,11 +1,13 @@
-"""``discover --host NAME``: the copies of a lineage's certificate on another host of the map.
+"""``discover --host NAME``: what carries a lineage's certificate on another host of the map.
 
 The host's agent walks the usual directories there (the same bounded, symlink-safe walk as
 here, :func:`certbot_fanout.fswalk.scan_pems`) and sends back, for each small PEM file, its
 path, owner, group, mode, whether it holds a key, and its first certificate (never a key);
 this side matches the certificates against the lineages and the map's consumers on that host.
-Listeners and service configurations are looked at on this host only, for now: a look at
-another host says so in its shortfalls, so it is never a clean "nothing found".
+Its listening sockets (from its /proc/net) are probed from the host itself, through the
+connection, as ``via: host`` endpoints are. Service configurations are looked at on this host
+only, for now: a look at another host says so in its shortfalls, so it is never a clean
+"nothing found".
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from certbot_fanout.discover import (
     DiscoverReport,
     Find,
     FindKind,
+    Probed,
+    listeners,
     match,
     read_lineages,
 )
@@ -36,12 +40,14 @@ from certbot_fanout.errors import ConfigError, FanoutError
 from certbot_fanout.fswalk import NEVER_SCAN
 from certbot_fanout.lineage import Lineage, cert_info
 from certbot_fanout.model import DEFAULT_HOST_JOBS, Config
+from certbot_fanout.procnet import Socket
 
 MAX_FOUND = 2000  # PEM files one answer may list (each with one certificate: ~3 KB)
 NOT_YET = (
-    "listeners and service configurations on another host are not looked at yet: only its "
+    "service configurations on another host are not looked at yet: only its listeners and "
     "PEM files were"
 )
+LISTENERS_TIMEOUT = 10.0
 
 
 def discover_on_host(
@@ -71,35 +77,47 @@ def discover_on_host(
             config.source,
         )
     lineages, notes = read_lineages(config, config_dir, cert_names)
-    seconds = (budgets or Budgets()).files
-    answer = _scan(config, host, [*SCAN_ROOTS, *extra_paths], seconds)
+    budgets = budgets or Budgets()
+    looked = _look(config, host, lineages, [*SCAN_ROOTS, *extra_paths], budgets)
+    answer, probed, sockets = looked
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        finds = [f for f in (_find(config, host, lineages, i) for i in answer["found"]) if f]
+        files = [f for f in (_find(config, host, lineages, i) for i in answer["found"]) if f]
     shortfalls = [NOT_YET]
+    if probed.shortfall:
+        shortfalls.append(probed.shortfall)
     if answer.get("stopped"):
         shortfalls.append(_stopped(answer["stopped"], int(answer.get("read", 0))))
     return DiscoverReport(
         lineages=lineages,
-        finds=tuple(finds),
+        finds=(*probed.finds, *files),
         notes=tuple(notes),
         seconds=time.monotonic() - start,
         scanned_files=int(answer.get("read", 0)),
-        listeners=0,
+        listeners=sockets - probed.unprobed,
         checked_at=datetime.datetime.now(datetime.UTC),
         shortfalls=tuple(shortfalls),
         host=host,
     )
 
 
-def _scan(config: Config, host: str, roots: list[str], seconds: float) -> dict[str, Any]:
+def _look(
+    config: Config,
+    host: str,
+    lineages: Mapping[str, Lineage],
+    roots: list[str],
+    budgets: Budgets,
+) -> tuple[dict[str, Any], Probed, int]:
+    """Over one connection to ``host``: its listening sockets, each probed from the host
+    itself (through the connection, as ``via: host``), then its PEM files. The scan's answer,
+    the probed listeners, and how many sockets it has."""
     from certbot_fanout import remote, remote_receive
 
     args = {
         "roots": roots,
         "never": list(NEVER_SCAN),
         "max_entries": MAX_ENTRIES,
-        "seconds": seconds,
+        "seconds": budgets.files,
         "max_found": MAX_FOUND,
     }
     consumers = [c for c in config.consumers if c.host == host]
@@ -108,12 +126,19 @@ def _scan(config: Config, host: str, roots: list[str], seconds: float) -> dict[s
     ) as hosts:
         try:
             session = hosts.session(host)
-            answer = session.call("scan_pems", args, seconds)
+            found = session.call("listeners", {}, LISTENERS_TIMEOUT)
+            sockets = [Socket(str(a), int(p), None if u is None else int(u)) for a, p, u in found]
+            probed = listeners(
+                config, lineages, sockets, budgets.listeners, session.fetch_through, host
+            )
+            answer = session.call("scan_pems", args, budgets.files)
         except remote.RemoteFailure as e:
-            raise FanoutError(f"host {host}: the scan failed: {e.message}") from None
+            raise FanoutError(f"host {host}: the look failed: {e.message}") from None
+        except (TypeError, ValueError):
+            raise FanoutError(f"host {host}: its listening sockets came back garbled") from None
     if not isinstance(answer, dict) or not isinstance(answer.get("found"), list):
         raise FanoutError(f"host {host}: its scan's answer is not a list of files")
-    return answer
+    return answer, probed, len(sockets)
 
 
 def _find(config: Config, host: str, lineages: Mapping[str, Lineage], item: Any) -> Find | None:

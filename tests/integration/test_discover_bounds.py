@@ -33,9 +33,9 @@ from certbot_fanout.discover import (
     Budgets,
     DiscoverReport,
     discover,
-    listening_sockets_by_owner,
 )
 from certbot_fanout.fswalk import MAX_PEM_BLOCKS
+from certbot_fanout.procnet import listening_sockets_by_owner
 from tests.support.cli import explain, run, timed_out
 from tests.support.lineages import LineageFactory
 from tests.support.peers import Peer

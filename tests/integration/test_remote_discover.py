@@ -1,7 +1,8 @@
-"""``discover --host`` (issue 15): the copies of a lineage's certificate on another host of the
-map, found by that host's agent walking its own files (each test host's /srv/tls is its own),
-matched here against the lineage and the map's consumers on that host. Real sshd on the test
-hosts of tests/support/sshhosts.py."""
+"""``discover --host`` (issue 15): what carries a lineage's certificate on another host of the
+map: the copies its agent finds walking its own files (each test host's /srv/tls is its own),
+and its listening sockets, probed from the host itself through the connection (a service on
+its loopback), matched here against the lineage and the map's consumers on that host. Real
+sshd and nginx on the test hosts of tests/support/sshhosts.py."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.support.sshhosts import SshHosts
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and sshd")
 
 STALE = "/srv/tls/old/fullchain.pem"
+STALE_KEY = "/srv/tls/old/privkey.pem"
 
 
 @pytest.fixture
@@ -58,7 +60,11 @@ def test_discover_on_a_host_finds_its_copies_and_credits_its_consumers(
     assert done.returncode == 0, explain(done)
     old = lineages.ca.issue([CERT])
     a.write(STALE, old.fullchain_pem, uid=a.users["svc"].uid, mode=0o640)  # a copy forgotten
+    a.write(STALE_KEY, old.key_pem, mode=0o600)
+    # A service only a itself reaches, serving the forgotten copy: probed through the connection.
+    nginx = a.start_nginx(STALE, STALE_KEY, port=8443, listen="127.0.0.1")
     found = _discover(world, "--host", "a")
+    nginx.stop()
     assert found.returncode == 1, explain(found)  # something to review
     lines = found.stdout.splitlines()
     stale = next(line for line in lines if STALE in line)
@@ -68,7 +74,9 @@ def test_discover_on_a_host_finds_its_copies_and_credits_its_consumers(
     # The entry to paste is for host a, owned by svc as a names it.
     assert 'host: "a"' in found.stdout, found.stdout
     assert f'path: "{STALE}"' in found.stdout and 'owner: "svc"' in found.stdout, found.stdout
-    assert "NOT COVERED: listeners and service configurations on another host" in found.stdout
+    listener = next(line for line in lines if "127.0.0.1:8443" in line)
+    assert listener.split()[0] == "listener" and "STALE" in listener, found.stdout
+    assert "NOT COVERED: service configurations on another host" in found.stdout
     # b has none of a's files: nothing of them is found there.
     on_b = _discover(world, "--host", "b")
     assert STALE not in on_b.stdout and FULLCHAIN not in on_b.stdout, explain(on_b)

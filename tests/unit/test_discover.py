@@ -15,7 +15,8 @@ import pytest
 from certbot_fanout import discover as discover_module
 from certbot_fanout._pki import Issued, write_lineage
 from certbot_fanout.config import parse_config
-from certbot_fanout.discover import discover, listening_sockets
+from certbot_fanout.discover import discover
+from certbot_fanout.procnet import listening_sockets
 from certbot_fanout.render_discover import render_discover_text
 from tests.support.cli import invoke
 from tests.support.cli import run as run_command

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any
 
-from certbot_fanout import commands, files, fswalk, procnet, trust, wire
+from certbot_fanout import commands, configscan, files, fswalk, procnet, trust, wire
 from certbot_fanout.errors import CommandError, FanoutError, PlacementError
 
 Handler = Callable[[dict[str, Any]], Any]
@@ -130,6 +130,18 @@ def _scan_pems(args: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _references(args: dict[str, Any]) -> dict[str, Any]:
+    """``discover --host``: the certificate paths the services' configurations name here."""
+    services = args["services"]
+    return configscan.scan_references(services, int(args["max_entries"]), float(args["seconds"]))
+
+
+def _pems(args: dict[str, Any]) -> list[Any]:
+    """``discover --host``: each of the paths that is a small PEM file, as the scan lists it."""
+    found = (fswalk.pem_file(str(p)) for p in args["paths"])
+    return [item for item in found if item is not None]
+
+
 def _listeners(args: dict[str, Any]) -> list[list[Any]]:
     """``discover --host``: this host's listening TCP sockets, root's first."""
     return [[s.address, s.port, s.uid] for s in procnet.listening_sockets_by_owner()]
@@ -149,6 +161,8 @@ OPS: dict[str, Handler] = {
     "directory": _directory,
     "scan_pems": _scan_pems,
     "listeners": _listeners,
+    "references": _references,
+    "pems": _pems,
 }
 
 

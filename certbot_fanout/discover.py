@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
-import fnmatch
 import ipaddress
 import os
 import re
@@ -42,7 +41,8 @@ from typing import NamedTuple
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 
-from certbot_fanout import fswalk, probe
+from certbot_fanout import configscan, fswalk, probe
+from certbot_fanout.configscan import MAX_CONFIG_ENTRIES
 from certbot_fanout.errors import FanoutError, ProbeError
 from certbot_fanout.fswalk import MAX_FILE_BYTES, MAX_PEM_BLOCKS, NEVER_SCAN
 from certbot_fanout.lineage import CertInfo, Lineage, cert_info, lineage_dir, read_lineage
@@ -51,7 +51,6 @@ from certbot_fanout.procnet import Socket, listening_sockets_by_owner
 
 SCAN_ROOTS = ("/etc", "/var/lib", "/opt", "/srv", "/usr/local/etc")
 MAX_ENTRIES = 400_000  # directory entries the file scan looks at
-MAX_CONFIG_ENTRIES = 20_000  # directory entries the service-configuration walk looks at
 LISTENER_BUDGET = 20.0  # seconds for the listener phase, from its start (--probe-budget)
 FILE_BUDGET = 40.0  # seconds for the configurations and the file scan, from their start
 PROBE_TIMEOUT = 2.0
@@ -570,31 +569,6 @@ def _file_find(
 
 # -- service configurations ---------------------------------------------------------------------
 
-MAX_CONFIG_DEPTH = 24  # directories below a ``**``
-
-
-@dataclass
-class _Allowance:
-    """What is left of a walk's entry budget before its deadline; where it stopped, once it has."""
-
-    deadline: float
-    entries: int
-    stopped: str | None = None
-
-    def spend(self, where: str) -> bool:
-        """Count one entry (at ``where``); False once the entries or the time are spent."""
-        if self.stopped is None:
-            self.entries -= 1
-            if self.entries < 0:
-                self.stopped = f"{where} (its budget of {MAX_CONFIG_ENTRIES} entries ran out)"
-            elif time.monotonic() > self.deadline:
-                self.stopped = f"{where} (the file budget ran out; raise it with --scan-budget)"
-        return self.stopped is None
-
-    def stop(self, where: str, why: str) -> None:
-        if self.stopped is None:
-            self.stopped = f"{where} ({why})"
-
 
 class _Named(NamedTuple):
     finds: list[Find]
@@ -610,7 +584,7 @@ def _service_configs(
 ) -> _Named:
     """Each certificate path named in a service's configuration that carries a lineage (each
     path read once, however often it is named)."""
-    allowance = _Allowance(deadline, MAX_CONFIG_ENTRIES)
+    allowance = configscan.Allowance(deadline, MAX_CONFIG_ENTRIES)
     finds = []
     looked: set[str] = set()
     for reference, path in _references(services, allowance):
@@ -627,94 +601,12 @@ def _service_configs(
 
 
 def _references(
-    services: Mapping[str, ServiceConfig], allowance: _Allowance
+    services: Mapping[str, ServiceConfig], allowance: configscan.Allowance
 ) -> Iterator[tuple[Reference, str]]:
     """Every absolute path the services' configuration files name, with where it is named."""
-    for service, (globs, pattern) in services.items():
-        for conf in sorted({p for pat in globs for p in expand_glob(pat, allowance)}):
-            if not allowance.spend(conf):
-                return
-            read = fswalk.read_regular(conf, follow=_links_trusted_in(os.path.dirname(conf)))
-            if read is None:
-                continue
-            text = read.data.decode(errors="replace")
-            for line, path in _named_paths(text, pattern):
-                yield Reference(service=service, conf=conf, line=line), path
-
-
-def _links_trusted_in(directory: str) -> bool:
-    """Whether a symlink in ``directory`` (such as Debian's ``sites-enabled/``) can only have
-    been put there by this user: the directory is its own, and nobody else may write to it. A
-    service account's own configuration directory does not qualify."""
-    try:
-        st = os.lstat(directory)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
-
-
-def expand_glob(pattern: str, allowance: _Allowance) -> Iterator[str]:
-    """The paths an absolute configuration glob matches (``*``, ``?`` and ``[...]`` within a
-    name, ``**`` for any depth of directories, hidden names only for a pattern that starts with
-    a dot, as with glob), found without following a directory symlink and with each directory
-    entry counted against ``allowance``. The standard ``glob`` follows them: two ``x -> .``
-    links make its ``**`` walk exponential."""
-    parts = [p for p in pattern.split("/") if p]
-    if parts:
-        yield from _expand_in("/", parts, allowance, 0)
-
-
-def _expand_in(
-    directory: str, parts: list[str], allowance: _Allowance, depth: int
-) -> Iterator[str]:
-    head, rest = parts[0], parts[1:]
-    if head == "**":
-        if depth > MAX_CONFIG_DEPTH:
-            allowance.stop(directory, f"deeper than {MAX_CONFIG_DEPTH} directories")
-            return
-        if rest:
-            yield from _expand_in(directory, rest, allowance, depth)
-        for name, is_dir in _matching(directory, "*", allowance):
-            if is_dir:
-                yield from _expand_in(os.path.join(directory, name), parts, allowance, depth + 1)
-        return
-    for name, is_dir in _matching(directory, head, allowance):
-        path = os.path.join(directory, name)
-        if not rest:
-            yield path
-        elif is_dir:
-            yield from _expand_in(path, rest, allowance, depth)
-
-
-def _matching(directory: str, pattern: str, allowance: _Allowance) -> Iterator[tuple[str, bool]]:
-    """(name, is a directory and not a symlink) of each entry of ``directory`` that matches."""
-    if not any(c in pattern for c in "*?["):
-        try:
-            st = os.lstat(os.path.join(directory, pattern))
-        except OSError:
-            return
-        if allowance.spend(directory):
-            yield pattern, stat.S_ISDIR(st.st_mode)
-        return
-    try:
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if not allowance.spend(directory):
-                    return
-                if entry.name.startswith(".") and not pattern.startswith("."):
-                    continue
-                if fnmatch.fnmatchcase(entry.name, pattern):
-                    yield entry.name, entry.is_dir(follow_symlinks=False)
-    except OSError:
-        return
-
-
-def _named_paths(text: str, pattern: re.Pattern[str]) -> Iterator[tuple[int, str]]:
-    """(line number, path) of each absolute path the pattern finds in a configuration text."""
-    for m in pattern.finditer(text):
-        path = m.group(m.lastindex or 1).strip()
-        if path.startswith("/"):
-            yield text.count("\n", 0, m.start()) + 1, path
+    named = {name: (globs, pattern) for name, (globs, pattern) in services.items()}
+    for service, conf, line, path in configscan.references(named, allowance):
+        yield Reference(service=service, conf=conf, line=line), path
 
 
 def _referenced_find(

@@ -5,33 +5,37 @@ here, :func:`certbot_fanout.fswalk.scan_pems`) and sends back, for each small PE
 path, owner, group, mode, whether it holds a key, and its first certificate (never a key);
 this side matches the certificates against the lineages and the map's consumers on that host.
 Its listening sockets (from its /proc/net) are probed from the host itself, through the
-connection, as ``via: host`` endpoints are. Service configurations are looked at on this host
-only, for now: a look at another host says so in its shortfalls, so it is never a clean
-"nothing found".
+connection, as ``via: host`` endpoints are; its services' configurations are matched there
+(the texts never leave it), and only the paths they name come back, then what each file
+holds.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 
+from certbot_fanout.configscan import MAX_CONFIG_ENTRIES
 from certbot_fanout.discover import (
     MAX_ENTRIES,
     SCAN_ROOTS,
+    SERVICE_CONFIGS,
     Budgets,
     Copy,
     DiscoverReport,
     Find,
     FindKind,
     Probed,
+    Reference,
     listeners,
     match,
     read_lineages,
@@ -42,11 +46,10 @@ from certbot_fanout.lineage import Lineage, cert_info
 from certbot_fanout.model import DEFAULT_HOST_JOBS, Config
 from certbot_fanout.procnet import Socket
 
+if TYPE_CHECKING:
+    from certbot_fanout import remote
+
 MAX_FOUND = 2000  # PEM files one answer may list (each with one certificate: ~3 KB)
-NOT_YET = (
-    "service configurations on another host are not looked at yet: only its listeners and "
-    "PEM files were"
-)
 LISTENERS_TIMEOUT = 10.0
 
 
@@ -79,18 +82,18 @@ def discover_on_host(
     lineages, notes = read_lineages(config, config_dir, cert_names)
     budgets = budgets or Budgets()
     looked = _look(config, host, lineages, [*SCAN_ROOTS, *extra_paths], budgets)
-    answer, probed, sockets = looked
+    answer, probed, sockets, (named, named_shortfall) = looked
+    seen = {f.where for f in named}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        files = [f for f in (_find(config, host, lineages, i) for i in answer["found"]) if f]
-    shortfalls = [NOT_YET]
-    if probed.shortfall:
-        shortfalls.append(probed.shortfall)
+        scanned = (_find(config, host, lineages, i) for i in answer["found"])
+        files = [f for f in scanned if f is not None and f.where not in seen]
+    shortfalls = [s for s in (probed.shortfall, named_shortfall) if s]
     if answer.get("stopped"):
         shortfalls.append(_stopped(answer["stopped"], int(answer.get("read", 0))))
     return DiscoverReport(
         lineages=lineages,
-        finds=(*probed.finds, *files),
+        finds=(*probed.finds, *named, *files),
         notes=tuple(notes),
         seconds=time.monotonic() - start,
         scanned_files=int(answer.get("read", 0)),
@@ -107,10 +110,11 @@ def _look(
     lineages: Mapping[str, Lineage],
     roots: list[str],
     budgets: Budgets,
-) -> tuple[dict[str, Any], Probed, int]:
+) -> tuple[dict[str, Any], Probed, int, tuple[list[Find], str | None]]:
     """Over one connection to ``host``: its listening sockets, each probed from the host
-    itself (through the connection, as ``via: host``), then its PEM files. The scan's answer,
-    the probed listeners, and how many sockets it has."""
+    itself (through the connection, as ``via: host``), the paths its services' configurations
+    name, then its PEM files. The scan's answer, the probed listeners, how many sockets it has,
+    and the configurations' finds with what stopped their walk."""
     from certbot_fanout import remote, remote_receive
 
     args = {
@@ -131,14 +135,49 @@ def _look(
             probed = listeners(
                 config, lineages, sockets, budgets.listeners, session.fetch_through, host
             )
-            answer = session.call("scan_pems", args, budgets.files)
+            started = time.monotonic()
+            named = _named(config, host, lineages, session, budgets.files)
+            left = max(1.0, budgets.files - (time.monotonic() - started))
+            answer = session.call("scan_pems", {**args, "seconds": left}, left)
         except remote.RemoteFailure as e:
             raise FanoutError(f"host {host}: the look failed: {e.message}") from None
         except (TypeError, ValueError):
             raise FanoutError(f"host {host}: its listening sockets came back garbled") from None
     if not isinstance(answer, dict) or not isinstance(answer.get("found"), list):
         raise FanoutError(f"host {host}: its scan's answer is not a list of files")
-    return answer, probed, len(sockets)
+    return answer, probed, len(sockets), named
+
+
+def _named(
+    config: Config,
+    host: str,
+    lineages: Mapping[str, Lineage],
+    session: remote.Session,
+    seconds: float,
+) -> tuple[list[Find], str | None]:
+    """The certificate paths the services' configurations on ``host`` name (the texts stay
+    there: the host matches each service's pattern), then what each of those files holds."""
+    services = {
+        name: [list(spec.globs), spec.pattern.pattern, int(spec.pattern.flags)]
+        for name, spec in SERVICE_CONFIGS.items()
+    }
+    args = {"services": services, "max_entries": MAX_CONFIG_ENTRIES, "seconds": seconds}
+    answer = session.call("references", args, seconds)
+    first: dict[str, Reference] = {}
+    for service, conf, line, path in answer["references"]:
+        first.setdefault(str(path), Reference(str(service), str(conf), int(line)))
+    items = session.call("pems", {"paths": list(first)}, seconds) if first else []
+    finds = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        for item in items:
+            reference = first.get(str(item.get("path")))
+            find = _find(config, host, lineages, item)
+            if find is not None and reference is not None:
+                finds.append(dataclasses.replace(find, kind=FindKind.CONFIG, reference=reference))
+    stopped = answer.get("stopped")
+    shortfall = f"the service configurations were read only up to {stopped}" if stopped else None
+    return finds, shortfall
 
 
 def _find(config: Config, host: str, lineages: Mapping[str, Lineage], item: Any) -> Find | None:

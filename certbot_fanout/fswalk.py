@@ -153,7 +153,7 @@ def scan_pems(
             if path is None:
                 continue
             read += 1
-            item = _pem_file(path, seen)
+            item = pem_file(path, seen)
             if item is not None:
                 found.append(item)
     return {"found": found, "read": read, "stopped": None}
@@ -167,7 +167,8 @@ def _bound(entries: int, max_entries: int, deadline: float, found: int, max_foun
     return "found" if found >= max_found else ""
 
 
-def _pem_file(path: str, seen: set[tuple[int, int]]) -> dict[str, Any] | None:
+def pem_file(path: str, seen: set[tuple[int, int]] | None = None) -> dict[str, Any] | None:
+    """What :func:`scan_pems` lists of one file (None: not a small regular PEM file)."""
     pem = read_regular(path, max_size=MAX_FILE_BYTES, seen=seen)
     if pem is None or PEM_CERT not in pem.data:
         return None

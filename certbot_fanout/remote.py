@@ -42,7 +42,17 @@ from certbot_fanout.model import DEFAULT_RUNTIME_DIR, REMOTE_ID, Consumer, Host
 logger = logging.getLogger(__name__)
 
 # The modules the agent runs from, in the order they are sent (all standard library only).
-SHIPPED = ("errors", "trust", "files", "commands", "wire", "fswalk", "procnet", "agent")
+SHIPPED = (
+    "errors",
+    "trust",
+    "files",
+    "commands",
+    "wire",
+    "fswalk",
+    "configscan",
+    "procnet",
+    "agent",
+)
 OLDEST_PYTHON = (3, 9)
 # What ssh runs on the target: the interpreter, then this, which reads the loader from stdin.
 # No quote of either kind, so that it survives the remote shell as one word once quoted.

@@ -1,8 +1,9 @@
 """``discover --host`` (issue 15): what carries a lineage's certificate on another host of the
 map: the copies its agent finds walking its own files (each test host's /srv/tls is its own),
-and its listening sockets, probed from the host itself through the connection (a service on
-its loopback), matched here against the lineage and the map's consumers on that host. Real
-sshd and nginx on the test hosts of tests/support/sshhosts.py."""
+its listening sockets, probed from the host itself through the connection (a service on its
+loopback), and the paths its services' configurations name; all matched here against the
+lineage and the map's consumers on that host. Real sshd and nginx on the test hosts of
+tests/support/sshhosts.py."""
 
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespace
 
 STALE = "/srv/tls/old/fullchain.pem"
 STALE_KEY = "/srv/tls/old/privkey.pem"
+NAMED = "/srv/tls/named/fullchain.pem"
+SITE = "/etc/nginx/conf.d/site.conf"
 
 
 @pytest.fixture
 def hosts(tmp_path: Path) -> Iterator[SshHosts]:
     with SshHosts(tmp_path / "ssh") as made:
-        made.add_host("a", users=("svc",))
+        # a's /etc/nginx is its own too: a configuration there names a copy on a.
+        made.add_host("a", users=("svc",), tmpfs=("/srv/tls", "/etc/nginx"))
         made.add_host("b")
         yield made
 
@@ -63,6 +67,8 @@ def test_discover_on_a_host_finds_its_copies_and_credits_its_consumers(
     a.write(STALE_KEY, old.key_pem, mode=0o600)
     # A service only a itself reaches, serving the forgotten copy: probed through the connection.
     nginx = a.start_nginx(STALE, STALE_KEY, port=8443, listen="127.0.0.1")
+    a.write(NAMED, old.fullchain_pem, mode=0o644)
+    a.write(SITE, f"server {{\n    ssl_certificate {NAMED};\n}}\n".encode(), mode=0o644)
     found = _discover(world, "--host", "a")
     nginx.stop()
     assert found.returncode == 1, explain(found)  # something to review
@@ -76,7 +82,9 @@ def test_discover_on_a_host_finds_its_copies_and_credits_its_consumers(
     assert f'path: "{STALE}"' in found.stdout and 'owner: "svc"' in found.stdout, found.stdout
     listener = next(line for line in lines if "127.0.0.1:8443" in line)
     assert listener.split()[0] == "listener" and "STALE" in listener, found.stdout
-    assert "NOT COVERED: service configurations on another host" in found.stdout
+    named = next(line for line in lines if NAMED in line)
+    assert named.split()[0] == "config" and f"(nginx: {SITE}:2)" in named, found.stdout
+    assert "STALE" in named and "NOT COVERED" not in found.stdout, found.stdout
     # b has none of a's files: nothing of them is found there.
     on_b = _discover(world, "--host", "b")
     assert STALE not in on_b.stdout and FULLCHAIN not in on_b.stdout, explain(on_b)

@@ -92,6 +92,13 @@ def _answer(config: Config, options: ReceiveOptions, message: dict[str, Any]) ->
             f"this host's map ({config.source}) has no consumer of {str(name)[:80]!r}; "
             "nothing was placed"
         )
+    linked = [c.name for c in config.consumers_for(name) if any(f.link for f in c.files)]
+    if linked:
+        raise FanoutError(
+            f"{', '.join(linked)} in this host's map link into live/{name}, but a lineage "
+            "handed over is not written to this host's live/ (it is kept in memory): place "
+            "copies instead (drop 'link'); nothing was placed"
+        )
     pems = _pems(args.get("pems"))
     lineage = lineage_from_pems(name, lineage_dir(options.config_dir, name), pems)
     deploy_options = DeployOptions(

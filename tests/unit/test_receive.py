@@ -112,3 +112,27 @@ def test_only_deploy_is_answered(tmp_path: Path) -> None:
     _, answer = _exchange(tmp_path, {"id": 7, "op": "run", "args": {"argv": ["id"]}})
     assert answer["id"] == 7 and answer["ok"] is False
     assert "receive does only 'deploy'" in answer["error"]["message"]
+
+
+def test_a_map_that_links_into_live_is_refused(ca: ThrowawayCA, tmp_path: Path) -> None:
+    text = f"""\
+version: 1
+consumers:
+  web:
+    certificate: {CERT}
+    files:
+      - {{path: {tmp_path}/out/cert.pem, content: fullchain, link: true}}
+"""
+    config = parse_config(text, str(tmp_path / "consumers.yaml"))
+    (tmp_path / "out").mkdir()
+    inp = io.BytesIO()
+    wire.write_frame(inp, _deploy({"certificate": CERT, "pems": _pems(ca.issue([CERT]))}))
+    inp.seek(0)
+    out = io.BytesIO()
+    serve(config, ReceiveOptions(str(tmp_path / "le"), str(tmp_path / "lock"), None), inp, out)
+    out.seek(0)
+    wire.read_frame(out)
+    answer = wire.read_frame(out)
+    assert answer is not None and answer["ok"] is False
+    assert "link into live/example.org" in answer["error"]["message"]
+    assert list((tmp_path / "out").iterdir()) == []

@@ -622,7 +622,7 @@ class Hosts:
         # a run over many hosts keeps only those in progress open (processes, descriptors).
         self._remaining = {name: len(found) for name, found in self.consumers.items()}
         self._count_lock = threading.Lock()
-        self._locks = {name: threading.Lock() for name in self.consumers}
+        self._locks = {name: threading.Lock() for name in (*self.hosts, *self.consumers)}
         self._opened: dict[str, Session | HostError] = {}
         self._accounts: dict[str, tuple[dict[str, int | None], dict[str, int | None]]] = {}
         self._stack = contextlib.ExitStack()
@@ -676,8 +676,8 @@ class Hosts:
                 if not session.resolves_accounts:
                     self._accounts[name] = ({}, {})
                     return session
-                users = {f.owner_name for c in self.consumers[name] for f in c.files}
-                groups = {f.group_name for c in self.consumers[name] for f in c.files}
+                users = {f.owner_name for c in self.consumers.get(name, []) for f in c.files}
+                groups = {f.group_name for c in self.consumers.get(name, []) for f in c.files}
                 self._accounts[name] = session.resolve(users, groups)
             except HostError as e:
                 session.close()

@@ -7,11 +7,11 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 from certbot_fanout import commands, files, trust, verify
 from certbot_fanout import probe as probe_module
-from certbot_fanout.deploy import loopback_problem
+from certbot_fanout.deploy import Effects, Places, loopback_problem
 from certbot_fanout.errors import FanoutError, ProbeError
 from certbot_fanout.files import default_acl, enter_problem, reader_problem
 from certbot_fanout.lineage import Lineage, lineage_dir, read_lineage
@@ -24,6 +24,9 @@ from certbot_fanout.model import (
     Notify,
     address_label,
 )
+
+if TYPE_CHECKING:
+    from certbot_fanout import remote
 
 CONNECT_TIMEOUT = 5.0
 
@@ -75,13 +78,22 @@ class Look:
     """Where a consumer's files and programs are looked at: this host (the defaults), or the
     host it lives on, through that host's session (each call a request to its agent)."""
 
-    where: str = "this host"
+    host: str | None = None  # the map's host the consumer lives on (None: this one)
     snapshot: Callable[[str], files.Snapshot] = files.snapshot
     directory: Callable[[str], tuple[bool, tuple[str, ...]]] = _local_directory
     reader_problem: Callable[[str, int, int], str | None] = reader_problem
     enter_problem: Callable[[str, int, int], str | None] = enter_problem
     program_problem: Callable[[str], str | None] = _program_problem
     fetch_through: probe_module.Fetch | None = None  # via: host endpoints, when remote
+
+    @property
+    def where(self) -> str:
+        return f"host {self.host}" if self.host else "this host"
+
+    @property
+    def on(self) -> str:
+        """`` on host NAME`` for a consumer on another host; nothing for this one."""
+        return f" on host {self.host}" if self.host else ""
 
 
 def run_checks(config: Config, config_dir: str, probe: bool = True) -> CheckReport:
@@ -95,7 +107,9 @@ def run_checks(config: Config, config_dir: str, probe: bool = True) -> CheckRepo
             lineages[name] = None
             problems.append(Problem(f"certificate {name}", f"{e}; no deploy can succeed"))
     with contextlib.ExitStack() as stack:
-        hosts = _open_hosts(stack, config)
+        places = Places(Effects())
+        places.open_hosts(stack, config, DEFAULT_HOST_JOBS)
+        hosts = places.hosts
         for consumer in config.consumers:
             lineage = lineages.get(consumer.certificate)
             if consumer.host is None:
@@ -119,31 +133,19 @@ def run_checks(config: Config, config_dir: str, probe: bool = True) -> CheckRepo
     )
 
 
-def _open_hosts(stack: contextlib.ExitStack, config: Config) -> Any:
-    """The run's host sessions, when a consumer lives on another host (else None)."""
-    if not any(c.host for c in config.consumers):
-        return None
-    from certbot_fanout import remote, remote_receive
-
-    return stack.enter_context(
-        remote.Hosts(config.hosts, config.consumers, DEFAULT_HOST_JOBS, remote_receive.session_for)
-    )
-
-
-def _remote_look(hosts: Any, consumer: Consumer) -> tuple[Consumer, Look]:
+def _remote_look(hosts: remote.Hosts, consumer: Consumer) -> tuple[Consumer, Look]:
     """``consumer`` as its host numbers its owners, and how to look at it there.
 
     Raises:
         FanoutError: the host could not be reached, or an owner does not exist there.
     """
     assert consumer.host is not None
-    where = f"host {consumer.host}"
     if hosts.hosts[consumer.host].mode == "receive":
         # Its own map decides its files and commands (`check` there looks at them).
-        return replace(consumer, files=(), test=None, reload=None), Look(where=where)
+        return replace(consumer, files=(), test=None, reload=None), Look(host=consumer.host)
     session, located = hosts.prepare(consumer)
     look = Look(
-        where=where,
+        host=consumer.host,
         snapshot=session.snapshot,
         directory=session.directory,
         reader_problem=session.reader_problem,
@@ -171,8 +173,8 @@ def _preflight_consumer(
             except FanoutError as e:
                 problem = str(e)
             if problem:
-                on = f" on {look.where}" if consumer.host else ""
-                found.append(f"the {what} command `{' '.join(argv)}` cannot run{on}: {problem}")
+                command = " ".join(argv)
+                found.append(f"the {what} command `{command}` cannot run{look.on}: {problem}")
     if consumer.notify:
         found.extend(_notify_problems(consumer.notify))
     if probe:
@@ -280,10 +282,9 @@ def _check_file(spec: FileSpec, lineage: Lineage | None, look: Look) -> list[str
     directory = os.path.dirname(spec.path)
     isdir, default_entries = look.directory(directory)
     if not isdir:
-        on = f" on {look.where}" if look.where != Look.where else ""
         found.append(
-            f"the directory {directory} does not exist{on}; create it (with the owner and mode "
-            f"{who} needs to reach it) before the first deploy"
+            f"the directory {directory} does not exist{look.on}; create it (with the owner and "
+            f"mode {who} needs to reach it) before the first deploy"
         )
         return found
     acl = default_entries if spec.holds_key else ()

@@ -416,7 +416,7 @@ class Places:
         assert self.hosts is not None
         if self.hosts.hosts[consumer.host].mode == "receive":
             # Its files are its own map's (`status` there checks them); here, its endpoints.
-            return consumer, self.unreached(consumer)
+            return consumer, self.from_here(consumer)
         session, placed = self.hosts.prepare(consumer)
         return placed, replace(
             self.effects,
@@ -431,9 +431,10 @@ class Places:
             fetch_via_host=session.fetch_through,
         )
 
-    def unreached(self, consumer: Consumer) -> Effects:
-        """The effects for a consumer whose host could not be reached: its endpoints are still
-        probed from here (its files, commands and via: host endpoints are out of reach)."""
+    def from_here(self, consumer: Consumer) -> Effects:
+        """The effects that reach nothing on ``consumer``'s host: its endpoints probed from
+        here (for a host that could not be reached, or a receive-mode host, whose files and
+        commands are its own map's)."""
         if consumer.host is None:
             return self.effects
         return replace(self.effects, fetch=_not_our_loopback(self.effects.fetch, consumer.host))
@@ -478,7 +479,7 @@ class Places:
             except HostError as e:
                 return _failed(consumer, Stage.CONNECT, str(e), start)
             assert isinstance(session, ReceiveSession)
-            return _received(session, consumer, lineage, options, self.unreached(consumer))
+            return _received(session, consumer, lineage, options, self.from_here(consumer))
         try:
             placed, effects = self.locate(consumer)
         except HostError as e:

@@ -19,7 +19,7 @@ import datetime
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
@@ -61,7 +61,8 @@ def discover_on_host(
     extra_paths: Iterable[str] = (),
     budgets: Budgets | None = None,
 ) -> DiscoverReport:
-    """Look for the copies of the lineages' certificates among the files of host ``host``.
+    """Look for what carries the lineages' certificates on host ``host``: its listeners, the
+    paths its services' configurations name, and its PEM files.
 
     Raises:
         ConfigError: no such host in the map, or it is in receive mode.
@@ -82,26 +83,34 @@ def discover_on_host(
     lineages, notes = read_lineages(config, config_dir, cert_names)
     budgets = budgets or Budgets()
     looked = _look(config, host, lineages, [*SCAN_ROOTS, *extra_paths], budgets)
-    answer, probed, sockets, (named, named_shortfall) = looked
-    seen = {f.where for f in named}
+    answer, probed = looked.scan, looked.probed
+    seen = {f.where for f in looked.named}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
         scanned = (_find(config, host, lineages, i) for i in answer["found"])
         files = [f for f in scanned if f is not None and f.where not in seen]
-    shortfalls = [s for s in (probed.shortfall, named_shortfall) if s]
+    shortfalls = [s for s in (probed.shortfall, looked.named_shortfall) if s]
     if answer.get("stopped"):
         shortfalls.append(_stopped(answer["stopped"], int(answer.get("read", 0))))
     return DiscoverReport(
         lineages=lineages,
-        finds=(*probed.finds, *named, *files),
+        finds=(*probed.finds, *looked.named, *files),
         notes=tuple(notes),
         seconds=time.monotonic() - start,
         scanned_files=int(answer.get("read", 0)),
-        listeners=sockets - probed.unprobed,
+        listeners=looked.sockets - probed.unprobed,
         checked_at=datetime.datetime.now(datetime.UTC),
         shortfalls=tuple(shortfalls),
         host=host,
     )
+
+
+class _Looked(NamedTuple):
+    scan: dict[str, Any]  # the PEM scan's answer
+    probed: Probed  # the listeners, probed from the host
+    sockets: int  # how many listening sockets it has
+    named: list[Find]  # what the services' configurations name
+    named_shortfall: str | None  # where the configurations' walk stopped
 
 
 def _look(
@@ -110,18 +119,16 @@ def _look(
     lineages: Mapping[str, Lineage],
     roots: list[str],
     budgets: Budgets,
-) -> tuple[dict[str, Any], Probed, int, tuple[list[Find], str | None]]:
+) -> _Looked:
     """Over one connection to ``host``: its listening sockets, each probed from the host
     itself (through the connection, as ``via: host``), the paths its services' configurations
-    name, then its PEM files. The scan's answer, the probed listeners, how many sockets it has,
-    and the configurations' finds with what stopped their walk."""
+    name, then its PEM files in the file budget's time left."""
     from certbot_fanout import remote, remote_receive
 
     args = {
         "roots": roots,
         "never": list(NEVER_SCAN),
         "max_entries": MAX_ENTRIES,
-        "seconds": budgets.files,
         "max_found": MAX_FOUND,
     }
     consumers = [c for c in config.consumers if c.host == host]
@@ -141,11 +148,11 @@ def _look(
             answer = session.call("scan_pems", {**args, "seconds": left}, left)
         except remote.RemoteFailure as e:
             raise FanoutError(f"host {host}: the look failed: {e.message}") from None
-        except (TypeError, ValueError):
-            raise FanoutError(f"host {host}: its listening sockets came back garbled") from None
+        except (KeyError, TypeError, ValueError):
+            raise FanoutError(f"host {host}: an answer of its agent came back garbled") from None
     if not isinstance(answer, dict) or not isinstance(answer.get("found"), list):
         raise FanoutError(f"host {host}: its scan's answer is not a list of files")
-    return answer, probed, len(sockets), named
+    return _Looked(answer, probed, len(sockets), *named)
 
 
 def _named(

@@ -184,7 +184,7 @@ def _consumer_status(
     except FanoutError as e:  # its host unreachable, or an owner missing there
         # Not UNKNOWN: the next renewal will fail to reach it too, and that is worth a page.
         problems.append((Level.CRITICAL, f"files not checked: {e}"))
-        located, fx = consumer, places.unreached(consumer)
+        located, fx = consumer, places.from_here(consumer)
     else:
         for spec in located.files:
             result = _file_status(spec, lineage, fx)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.hostworld import World
 from tests.support.integration import (
     CERT_NAME,
     clone_certbot,
@@ -17,7 +18,9 @@ from tests.support.integration import (
     require_binary,
     service_account,
 )
+from tests.support.lineages import LineageFactory
 from tests.support.proc import Account, find_account
+from tests.support.sshhosts import SshHosts
 from tests.support.stack import HAPROXY_BIN, NGINX_BIN, PEBBLE_BIN, Certbot, HAProxy, Nginx, Pebble
 from tests.support.synapse_env import (
     SYNAPSE_REQUIREMENT,
@@ -135,3 +138,21 @@ def synapse_python(root: None) -> Path:
 def synapse_account(root: None) -> Iterator[Account]:
     """The system account the tests run Synapse as."""
     yield from service_account(SYNAPSE_USER)
+
+
+# -- ssh test hosts (issue 15) -------------------------------------------------------------
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[SshHosts]:
+    """Two ssh test hosts: a (with a user svc that b lacks) and b."""
+    with SshHosts(tmp_path / "ssh") as made:
+        made.add_host("a", users=("svc",))
+        made.add_host("b")
+        yield made
+
+
+@pytest.fixture
+def world(hosts: SshHosts, tmp_path: Path, lineages: LineageFactory) -> World:
+    """A map over every host of ``hosts`` (a module may give its own), and a lineage."""
+    return World(hosts, tmp_path, lineages)

@@ -8,14 +8,13 @@ tests/support/sshhosts.py."""
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.cli import explain, run
-from tests.support.hostworld import CERT, FULLCHAIN, World, cli_path, consumer_entry
+from tests.support.cli import explain
+from tests.support.hostworld import CERT, FULLCHAIN, World, consumer_entry
 from tests.support.lineages import LineageFactory
 from tests.support.sshhosts import SshHosts
 
@@ -36,24 +35,6 @@ def hosts(tmp_path: Path) -> Iterator[SshHosts]:
         yield made
 
 
-@pytest.fixture
-def world(hosts: SshHosts, tmp_path: Path, lineages: LineageFactory) -> World:
-    return World(hosts, tmp_path, lineages)
-
-
-def _discover(world: World, *extra: str) -> subprocess.CompletedProcess[str]:
-    argv = [
-        cli_path(),
-        "discover",
-        "--config",
-        str(world.write_map()),
-        "--config-dir",
-        str(world.live.parent.parent),
-        *extra,
-    ]
-    return run(world.hosts.controller_argv(argv), timeout=180)
-
-
 def test_discover_on_a_host_finds_its_copies_and_credits_its_consumers(
     world: World, lineages: LineageFactory
 ) -> None:
@@ -69,7 +50,7 @@ def test_discover_on_a_host_finds_its_copies_and_credits_its_consumers(
     nginx = a.start_nginx(STALE, STALE_KEY, port=8443, listen="127.0.0.1")
     a.write(NAMED, old.fullchain_pem, mode=0o644)
     a.write(SITE, f"server {{\n    ssl_certificate {NAMED};\n}}\n".encode(), mode=0o644)
-    found = _discover(world, "--host", "a")
+    found = world.cli("discover", "--host", "a")
     nginx.stop()
     assert found.returncode == 1, explain(found)  # something to review
     lines = found.stdout.splitlines()
@@ -86,9 +67,9 @@ def test_discover_on_a_host_finds_its_copies_and_credits_its_consumers(
     assert named.split()[0] == "config" and f"(nginx: {SITE}:2)" in named, found.stdout
     assert "STALE" in named and "NOT COVERED" not in found.stdout, found.stdout
     # b has none of a's files: nothing of them is found there.
-    on_b = _discover(world, "--host", "b")  # a host with no consumer in the map
+    on_b = world.cli("discover", "--host", "b")  # a host with no consumer in the map
     assert on_b.returncode == 0, explain(on_b)
     assert "files read on host b" in on_b.stdout, explain(on_b)
     assert "nothing on host b carries these certificates" in on_b.stdout, explain(on_b)
-    refused = _discover(world, "--host", "nowhere")
+    refused = world.cli("discover", "--host", "nowhere")
     assert refused.returncode == 2 and "no host 'nowhere' in the map" in refused.stderr

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,6 @@ from tests.support.hostworld import (
     FULLCHAIN,
     PRIVKEY,
     World,
-    cli_path,
     consumer_entry,
     start_nginx_with,
 )
@@ -46,19 +44,6 @@ from tests.support.sshhosts import SshHosts
 from tests.support.stack import Certbot, settled_workers
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and sshd")
-
-
-@pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[SshHosts]:
-    with SshHosts(tmp_path / "ssh") as made:
-        made.add_host("a", users=("svc",))
-        made.add_host("b")
-        yield made
-
-
-@pytest.fixture
-def world(hosts: SshHosts, tmp_path: Path, lineages: LineageFactory) -> World:
-    return World(hosts, tmp_path, lineages)
 
 
 def _by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -108,7 +93,7 @@ def test_a_deploy_across_two_hosts_is_proven_and_then_idempotent(
     nginx.stop()
 
 
-def test_a_host_down_fails_only_its_ownconsumer_entry(world: World) -> None:
+def test_a_host_down_fails_only_its_own_consumer(world: World) -> None:
     a, b = world.hosts.hosts["a"], world.hosts.hosts["b"]
     world.consumers = {"files-a": consumer_entry(a, "svc"), "files-b": consumer_entry(b, "root")}
     b.stop()
@@ -215,21 +200,7 @@ def test_a_connection_killed_mid_run_tears_nothing_and_the_next_run_repairs(
     a = world.hosts.hosts["a"]
     a.write(PRIVKEY, b"the old key\n", mode=0o600)
     world.consumers = {"files-a": consumer_entry(a, "svc", {"reload": ["sleep", "3"]})}
-    argv = world.hosts.controller_argv(
-        [
-            cli_path(),
-            "deploy",
-            "--config",
-            str(world.write_map()),
-            "--lineage",
-            str(world.live),
-            "--state-file",
-            str(world.dir / "state.json"),
-            "--lock-file",
-            str(world.dir / "lock"),
-            "--json",
-        ]
-    )
+    argv = world.argv("deploy", "--lineage", str(world.live), "--json")
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         deadline = time.monotonic() + 20
         while a.read_bytes(PRIVKEY) != world.issued.key_pem and time.monotonic() < deadline:

@@ -36,12 +36,7 @@ def hosts(tmp_path: Path) -> Iterator[SshHosts]:
 
 @pytest.fixture
 def world(hosts: SshHosts, tmp_path: Path, lineages: LineageFactory) -> World:
-    made = World(hosts, tmp_path, lineages)
-    original = made.host_entries
-    made.host_entries = lambda: {  # type: ignore[method-assign]
-        label: {**entry, "mode": "receive"} for label, entry in original().items()
-    }
-    return made
+    return World(hosts, tmp_path, lineages, mode="receive")
 
 
 def _force_receive(host: SshHost, target_map: Path) -> list[str]:
@@ -125,23 +120,7 @@ def test_receive_mode_deploys_by_the_targets_own_map_and_takes_only_its_lineages
     assert not json_document(again)["consumers"][0]["reloaded"]
 
     # A lineage the target's map does not use is not handed over.
-    refused = run(
-        hosts.controller_argv(
-            [
-                cli_path(),
-                "deploy",
-                "--config",
-                str(world.write_map()),
-                "--lineage",
-                str(other_live),
-                "--state-file",
-                str(tmp_path / "state.json"),
-                "--lock-file",
-                str(tmp_path / "lock"),
-            ]
-        ),
-        timeout=120,
-    )
+    refused = world.cli("deploy", "--lineage", str(other_live))
     assert refused.returncode == 1, explain(refused)
     assert f"its own map has no consumer of {OTHER}, so it was not handed over" in refused.stdout
     state = json.loads((r.dir / "receive-state.json").read_text())

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import ssl
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,29 +20,13 @@ from tests.support.hostworld import (
     FULLCHAIN,
     PRIVKEY,
     World,
-    check,
     consumer_entry,
     start_nginx_with,
-    status,
 )
 from tests.support.lineages import LineageFactory
-from tests.support.sshhosts import SshHosts
 from tests.support.stack import settled_workers
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and sshd")
-
-
-@pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[SshHosts]:
-    with SshHosts(tmp_path / "ssh") as made:
-        made.add_host("a", users=("svc",))
-        made.add_host("b")
-        yield made
-
-
-@pytest.fixture
-def world(hosts: SshHosts, tmp_path: Path, lineages: LineageFactory) -> World:
-    return World(hosts, tmp_path, lineages)
 
 
 def _fingerprint(pem: bytes) -> str:
@@ -89,7 +71,7 @@ def test_via_host_proves_what_the_hosts_own_loopback_serves(
     # Through a: nothing listens on 8444 there; the error says it was a's connection.
     settled_workers(nginx.pid, replacing=before)
     world.consumers["web-a"]["verify"] = [{**loopback, "port": 8444, "via": "host"}]
-    refused = status(world, "--json")
+    refused = world.cli("status", "--json")
     assert refused.returncode == 2, explain(refused)
     [checked] = json_document(refused)["consumers"]
     error = checked["endpoints"][0]["error"]
@@ -118,7 +100,7 @@ def test_status_checks_files_on_their_hosts_and_repair_fixes_them_there(
     done = world.deploy()
     assert done.returncode == 0, explain(done)
     settled_workers(nginx.pid, replacing=before)
-    current = status(world, "--json")
+    current = world.cli("status", "--json")
     assert current.returncode == 0, explain(current)
     found = {c["name"]: c for c in json_document(current)["consumers"]}
     assert {n: (c["host"], c["status"]) for n, c in found.items()} == {
@@ -128,7 +110,7 @@ def test_status_checks_files_on_their_hosts_and_repair_fixes_them_there(
     # A stale copy on b only: b's consumer is CRITICAL, named with its host; a stays OK.
     b.write(FULLCHAIN, b"stale\n", mode=0o644)
     prometheus = world.dir / "fanout.prom"
-    stale = status(world, "--prometheus", str(prometheus))
+    stale = world.cli("status", "--prometheus", str(prometheus))
     assert stale.returncode == 2, explain(stale)
     assert f"files-b @b: {FULLCHAIN}: content differs" in stale.stdout, stale.stdout
     metrics = prometheus.read_text()
@@ -141,13 +123,13 @@ def test_status_checks_files_on_their_hosts_and_repair_fixes_them_there(
         in metrics
     )
     assert a.read_bytes(FULLCHAIN) == world.issued.fullchain_pem  # a was never touched
-    repaired = status(world, "--repair", "--json")
+    repaired = world.cli("status", "--repair", "--json")
     assert repaired.returncode == 0, explain(repaired)
     assert json_document(repaired)["repaired"] == ["files-b"]
     assert b.read_bytes(FULLCHAIN) == world.issued.fullchain_pem
     # b down: its consumer's files cannot be checked (CRITICAL, with ssh's reason); a is OK.
     b.stop()
-    down = status(world, "--json")
+    down = world.cli("status", "--json")
     assert down.returncode == 2, explain(down)
     found = {c["name"]: c for c in json_document(down)["consumers"]}
     assert found["web-a"]["status"] == "OK"
@@ -181,7 +163,7 @@ def test_check_looks_at_each_consumers_directories_users_and_programs_on_its_hos
             "verify": [{"host": "127.0.0.1", "port": 8443, "via": "host"}],
         },
     }
-    found = check(world)
+    found = world.cli("check")
     assert found.returncode == 1, explain(found)
     problems = [line for line in found.stdout.splitlines() if line.startswith("PROBLEM: ")]
     by_name: dict[str, list[str]] = {}
@@ -199,7 +181,7 @@ def test_check_looks_at_each_consumers_directories_users_and_programs_on_its_hos
     assert "a could not open a connection to it" in via_a, via_a
     # A host down: its consumers get ssh's reason; the other host's are still checked.
     a.stop()
-    down = check(world)
+    down = world.cli("check")
     assert down.returncode == 1, explain(down)
     assert "PROBLEM: dir-a: host a (" in down.stdout and "refused" in down.stdout, down.stdout
     assert "PROBLEM: ok-b" not in down.stdout, down.stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ from tests.support.oldpython import ensure_python39
 from tests.support.sshhosts import SshHost, SshHosts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and mounts")
-
-
-@pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[SshHosts]:
-    with SshHosts(tmp_path / "ssh") as made:
-        made.add_host("a", users=("svc",))
-        made.add_host("b")
-        yield made
 
 
 def ssh(hosts: SshHosts, host: SshHost, command: str = "true") -> subprocess.CompletedProcess[str]:

@@ -4,6 +4,7 @@ test hosts of :mod:`tests.support.sshhosts`, and the CLI run in the controller n
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,19 @@ def consumer_entry(
 class World:
     """The map under test (``consumers``, every host of ``hosts``) and the CLI run on it."""
 
-    def __init__(self, hosts: SshHosts, tmp_path: Path, lineages: LineageFactory) -> None:
+    def __init__(
+        self, hosts: SshHosts, tmp_path: Path, lineages: LineageFactory, mode: str | None = None
+    ) -> None:
         self.hosts = hosts
+        self.mode = mode  # every host's `mode:` in the map (None: the default, agent)
         self.dir = tmp_path
         self.lineages = lineages
         self.live, self.issued = lineages.issue(CERT)
         self.consumers: dict[str, Any] = {}
 
     def host_entries(self) -> dict[str, Any]:
-        return {label: h.map_entry() for label, h in self.hosts.hosts.items()}
+        mode = {"mode": self.mode} if self.mode else {}
+        return {label: {**h.map_entry(), **mode} for label, h in self.hosts.hosts.items()}
 
     def write_map(self) -> Path:
         path = self.dir / "consumers.yaml"
@@ -61,21 +66,31 @@ class World:
         path.write_text(json.dumps(document, indent=2))
         return path
 
-    def deploy(self, *extra: str) -> Any:
+    def argv(self, command: str, *extra: str) -> list[str]:
+        """``certbot-fanout COMMAND`` on this map, its lineages, state file and lock, in the
+        controller namespace (which reaches every host)."""
         argv = [
             cli_path(),
-            "deploy",
+            command,
             "--config",
             str(self.write_map()),
-            "--lineage",
-            str(self.live),
+            "--config-dir",
+            str(self.live.parent.parent),
             "--state-file",
             str(self.dir / "state.json"),
             "--lock-file",
             str(self.dir / "lock"),
             *extra,
         ]
-        return run(self.hosts.controller_argv(argv), timeout=120)
+        return self.hosts.controller_argv(argv)
+
+    def cli(self, command: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        """The completed run of :meth:`argv`."""
+        return run(self.argv(command, *extra), timeout=180)
+
+    def deploy(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        """``deploy`` of the world's lineage."""
+        return self.cli("deploy", "--lineage", str(self.live), *extra)
 
 
 def start_nginx_with(host: SshHost, old: Issued) -> InHostDaemon:
@@ -83,40 +98,3 @@ def start_nginx_with(host: SshHost, old: Issued) -> InHostDaemon:
     host.write(FULLCHAIN, old.fullchain_pem, mode=0o644)
     host.write(PRIVKEY, old.key_pem, mode=0o600)
     return host.start_nginx(FULLCHAIN, PRIVKEY, port=443)
-
-
-def status_argv(world: World, *extra: str) -> list[str]:
-    """``certbot-fanout status`` on the world's map and lineages, in the controller namespace."""
-    argv = [
-        cli_path(),
-        "status",
-        "--config",
-        str(world.write_map()),
-        "--config-dir",
-        str(world.live.parent.parent),
-        "--state-file",
-        str(world.dir / "state.json"),
-        "--lock-file",
-        str(world.dir / "lock"),
-        *extra,
-    ]
-    return world.hosts.controller_argv(argv)
-
-
-def status(world: World, *extra: str) -> Any:
-    """The completed ``status`` run (see :func:`status_argv`)."""
-    return run(status_argv(world, *extra), timeout=120)
-
-
-def check(world: World, *extra: str) -> Any:
-    """``certbot-fanout check`` on the world's map and lineages, in the controller namespace."""
-    argv = [
-        cli_path(),
-        "check",
-        "--config",
-        str(world.write_map()),
-        "--config-dir",
-        str(world.live.parent.parent),
-        *extra,
-    ]
-    return run(world.hosts.controller_argv(argv), timeout=120)

@@ -21,16 +21,13 @@ from certbot_fanout.receive import ReceiveOptions, serve
 CERT = "example.org"
 
 
-def _config(tmp_path: Path) -> Config:
-    text = f"""\
-version: 1
-consumers:
-  web:
-    certificate: {CERT}
-    files:
-      - {{path: {tmp_path}/out/key.pem, content: privkey, mode: "0600"}}
-      - {{path: {tmp_path}/out/fullchain.pem, content: fullchain}}
-"""
+def _config(tmp_path: Path, files: str | None = None) -> Config:
+    """A map whose one consumer places ``files`` (default: a key and a full chain) in out/."""
+    files = files or (
+        f'      - {{path: {tmp_path}/out/key.pem, content: privkey, mode: "0600"}}\n'
+        f"      - {{path: {tmp_path}/out/fullchain.pem, content: fullchain}}\n"
+    )
+    text = f"version: 1\nconsumers:\n  web:\n    certificate: {CERT}\n    files:\n{files}"
     return parse_config(text, str(tmp_path / "consumers.yaml"))
 
 
@@ -44,7 +41,9 @@ def _pems(issued: Issued) -> dict[str, str]:
     return {k: base64.b64encode(v).decode() for k, v in parts.items()}
 
 
-def _exchange(tmp_path: Path, *requests: dict[str, Any]) -> list[dict[str, Any]]:
+def _exchange(
+    tmp_path: Path, *requests: dict[str, Any], config: Config | None = None
+) -> list[dict[str, Any]]:
     inp = io.BytesIO()
     for request in requests:
         wire.write_frame(inp, request)
@@ -52,7 +51,7 @@ def _exchange(tmp_path: Path, *requests: dict[str, Any]) -> list[dict[str, Any]]
     (tmp_path / "out").mkdir(mode=0o755, exist_ok=True)
     out = io.BytesIO()
     options = ReceiveOptions(str(tmp_path / "le"), str(tmp_path / "lock"), None)
-    assert serve(_config(tmp_path), options, inp, out) == 0
+    assert serve(config or _config(tmp_path), options, inp, out) == 0
     out.seek(0)
     answers = []
     while (frame := wire.read_frame(out)) is not None:
@@ -115,24 +114,9 @@ def test_only_deploy_is_answered(tmp_path: Path) -> None:
 
 
 def test_a_map_that_links_into_live_is_refused(ca: ThrowawayCA, tmp_path: Path) -> None:
-    text = f"""\
-version: 1
-consumers:
-  web:
-    certificate: {CERT}
-    files:
-      - {{path: {tmp_path}/out/cert.pem, content: fullchain, link: true}}
-"""
-    config = parse_config(text, str(tmp_path / "consumers.yaml"))
-    (tmp_path / "out").mkdir()
-    inp = io.BytesIO()
-    wire.write_frame(inp, _deploy({"certificate": CERT, "pems": _pems(ca.issue([CERT]))}))
-    inp.seek(0)
-    out = io.BytesIO()
-    serve(config, ReceiveOptions(str(tmp_path / "le"), str(tmp_path / "lock"), None), inp, out)
-    out.seek(0)
-    wire.read_frame(out)
-    answer = wire.read_frame(out)
-    assert answer is not None and answer["ok"] is False
+    linked = f"      - {{path: {tmp_path}/out/cert.pem, content: fullchain, link: true}}\n"
+    request = _deploy({"certificate": CERT, "pems": _pems(ca.issue([CERT]))})
+    _, answer = _exchange(tmp_path, request, config=_config(tmp_path, linked))
+    assert answer["ok"] is False
     assert "link into live/example.org" in answer["error"]["message"]
     assert list((tmp_path / "out").iterdir()) == []

@@ -28,6 +28,9 @@ DEFAULT_KNOWN_HOSTS = "/var/lib/certbot-fanout/known_hosts"
 DEFAULT_RUNTIME_DIR = "/run/certbot-fanout"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_PYTHON = "python3"
+# The container engine's API socket a consumer's `container:` reaches when it names none
+# (Docker's; Podman's service listens on /run/podman/podman.sock).
+DEFAULT_ENGINE_SOCKET = "/var/run/docker.sock"
 
 # Seconds a consumer's reload and the verification of its endpoints may take, unless the map
 # says otherwise; a timeout in the map is more than 0 and at most MAX_TIMEOUT (a day).
@@ -119,6 +122,9 @@ class FileSpec:
     # content: der is (CERT,) as DER; content: pkcs12 is (PRIVKEY, FULLCHAIN) in a keystore.
     encoding: Encoding = Encoding.PEM
     keystore: Keystore | None = None  # set exactly when encoding is PKCS12
+    # Rewrite the file's own inode (not atomic) instead of renaming a new one over it: for a
+    # file a container or a private mount namespace was given through a single-file bind.
+    inplace: bool = False
 
     @property
     def holds_key(self) -> bool:
@@ -179,6 +185,65 @@ class Notify:
 
 
 @dataclass(frozen=True)
+class ContainerSpec:
+    """The containers a consumer runs in (``container:``), found through a container engine's
+    API on its unix socket: by exact ``name``, by ``label`` ("KEY" or "KEY=VALUE"), or by
+    ``compose_service``; every running match."""
+
+    name: str | None = None
+    label: str | None = None
+    compose_service: str | None = None
+    engine: str = DEFAULT_ENGINE_SOCKET
+
+    @property
+    def selector(self) -> dict[str, str]:
+        found = {"name": self.name, "label": self.label, "compose_service": self.compose_service}
+        return {k: v for k, v in found.items() if v is not None}
+
+    @property
+    def shown(self) -> str:
+        """The selector in words: "name traefik", "label tls=1", "compose service web"."""
+        key, value = next(iter(self.selector.items()))
+        return f"{key.replace('_', ' ')} {value}"
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """The process whose own view of the files is checked (``process:``): a systemd unit's
+    main PID, the PID in a pid file, or the main process of that command name."""
+
+    unit: str | None = None
+    pid_file: str | None = None
+    name: str | None = None
+
+    @property
+    def shown(self) -> str:
+        if self.unit is not None:
+            return f"unit {self.unit}"
+        if self.pid_file is not None:
+            return f"pid file {self.pid_file}"
+        return f"process {self.name}"
+
+
+@dataclass(frozen=True)
+class ServiceReload:
+    """A reload given as a mapping: a signal to the container's (or the process's) main
+    process, a command run inside the container (no shell), or a restart of the container."""
+
+    signal: str | None = None
+    exec: tuple[str, ...] | None = None
+    restart: bool = False
+
+    @property
+    def shown(self) -> str:
+        if self.signal is not None:
+            return f"signal {self.signal}"
+        if self.exec is not None:
+            return "exec " + " ".join(self.exec)
+        return "restart"
+
+
+@dataclass(frozen=True)
 class Consumer:
     """A service that terminates TLS with one lineage's certificate."""
 
@@ -196,6 +261,14 @@ class Consumer:
     # reload of a remote consumer happen there; its owners and groups are resolved there
     # (FileSpec.owner and group are then REMOTE_ID unless the map gave a number).
     host: str | None = None
+    container: ContainerSpec | None = None
+    process: ProcessSpec | None = None
+    # ``reload:`` given as a mapping (signal, exec or restart); ``reload`` is then None.
+    service_reload: ServiceReload | None = None
+
+    @property
+    def has_reload(self) -> bool:
+        return bool(self.reload) or self.service_reload is not None
 
 
 # A FileSpec's owner or group on another host, before that host resolved its name.

@@ -63,6 +63,12 @@ class Effects:
     remove_leftovers: Callable[[str], None] = files.remove_leftovers
     # An endpoint with ``via: host``: probed through the consumer's host's ssh connection.
     fetch_via_host: probe.Fetch | None = None
+    # A consumer in a container or with a process (containers): its reload through the engine
+    # or a signal (given the reload timeout), what its process sees that it should not, and
+    # why its files are refused (a single-file bind mount), if they are.
+    reload_service: Callable[[float], None] | None = None
+    stale_views: Callable[[], list[str]] | None = None
+    refused: str | None = None
 
     def fetch_for(self, ep: Endpoint) -> probe.Fetch:
         """How ``ep`` is probed: from here, or through the consumer's host."""
@@ -166,6 +172,8 @@ class ReloadReason(enum.Enum):
     INTERRUPTED = "the last run was interrupted"
     # Its files are current, but an endpoint (named before these words) serves something else.
     NOT_SERVING = "not serving the current certificate"
+    # Its files are current, but its process (a container's) reads an old copy of one.
+    STALE_VIEW = "its process reads an old copy of a file"
 
 
 class Step(enum.Enum):
@@ -191,6 +199,8 @@ class ReloadFacts:
     # After the settle probe: the endpoints not serving the current certificate (empty when
     # they all do). None before it, or without one.
     stale: tuple[str, ...] | None = None
+    # After the settle probe: whether its process sees an old copy of a file.
+    stale_view: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,6 +243,8 @@ def why_reload(facts: ReloadFacts) -> ReloadDecision:
         return ReloadDecision(Step.SETTLE)
     if facts.stale:
         return ReloadDecision(Step.RELOAD, ReloadReason.NOT_SERVING, facts.stale[0])
+    if facts.stale_view:
+        return ReloadDecision(Step.RELOAD, ReloadReason.STALE_VIEW)
     return ReloadDecision(Step.CURRENT)
 
 
@@ -412,6 +424,10 @@ class Places:
             PlacementError: an owner or group does not exist there.
         """
         if consumer.host is None:
+            if consumer.container or consumer.process:
+                from certbot_fanout import containers
+
+                return consumer, containers.effects_for(consumer, self.effects)
             return consumer, self.effects
         assert self.hosts is not None
         if self.hosts.hosts[consumer.host].mode == "receive":
@@ -465,8 +481,10 @@ class Places:
         return [done[i] for i in range(len(consumers))]
 
     def run(self, consumer: Consumer, lineage: Lineage, options: DeployOptions) -> ConsumerResult:
-        if consumer.host is None:
+        if consumer.host is None and not (consumer.container or consumer.process):
             return _guarded(consumer, lineage, options, self.effects)
+        if consumer.host is None:
+            return self._run_inside(consumer, lineage, options)
         from certbot_fanout.remote import HostError
 
         start = time.monotonic()
@@ -487,6 +505,19 @@ class Places:
         except PlacementError as e:
             return _failed(consumer, Stage.PLACE, str(e), start)
         return replace(_guarded(placed, lineage, options, effects), consumer=consumer)
+
+    def _run_inside(
+        self, consumer: Consumer, lineage: Lineage, options: DeployOptions
+    ) -> ConsumerResult:
+        """A consumer in a container, or with a process whose view is checked."""
+        start = time.monotonic()
+        try:
+            _, effects = self.locate(consumer)
+        except FanoutError as e:  # the engine unreachable, no container matching
+            return _failed(consumer, Stage.CONNECT, str(e), start)
+        if effects.refused:
+            return _failed(consumer, Stage.PLACE, effects.refused, start)
+        return _guarded(consumer, lineage, options, effects)
 
 
 def _received(
@@ -744,7 +775,8 @@ class _ConsumerRun:
             # A reload moments ago (a deploy hook before the installer, nginx's old workers
             # draining) can still show the old certificate briefly: give it a moment first.
             current = self.poll(within=SETTLE_SECONDS)
-            decision = why_reload(self.facts(stale=tuple(r.label for r in current if not r.ok)))
+            stale = tuple(r.label for r in current if not r.ok)
+            decision = why_reload(self.facts(stale, stale_view=not stale and bool(self.views())))
             if decision.step is Step.CURRENT:
                 return self.result(Outcome.OK, current)
         self.reload_reason = decision.text
@@ -758,24 +790,25 @@ class _ConsumerRun:
             self.committed = True
         return self.verify()
 
-    def facts(self, stale: tuple[str, ...] | None = None) -> ReloadFacts:
+    def facts(self, stale: tuple[str, ...] | None = None, stale_view: bool = False) -> ReloadFacts:
         c = self.consumer
         return ReloadFacts(
             files_changed=any(f.changed for f in self.file_results),
             has_files=bool(c.files),
             has_endpoints=bool(c.verify),
-            has_reload=bool(c.reload),
+            has_reload=c.has_reload,
             force=self.options.force,
             dry_run=self.options.dry_run,
             interrupted=c.name in self.options.interrupted,
             stale=stale,
+            stale_view=stale_view,
         )
 
     def plan(self, decision: ReloadDecision) -> ConsumerResult:
         """A dry run's result: what would be tested and reloaded, nothing done."""
         reload = decision.step is Step.RELOAD
         self.tested = bool(self.consumer.test) and reload
-        self.reloaded = bool(self.consumer.reload) and reload
+        self.reloaded = self.consumer.has_reload and reload
         return self.result(Outcome.PLANNED)
 
     def test(self) -> ConsumerResult | None:
@@ -796,10 +829,13 @@ class _ConsumerRun:
         """Run the consumer's reload command, if any; the failed result (rolled back) if it
         fails."""
         c = self.consumer
-        if not c.reload:
+        if not c.has_reload:
             return None
         try:
-            self.fx.run(c.reload, c.reload_timeout, "reload")
+            if c.reload:
+                self.fx.run(c.reload, c.reload_timeout, "reload")
+            if c.service_reload and self.fx.reload_service:
+                self.fx.reload_service(c.reload_timeout)
         except CommandError as e:
             # Put the files back, as after a failed test: the service's state is unknown, and
             # files left current would hide from the next run (and from `status`) that this
@@ -811,11 +847,15 @@ class _ConsumerRun:
     def verify(self) -> ConsumerResult:
         """The result: OK when every endpoint serves the lineage's certificate in time."""
         endpoints = self.poll()
-        bad = [r for r in endpoints if not r.ok]
+        bad = [r.error or r.label for r in endpoints if not r.ok]
+        bad.extend(self.views())
         if bad:
-            error = "; ".join(r.error or r.label for r in bad)
-            return self.result(Outcome.FAILED, endpoints, Stage.VERIFY, error)
+            return self.result(Outcome.FAILED, endpoints, Stage.VERIFY, "; ".join(bad))
         return self.result(Outcome.OK, endpoints)
+
+    def views(self) -> list[str]:
+        """What the consumer's process (its container's) sees that differs from its files."""
+        return self.fx.stale_views() if self.fx.stale_views else []
 
     def stage_files(self) -> None:
         for spec in self.consumer.files:

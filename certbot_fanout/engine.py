@@ -241,8 +241,9 @@ class Engine:
         )
         self._check(status, answer, "/containers/", (200,))
 
-    def get_file(self, ident: str, path: str) -> bytes | None:
-        """The regular file ``path`` in the container; None if there is none."""
+    def get_file(self, ident: str, path: str) -> tuple[bytes, int, int, int] | None:
+        """The regular file ``path`` in the container, with its owner, group and mode; None if
+        there is none."""
         query = urllib.parse.urlencode({"path": path})
         status, data = self._request(
             "GET", f"/containers/{urllib.parse.quote(ident)}/archive?{query}", limit=MAX_ARCHIVE
@@ -262,7 +263,9 @@ class Engine:
                 if member is None or not member.isfile():
                     return None
                 extracted = tar.extractfile(member)
-                return extracted.read() if extracted is not None else None
+                if extracted is None:
+                    return None
+                return extracted.read(), member.uid, member.gid, member.mode & 0o7777
         except tarfile.TarError:
             raise EngineError(f"container engine at {self.path}: {path}: not a tar") from None
 

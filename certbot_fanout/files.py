@@ -545,6 +545,70 @@ def place(desired: Desired) -> None:
             raise PlacementError(f"{desired.path}: cannot {step}: {e.strerror}") from None
 
 
+def place_inplace(desired: Desired) -> None:
+    """Rewrite the regular file ``desired.path`` in place, keeping its inode: for a file a
+    process was given through a single-file bind mount, which an atomic rename would leave
+    holding the old inode. Owner, ACL and mode are set first, then the file is truncated,
+    written and fsynced. NOT atomic: a reader at that moment can see a part of the file. A
+    path with no file is placed as by :func:`place`.
+
+    Raises:
+        PlacementError: any step failed (a failure after the truncation leaves a part).
+    """
+    if desired.target is not None:
+        raise PlacementError(f"{desired.path}: a symlink cannot be rewritten in place")
+    with _directory(desired.path) as (dfd, name):
+        problem = _inside_problem(dfd, desired.path, desired.keep_out)
+        if problem:
+            raise PlacementError(problem)
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(name, flags, dir_fd=dfd)
+        except FileNotFoundError:
+            fd = -1
+        except OSError as e:
+            raise PlacementError(
+                f"{desired.path}: cannot open it to rewrite: {e.strerror}"
+            ) from None
+    if fd < 0:
+        place(desired)
+        return
+    step = "inspect it"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PlacementError(f"{desired.path}: not a regular file, so not rewritten in place")
+        step = f"set owner {_user(desired.uid)}:{_group(desired.gid)}"
+        os.fchown(fd, desired.uid, desired.gid)
+        step = "remove its ACL"
+        _strip_acl(fd)
+        step = f"set mode {desired.mode:04o}"
+        os.fchmod(fd, desired.mode)
+        step = "truncate"
+        os.ftruncate(fd, 0)
+        step = "write"
+        view = memoryview(desired.data or b"")
+        offset = 0
+        while offset < len(view):
+            offset += os.pwrite(fd, view[offset:], offset)
+        step = "fsync"
+        os.fsync(fd)
+    except OSError as e:
+        raise PlacementError(f"{desired.path}: cannot {step} in place: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def restore_inplace(previous: Snapshot) -> None:
+    """Put ``previous`` back into the same inode (see :func:`place_inplace`); a path that was
+    not a regular file is restored as by :func:`restore`."""
+    if previous.kind is not Kind.FILE:
+        restore(previous)
+        return
+    place_inplace(
+        Desired(previous.path, previous.uid, previous.gid, previous.mode, data=previous.data)
+    )
+
+
 def restore(previous: Snapshot) -> None:
     """Put ``previous`` back: same bytes, owner, mode and times, or remove what was not there.
 

@@ -192,6 +192,11 @@ def _consumer_status(
             if result.changed:
                 level = file_level(result.differences)
                 problems.append((level, f"{spec.path}: {', '.join(result.reasons)}"))
+        if fx.refused:
+            problems.append((Level.WARNING, f"the next deploy will refuse it: {fx.refused}"))
+        if fx.stale_views:
+            # Files right on disk but not as the service reads them: the Synapse story again.
+            problems.extend((Level.CRITICAL, problem) for problem in fx.stale_views())
     endpoints = _probe_endpoints(consumer, lineage, fx) if options.probe else ()
     problems.extend((Level.CRITICAL, e.error or e.label) for e in endpoints if not e.ok)
     problems.extend((Level.WARNING, f"{e.label}: {w}") for e in endpoints for w in e.warnings)

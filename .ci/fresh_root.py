@@ -253,6 +253,10 @@ def inside(root: Path, binds: list[Path], log: Path) -> int:
     mount("--bind", str(root), str(root))
     mount("-t", "proc", "proc", str(root / "proc"))
     mount("-t", "sysfs", "sysfs", str(root / "sys"))
+    # dockerd (the container tests run one) needs the cgroup hierarchy, as a booted machine
+    # has it; a fresh sysfs does not carry its mounts.
+    if Path("/sys/fs/cgroup").is_dir():
+        mount("--rbind", "/sys/fs/cgroup", str(root / "sys/fs/cgroup"))
     mount("--bind", "/dev", str(root / "dev"))
     mount("--bind", "/dev/pts", str(root / "dev/pts"))
     (root / "dev/shm").mkdir(exist_ok=True)

@@ -191,10 +191,8 @@ class _ContainerEffects:
 
     def place(self, desired: files.Desired) -> None:
         how, where = self.how(desired.path)
-        if how is How.HOST:
-            files.place(desired)
-        elif how is How.INPLACE:
-            files.place_inplace(desired)
+        if how is not How.COPY:
+            files.place(desired)  # in place when the file says inplace
         else:
             for container, inside in where:
                 self._copy_in(container, inside, desired)
@@ -205,10 +203,8 @@ class _ContainerEffects:
 
     def restore(self, previous: files.Snapshot) -> None:
         how, where = self.how(previous.path)
-        if how is How.HOST:
+        if how is not How.COPY:
             files.restore(previous)
-        elif how is How.INPLACE:
-            files.restore_inplace(previous)
         else:
             for container, inside in where:
                 if previous.kind is files.Kind.FILE:
@@ -325,6 +321,17 @@ def process_pid(spec: ProcessSpec, timeout: float = 10.0) -> int:
     return int(text)
 
 
+def _bind_problems(pid: int, spec: FileSpec, restart: str) -> list[str]:
+    """The single-file bind mounts through which ``pid`` reads an old ``spec.path``."""
+    return [
+        f"PID {pid} reads {bind.point} through a single-file bind mount of a replaced file "
+        f"({spec.path}, since renamed over): it keeps the old file until it is mounted "
+        f"again; {restart}, or mount the directory instead of the file"
+        for bind in procview.binds_of(pid, spec.path)
+        if bind.deleted
+    ]
+
+
 class _ProcessEffects:
     def __init__(self, consumer: Consumer) -> None:
         assert consumer.process is not None
@@ -336,8 +343,12 @@ class _ProcessEffects:
             pid = process_pid(self.process)
         except ValueError as e:
             return [f"process view not checked: {e}"]
+        restart = f"restart {self.process.shown}"
         where = [(spec, spec.path) for spec in self.consumer.files]
-        return _view_problems(pid, where, f"restart {self.process.shown}")
+        problems = _view_problems(pid, where, restart)
+        for spec in self.consumer.files:
+            problems.extend(_bind_problems(pid, spec, restart))
+        return problems
 
     def reload(self, timeout: float) -> None:
         action = self.consumer.service_reload

@@ -133,6 +133,8 @@ class ConsumerResult:
     error: str | None = None
     rolled_back: bool = False
     seconds: float = 0.0
+    # What its process (a container's main process) sees that differs from its files.
+    views: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -282,6 +284,7 @@ def desired_file(spec: FileSpec, lineage: Lineage) -> files.Desired:
         data=data,
         keep_out=keep_out,
         same_content=same_content,
+        inplace=spec.inplace,
     )
 
 
@@ -734,6 +737,7 @@ class _ConsumerRun:
         stage: Stage | None = None,
         error: str | None = None,
         rolled_back: bool = False,
+        views: Sequence[str] = (),
     ) -> ConsumerResult:
         return ConsumerResult(
             consumer=self.consumer,
@@ -747,6 +751,7 @@ class _ConsumerRun:
             error=error,
             rolled_back=rolled_back,
             seconds=time.monotonic() - self.start,
+            views=tuple(views),
         )
 
     def run(self) -> ConsumerResult:
@@ -848,9 +853,10 @@ class _ConsumerRun:
         """The result: OK when every endpoint serves the lineage's certificate in time."""
         endpoints = self.poll()
         bad = [r.error or r.label for r in endpoints if not r.ok]
-        bad.extend(self.views())
-        if bad:
-            return self.result(Outcome.FAILED, endpoints, Stage.VERIFY, "; ".join(bad))
+        views = self.views()
+        if bad or views:
+            error = "; ".join(bad + views)
+            return self.result(Outcome.FAILED, endpoints, Stage.VERIFY, error, views=views)
         return self.result(Outcome.OK, endpoints)
 
     def views(self) -> list[str]:
@@ -861,6 +867,8 @@ class _ConsumerRun:
         for spec in self.consumer.files:
             desired = desired_file(spec, self.lineage)
             current = self.fx.snapshot(spec.path)
+            if spec.inplace:
+                current = replace(current, inplace=True)  # put back into the same inode
             found = self.fx.compare(desired, current)
             warning = None
             if spec.link and desired.target is not None:

@@ -28,6 +28,7 @@ rests on its words), :func:`place` writes it and :func:`restore` puts a snapshot
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import errno
 import grp
@@ -108,6 +109,8 @@ class Desired:
     target: str | None = None
     keep_out: tuple[str, ...] = ()
     same_content: Callable[[bytes], bool] | None = None
+    # Rewrite the file's own inode (:func:`place_inplace`) instead of renaming a new one over.
+    inplace: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ class Snapshot:
     # The named entries of a file's extended access ACL, as getfacl shows them
     # ("user:nobody:r--"); never put back by :func:`restore`.
     acl: tuple[str, ...] = ()
+    # Put back into the same inode (:func:`restore_inplace`): it was placed in place.
+    inplace: bool = False
 
 
 @contextlib.contextmanager
@@ -494,6 +499,9 @@ def place(desired: Desired) -> None:
         PlacementError: any step failed, or the directory is inside ``desired.keep_out``; the
             destination is then unchanged.
     """
+    if desired.inplace:
+        place_inplace(desired)
+        return
     with _directory(desired.path) as (dfd, name):
         try:
             problem = _inside_problem(dfd, desired.path, desired.keep_out)
@@ -571,7 +579,7 @@ def place_inplace(desired: Desired) -> None:
                 f"{desired.path}: cannot open it to rewrite: {e.strerror}"
             ) from None
     if fd < 0:
-        place(desired)
+        place(dataclasses.replace(desired, inplace=False))
         return
     step = "inspect it"
     try:
@@ -615,6 +623,9 @@ def restore(previous: Snapshot) -> None:
     Raises:
         PlacementError: the path could not be restored.
     """
+    if previous.inplace and previous.kind is Kind.FILE:
+        restore_inplace(previous)
+        return
     if previous.kind is Kind.MISSING:
         with _directory(previous.path) as (dfd, name):
             try:

@@ -88,6 +88,7 @@ class MountEntry:
     root: str
     fstype: str
     source: str
+    device: str = ""  # "MAJOR:MINOR" of its filesystem
 
     @property
     def deleted(self) -> bool:
@@ -119,6 +120,7 @@ def mounts_of(pid: int) -> list[MountEntry]:
                     root=_unescape(fields[3]),
                     fstype=fields[dash + 1],
                     source=_unescape(fields[dash + 2]),
+                    device=fields[2],
                 )
             )
         except (ValueError, IndexError):
@@ -134,6 +136,37 @@ def file_mount(pid: int, path: str) -> MountEntry | None:
         if entry.point == os.path.normpath(path):
             found = entry
     return found
+
+
+def in_filesystem(path: str) -> tuple[str, str] | None:
+    """Where ``path`` (as this process sees it) is in its filesystem: the device and the path
+    from that filesystem's root, as another namespace's ``mountinfo`` names a bind of it."""
+    best: MountEntry | None = None
+    for entry in mounts_of(os.getpid()):
+        point = entry.point.rstrip("/")
+        if (path == entry.point or path.startswith(point + "/")) and (
+            best is None or len(entry.point) >= len(best.point)
+        ):
+            best = entry
+    if best is None:
+        return None
+    rest = path[len(best.point.rstrip("/")) :]
+    return best.device, best.root.rstrip("/") + rest
+
+
+def binds_of(pid: int, path: str) -> list[MountEntry]:
+    """The mounts through which process ``pid`` is given the single file ``path`` (as this
+    process sees it) at some path of its own, including those of ``path``'s replaced inode
+    (their root ends in ``//deleted``)."""
+    where = in_filesystem(path)
+    if where is None:
+        return []
+    device, root = where
+    return [
+        entry
+        for entry in mounts_of(pid)
+        if entry.device == device and entry.root in (root, root + "//deleted")
+    ]
 
 
 def own_namespace(pid: int) -> bool:

@@ -122,6 +122,7 @@ def _endpoint_failure_lines(c: ConsumerResult, expected: CertInfo | None) -> lis
         others = [a.error for a in ep.addresses if not a.ok and a not in stale and a.error]
         lines.extend(printable(error) for error in others)
         lines.append(f"  {_waited(ep)}")
+    lines.extend(printable(view) for view in c.views)
     return lines
 
 
@@ -245,6 +246,7 @@ def _why(c: ConsumerResult) -> str:
         )
         if not stale:
             reasons.append(ep.error or ep.label)
+    reasons.extend(c.views)
     return "; ".join(reasons)
 
 
@@ -278,6 +280,7 @@ def _consumer_document(c: ConsumerResult) -> dict[str, Any]:
         "reload_reason": c.reload_reason,
         "rolled_back": c.rolled_back,
         "endpoints": [endpoint_document(e) for e in c.endpoints],
+        "process_view": list(c.views),
         "seconds": round(c.seconds, 3),
     }
 

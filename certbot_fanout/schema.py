@@ -447,6 +447,12 @@ class _MapReader(Reader):
         inplace = False
         if "inplace" in items:
             inplace = self.boolean(items["inplace"][1], path / "inplace")
+        if inplace and self.remote:
+            raise self.error(
+                items["inplace"][1],
+                path / "inplace",
+                f"inplace is for a file on this host, not on {self.remote}",
+            )
         if inplace and link:
             raise self.error(
                 items["inplace"][1],

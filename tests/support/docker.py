@@ -9,6 +9,7 @@ is stopped (by PID). ``build_nginx_image`` imports a small root made on the spot
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -53,10 +54,10 @@ class Dockerd:
             "--userland-proxy=false",
         ]
         script = 'mount -t tmpfs -o mode=0710 fanout-docker "$1" && shift && exec "$@"'
+        unshare = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
-                + [str(self.base / "root"), *argv],
+                [*unshare, str(self.base / "root"), *argv],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -69,7 +70,9 @@ class Dockerd:
                 return
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"dockerd not ready in {START_TIMEOUT} s: {self.log.read_text()[-3000:]}")
+        raise RuntimeError(
+            f"dockerd not ready in {START_TIMEOUT} s: {self.log.read_text()[-3000:]}"
+        )
 
     def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run([DOCKER, "-H", f"unix://{self.socket}", *args], check=check)
@@ -89,10 +92,8 @@ class Dockerd:
                 self.process.kill()
                 self.process.wait(timeout=10)
         # containerd and its shims are in the daemon's session: none may outlive it.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process = None
 
 

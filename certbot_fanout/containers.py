@@ -24,16 +24,13 @@ import os
 import posixpath
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from certbot_fanout import commands, files, fswalk, procview, trust
 from certbot_fanout.engine import Container, Engine, EngineError, Gone
 from certbot_fanout.errors import CommandError, PlacementError
 from certbot_fanout.model import Consumer, ContainerSpec, FileSpec, ProcessSpec
-
-if TYPE_CHECKING:
-    from certbot_fanout.deploy import Effects
 
 SYSTEMCTL = "systemctl"
 RESTART_HINT = "restart the container (reload: {restart: true})"
@@ -361,25 +358,24 @@ class _ProcessEffects:
             raise CommandError(f"reload: cannot signal {self.process.shown}: {e}") from None
 
 
-def effects_for(consumer: Consumer, effects: Effects) -> Effects:
-    """``effects`` for ``consumer``: its files placed as its container's mounts say, its
-    reload sent through the engine (or to its process), its process's view checked.
+def effects_for(consumer: Consumer) -> dict[str, Any]:
+    """The effects (``deploy.Effects``' fields) that differ for ``consumer``: its files placed
+    as its container's mounts say, its reload sent through the engine (or to its process),
+    its process's view checked.
 
     Raises:
         EngineError: the engine cannot be reached, or no running container matches.
     """
     if consumer.container is None:
         process = _ProcessEffects(consumer)
-        return replace(effects, reload_service=process.reload, stale_views=process.stale_views)
+        return {"reload_service": process.reload, "stale_views": process.stale_views}
     container = _ContainerEffects(consumer, _find(consumer))
-    refused = "; ".join(container.found.refused) or None
-    return replace(
-        effects,
-        snapshot=container.snapshot,
-        place=container.place,
-        restore=container.restore,
-        remove_leftovers=container.remove_leftovers,
-        reload_service=container.reload,
-        stale_views=container.stale_views,
-        refused=refused,
-    )
+    return {
+        "snapshot": container.snapshot,
+        "place": container.place,
+        "restore": container.restore,
+        "remove_leftovers": container.remove_leftovers,
+        "reload_service": container.reload,
+        "stale_views": container.stale_views,
+        "refused": "; ".join(container.found.refused) or None,
+    }

@@ -430,7 +430,7 @@ class Places:
             if consumer.container or consumer.process:
                 from certbot_fanout import containers
 
-                return consumer, containers.effects_for(consumer, self.effects)
+                return consumer, replace(self.effects, **containers.effects_for(consumer))
             return consumer, self.effects
         assert self.hosts is not None
         if self.hosts.hosts[consumer.host].mode == "receive":

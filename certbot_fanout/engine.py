@@ -98,10 +98,11 @@ class Engine:
         url: str,
         body: bytes | None = None,
         content_type: str = "application/json",
-        limit: int = MAX_ANSWER,
+        limit: int | None = None,
         timeout: float | None = None,
     ) -> tuple[int, bytes]:
         what = f"container engine at {self.path}"
+        limit = MAX_ANSWER if limit is None else limit
         conn = _UnixConnection(self.path, self.timeout if timeout is None else timeout)
         try:
             headers = {"Content-Type": content_type} if body is not None else {}

@@ -109,6 +109,11 @@ def mounts_of(pid: int) -> list[MountEntry]:
             text = f.read(MAX_MOUNTINFO).decode("utf-8", "replace")
     except OSError:
         return []
+    return parse_mountinfo(text)
+
+
+def parse_mountinfo(text: str) -> list[MountEntry]:
+    """The lines of a ``mountinfo`` (proc(5)) that parse, in order."""
     entries = []
     for line in text.splitlines():
         fields = line.split(" ")

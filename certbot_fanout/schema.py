@@ -37,7 +37,6 @@ from certbot_fanout.model import (
     REMOTE_ID,
     Config,
     Consumer,
-    ContainerSpec,
     Dialect,
     Encoding,
     Endpoint,
@@ -46,16 +45,9 @@ from certbot_fanout.model import (
     Host,
     Notify,
     Part,
-    ProcessSpec,
-    ServiceReload,
 )
 from certbot_fanout.presets import CERTIFICATE_RE, PRESETS, SYNAPSE_SERVER_NAME_FILE
-from certbot_fanout.schema_containers import (
-    is_service_reload,
-    read_container,
-    read_process,
-    read_service_reload,
-)
+from certbot_fanout.schema_containers import read_inplace, read_runs_in
 from certbot_fanout.schema_hosts import (
     check_receive_consumer,
     consumer_host,
@@ -309,62 +301,19 @@ class _MapReader(Reader):
         no_endpoints: tuple[Endpoint, ...] = ()
         files = opt("files", self.files, no_files)
         verify = opt("verify", self.endpoints, no_endpoints)
-        container, process, service_reload = self.runs_in(items, path)
         return Consumer(
             name=name,
             certificate=certificate,
             files=files,
             test=opt("test", self.command, None),
-            reload=None if service_reload else opt("reload", self.command, None),
             verify=verify,
             reload_timeout=opt("reload_timeout", self.timeout, defaults.reload_timeout),
             verify_timeout=opt("verify_timeout", self.timeout, defaults.verify_timeout),
             notes=opt("notes", self.string, "").strip(),
             notify=opt("notify", self.notify, defaults.notify),
             host=self.remote,
-            container=container,
-            process=process,
-            service_reload=service_reload,
+            **read_runs_in(self, items, path, self.remote, self.command),
         )
-
-    def runs_in(
-        self, items: Items, path: Path
-    ) -> tuple[ContainerSpec | None, ProcessSpec | None, ServiceReload | None]:
-        """``container:``, ``process:`` and a ``reload:`` given as a mapping."""
-        container = process = service_reload = None
-        if "container" in items:
-            if self.remote:
-                raise self.error(
-                    items["container"][0],
-                    path / "container",
-                    f"containers on another host (here {self.remote}) are not supported yet: "
-                    "give the consumer on that host's own map (mode: receive), or drop 'host'",
-                )
-            container = read_container(self, items["container"][1], path / "container")
-        if "process" in items:
-            if container is not None:
-                raise self.error(
-                    items["process"][0],
-                    path / "process",
-                    "a container's files are checked as its main process sees them already: "
-                    "give 'container' or 'process', not both",
-                )
-            if self.remote:
-                raise self.error(
-                    items["process"][0],
-                    path / "process",
-                    f"the process view is checked on this host only, not on {self.remote}",
-                )
-            process = read_process(self, items["process"][1], path / "process")
-        if "reload" in items and is_service_reload(items["reload"][1]):
-            service_reload = read_service_reload(
-                self,
-                items["reload"][1],
-                path / "reload",
-                in_container=container is not None,
-                has_process=process is not None,
-            )
-        return container, process, service_reload
 
     def certificate(self, node: Node, path: Path) -> str:
         certificate = self.string(node, path, "a certbot lineage name")
@@ -444,21 +393,7 @@ class _MapReader(Reader):
             refuse_link(self, items, path, encoding)
             self.check_link(items, path, content)
         keystore = read_keystore(self, items, path, encoding)
-        inplace = False
-        if "inplace" in items:
-            inplace = self.boolean(items["inplace"][1], path / "inplace")
-        if inplace and self.remote:
-            raise self.error(
-                items["inplace"][1],
-                path / "inplace",
-                f"inplace is for a file on this host, not on {self.remote}",
-            )
-        if inplace and link:
-            raise self.error(
-                items["inplace"][1],
-                path / "inplace",
-                "inplace rewrites a file's own bytes; a link has none: drop one of them",
-            )
+        inplace = read_inplace(self, items, path, self.remote, link)
         owner, owner_name = self.account(items, path, user=True)
         group, group_name = self.account(items, path, user=False)
         mode = 0o600 if Part.PRIVKEY in content else 0o644

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+from collections.abc import Callable
+from typing import Any
 
 from yaml.nodes import MappingNode
 
@@ -89,26 +91,22 @@ def read_process(reader: Reader, node: Node, path: Path) -> ProcessSpec:
     return ProcessSpec(**{key: value})
 
 
-def is_service_reload(node: Node) -> bool:
-    """Whether ``reload:`` is given as a mapping (signal, exec, restart)."""
-    return isinstance(node, MappingNode)
-
-
 def read_service_reload(
     reader: Reader, node: Node, path: Path, in_container: bool, has_process: bool
 ) -> ServiceReload:
+    if not in_container and not has_process:
+        raise reader.error(
+            node,
+            path,
+            "expected a command: a string or a list of words, got a mapping; a reload given "
+            "as a mapping ({signal: HUP}, {exec: [...]}, {restart: true}) acts on the "
+            "consumer's 'container:' or 'process:', and it has neither",
+        )
     items = reader.mapping(node, path, "a mapping with signal, exec or restart")
     reader.check_keys(items, RELOAD_KEYS, path, (), node)
     key = _one_of(reader, items, RELOAD_KEYS, node, path)
     value_node = items[key][1]
     if key == "signal":
-        if not in_container and not has_process:
-            raise reader.error(
-                node,
-                path,
-                "reload: {signal: ...} is sent to the consumer's container or process: give "
-                "'container:' or 'process:', or make reload a command",
-            )
         return ServiceReload(signal=_signal(reader, value_node, path / key))
     if not in_container:
         raise reader.error(
@@ -142,3 +140,73 @@ def _signal(reader: Reader, node: Node, path: Path) -> str:
 def signal_number(name: str) -> int:
     """The number of a signal as :func:`read_service_reload` keeps it ("HUP")."""
     return int(signal.Signals[f"SIG{name}"])
+
+
+def read_runs_in(
+    reader: Reader,
+    items: Items,
+    path: Path,
+    remote: str | None,
+    command: Callable[[Node, Path], tuple[str, ...]],
+) -> dict[str, Any]:
+    """A consumer's ``container:``, ``process:`` and ``reload:`` (a ``command``, or a mapping),
+    as the consumer's fields; a consumer on another host (``remote``) may have neither a
+    container nor a process yet."""
+    container = process = None
+    if "container" in items:
+        if remote:
+            raise reader.error(
+                items["container"][0],
+                path / "container",
+                f"containers on another host (here {remote}) are not supported yet: "
+                "give the consumer on that host's own map (mode: receive), or drop 'host'",
+            )
+        container = read_container(reader, items["container"][1], path / "container")
+    if "process" in items:
+        if container is not None:
+            raise reader.error(
+                items["process"][0],
+                path / "process",
+                "a container's files are checked as its main process sees them already: "
+                "give 'container' or 'process', not both",
+            )
+        if remote:
+            raise reader.error(
+                items["process"][0],
+                path / "process",
+                f"the process view is checked on this host only, not on {remote}",
+            )
+        process = read_process(reader, items["process"][1], path / "process")
+    fields: dict[str, Any] = {"container": container, "process": process}
+    if "reload" in items and isinstance(items["reload"][1], MappingNode):
+        fields["service_reload"] = read_service_reload(
+            reader,
+            items["reload"][1],
+            path / "reload",
+            in_container=container is not None,
+            has_process=process is not None,
+        )
+        fields["reload"] = None
+    elif "reload" in items:
+        fields["reload"] = command(items["reload"][1], path / "reload")
+    return fields
+
+
+def read_inplace(reader: Reader, items: Items, path: Path, remote: str | None, link: bool) -> bool:
+    """A file's ``inplace`` (default false): its own inode rewritten, for a file on this host
+    that is not a link."""
+    if "inplace" not in items:
+        return False
+    node = items["inplace"][1]
+    inplace = reader.boolean(node, path / "inplace")
+    if inplace and remote:
+        raise reader.error(
+            node, path / "inplace", f"inplace is for a file on this host, not on {remote}"
+        )
+    if inplace and link:
+        raise reader.error(
+            node,
+            path / "inplace",
+            "inplace rewrites a file's own bytes; a link has none: drop one of them",
+        )
+    return inplace

@@ -119,6 +119,7 @@ def test_cert_name_resolves_under_config_dir_and_json_is_stable(
         "reload_reason",
         "rolled_back",
         "endpoints",
+        "process_view",
         "seconds",
     }
 

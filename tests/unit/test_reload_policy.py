@@ -40,6 +40,8 @@ TABLE: list[tuple[str, dict[str, Any], Step, str]] = [
     ("current files: ask the endpoints first", {}, Step.SETTLE, ""),
     ("current files, interrupted: the endpoints decide", {"interrupted": True}, Step.SETTLE, ""),
     ("current files, endpoints all current", {"stale": ()}, Step.CURRENT, ""),
+    ("current files, endpoints current, the process sees an old copy",
+     {"stale": (), "stale_view": True}, Step.RELOAD, "its process reads an old copy of a file"),
     ("current files, one endpoint stale", {"stale": ("127.0.0.1:8443",)}, Step.RELOAD,
      f"127.0.0.1:8443 {NOT_SERVING}"),
     ("current files, two stale: the first is named", {"stale": ("b:1", "a:2")}, Step.RELOAD,
@@ -87,6 +89,7 @@ def test_every_reason_reads_as_the_output_has_always_said() -> None:
         ReloadReason.NO_FILES: "no files of its own",
         ReloadReason.INTERRUPTED: "the last run was interrupted",
         ReloadReason.NOT_SERVING: NOT_SERVING,
+        ReloadReason.STALE_VIEW: "its process reads an old copy of a file",
     }
 
 

@@ -575,13 +575,24 @@ def _discover(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> 
             config, args.config_dir, args.host, args.cert_name, args.path, budgets
         )
     else:
+        from certbot_fanout.discover_containers import with_containers
+
         report = discover(config, args.config_dir, args.cert_name, args.path, budgets=budgets)
+        report = with_containers(report, config, args.config_dir)
     out.write(render_discover_text(report))
     if args.write_map:
         _write_first_map(args, report, out)
-    if not report.complete:  # a look cut short is never a clean bill
-        return EXIT_FAILED
-    return EXIT_FAILED if any(not f.mapped or not f.current for f in report.finds) else EXIT_OK
+    return EXIT_OK if _discovered_all_is_well(report) else EXIT_FAILED
+
+
+def _discovered_all_is_well(report: DiscoverReport) -> bool:
+    """Every find mapped and current, no container stale inside, no process on an old copy,
+    and the look complete (a look cut short is never a clean bill)."""
+    if not report.complete or report.views:
+        return False
+    if any(not f.mapped or not f.current for f in report.finds):
+        return False
+    return all(c.mapped and c.current and c.seen_current is not False for c in report.containers)
 
 
 def _write_first_map(args: argparse.Namespace, report: DiscoverReport, out: TextIO) -> None:

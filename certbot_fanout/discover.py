@@ -226,6 +226,41 @@ class Find:
 
 
 @dataclass(frozen=True)
+class ContainerFind:
+    """A file under one of a running container's mounts that carries a lineage's certificate
+    (discover_containers)."""
+
+    container: str  # its name
+    ident: str  # its id, shortened
+    source: str  # the file on this host
+    inside: str  # the path the container sees it at
+    certificate: str
+    served: CertInfo
+    current: bool
+    single_file: bool  # the mount is of this one file (an atomic replace would not reach it)
+    seen_current: bool | None  # its main process sees the same bytes there (None: not read)
+    ports: tuple[str, ...] = ()  # what it publishes
+    mapped_by: str | None = None
+
+    @property
+    def mapped(self) -> bool:
+        return self.mapped_by is not None
+
+
+@dataclass(frozen=True)
+class ViewFind:
+    """A process that reads an old copy of a lineage's certificate through its own mount
+    namespace: a single-file bind mount of a file since replaced (discover_containers)."""
+
+    pid: int
+    command: str
+    point: str  # the path it reads
+    original: str  # the replaced file, as its filesystem names it
+    certificate: str
+    served: CertInfo
+
+
+@dataclass(frozen=True)
 class DiscoverReport:
     """What discover looked for and what it found."""
 
@@ -238,6 +273,8 @@ class DiscoverReport:
     checked_at: datetime.datetime  # when the look ended (an expired find reads as expired)
     shortfalls: tuple[str, ...] = ()  # what a budget left out: the look is incomplete
     host: str | None = None  # the map's host looked at (None: this host)
+    containers: tuple[ContainerFind, ...] = ()
+    views: tuple[ViewFind, ...] = ()
 
     @property
     def complete(self) -> bool:

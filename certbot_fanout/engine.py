@@ -56,6 +56,8 @@ class Container:
     pid: int  # its main process, as this host numbers it
     mounts: tuple[Mount, ...]
     running: bool = True
+    labels: tuple[tuple[str, str], ...] = ()
+    ports: tuple[str, ...] = ()  # published: "0.0.0.0:443->443/tcp"
 
     @property
     def label(self) -> str:
@@ -172,12 +174,15 @@ class Engine:
                 Mount(str(m.get("Type", "")), str(m.get("Source", "")), str(m["Destination"]))
                 for m in doc.get("Mounts") or ()
             )
+            labels = (doc.get("Config") or {}).get("Labels") or {}
             return Container(
                 id=str(doc["Id"]),
                 name=str(doc.get("Name", "")).lstrip("/"),
                 pid=int(state.get("Pid") or 0),
                 mounts=mounts,
                 running=bool(state.get("Running")),
+                labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+                ports=_ports((doc.get("NetworkSettings") or {}).get("Ports") or {}),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             raise EngineError(
@@ -269,6 +274,27 @@ class Engine:
                 return extracted.read(), member.uid, member.gid, member.mode & 0o7777
         except tarfile.TarError:
             raise EngineError(f"container engine at {self.path}: {path}: not a tar") from None
+
+
+def _ports(published: dict[str, Any]) -> tuple[str, ...]:
+    """``{"443/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8443"}]}`` as
+    ``("0.0.0.0:8443->443/tcp",)``."""
+    shown = []
+    for inside, bindings in sorted(published.items()):
+        for binding in bindings or ():
+            shown.append(f"{binding.get('HostIp', '')}:{binding.get('HostPort', '')}->{inside}")
+    return tuple(shown)
+
+
+def matches(container: Container, selector: dict[str, str]) -> bool:
+    """Whether ``container`` is one that ``selector`` (a ``ContainerSpec``'s) finds."""
+    labels = dict(container.labels)
+    if "name" in selector:
+        return container.name == selector["name"]
+    if "compose_service" in selector:
+        return labels.get("com.docker.compose.service") == selector["compose_service"]
+    key, has_value, value = selector.get("label", "").partition("=")
+    return key in labels and (not has_value or labels[key] == value)
 
 
 def _demultiplex(stream: bytes) -> str:

@@ -200,6 +200,12 @@ def _der(block: bytes) -> bytes | None:
         return None
 
 
+def first_certificate(data: bytes) -> bytes | None:
+    """The DER of the first PEM certificate in ``data``, or None."""
+    parts = data.split(PEM_CERT, 1)
+    return _der(parts[1]) if len(parts) == 2 else None
+
+
 def _name(lookup: Any, number: int) -> str | None:
     try:
         return str(lookup(number)[0])

@@ -18,6 +18,7 @@ import yaml
 
 from certbot_fanout.discover import DiscoverReport, Find, FindKind
 from certbot_fanout.escape import printable
+from certbot_fanout.lineage import CertInfo
 from certbot_fanout.mapwriter import (
     FirstMap,
     LeftOut,
@@ -50,11 +51,67 @@ def render_discover_text(report: DiscoverReport) -> str:
         if group:
             lines.append(f"{title}:")
             lines.extend(_find_line(f, report.checked_at) for f in group)
-    if not report.finds and report.complete:
+    lines.extend(_container_lines(report))
+    lines.extend(_view_lines(report))
+    if not (report.finds or report.containers or report.views) and report.complete:
         where = f"host {printable(report.host)}" if report.host else "this host"
         lines.append(f"nothing on {where} carries these certificates outside certbot's files")
     lines.extend(_paste_lines([f for f in report.finds if not f.mapped]))
     return "\n".join(lines) + "\n"
+
+
+def _served(certificate: str, current: bool, served: CertInfo, now: datetime.datetime) -> str:
+    state = "current" if current else "STALE"
+    return (
+        f"{printable(certificate)} {state}: serial {printable(served.serial)}, "
+        f"{_expires(served.not_after, now)}"
+    )
+
+
+def _container_lines(report: DiscoverReport) -> list[str]:
+    """Running containers whose mounts carry a certificate (docs/containers.md)."""
+    if not report.containers:
+        return []
+    lines = ["CONTAINERS:"]
+    for c in report.containers:
+        mapped = f"[consumer {printable(c.mapped_by)}]" if c.mapped_by else "[not in the map]"
+        lines.append(
+            f"  container {printable(c.container)} ({c.ident})  {printable(c.source)} -> "
+            f"{printable(c.inside)}  "
+            f"{_served(c.certificate, c.current, c.served, report.checked_at)}  {mapped}"
+        )
+        if c.ports:
+            lines.append(f"      publishes {printable(', '.join(c.ports))}")
+        if c.single_file:
+            lines.append(
+                "      a single-file bind mount: an atomic replace on this host never reaches "
+                "the container; mount the directory, or map the file with inplace: true"
+            )
+        if c.seen_current is False:
+            lines.append(
+                f"      STALE INSIDE: its main process sees other bytes at {printable(c.inside)}"
+            )
+        if not c.mapped_by:
+            lines.append(
+                f"      map it: container: {{name: {printable(c.container)}}} with this file "
+                "(see docs/containers.md)"
+            )
+    return lines
+
+
+def _view_lines(report: DiscoverReport) -> list[str]:
+    """Processes reading an old copy through a bind mount of a replaced file."""
+    if not report.views:
+        return []
+    lines = ["PROCESSES THAT READ AN OLD COPY:"]
+    for v in report.views:
+        lines.append(
+            f"  PID {v.pid} ({printable(v.command)})  {printable(v.point)}  "
+            f"{_served(v.certificate, False, v.served, report.checked_at)}  (a single-file bind "
+            f"mount of {printable(v.original)}, since replaced: restart it, or mount the "
+            "directory)"
+        )
+    return lines
 
 
 def _paste_lines(unmapped: list[Find]) -> list[str]:

@@ -24,9 +24,10 @@ import re
 import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import yaml
+from yaml.nodes import MappingNode
 
 from certbot_fanout.errors import ConfigError, UnfinishedMap
 from certbot_fanout.model import (
@@ -47,7 +48,6 @@ from certbot_fanout.model import (
     Part,
 )
 from certbot_fanout.presets import CERTIFICATE_RE, PRESETS, SYNAPSE_SERVER_NAME_FILE
-from certbot_fanout.schema_containers import read_inplace, read_runs_in
 from certbot_fanout.schema_hosts import (
     check_receive_consumer,
     consumer_host,
@@ -62,11 +62,10 @@ from certbot_fanout.schema_keystore import (
     whole_file,
 )
 from certbot_fanout.schema_notify import read_notify
+from certbot_fanout.schema_placeholders import unfilled_fields
 from certbot_fanout.trust import path_problem
 from certbot_fanout.yamlnode import (
     INT_TAG,
-    MAX_DEPTH,
-    MAX_NODES,
     NULL_TAG,
     STR_TAG,
     Items,
@@ -77,7 +76,6 @@ from certbot_fanout.yamlnode import (
     ScalarNode,
     SequenceNode,
     YAMLError,
-    _visible,
     suggest,
 )
 
@@ -105,6 +103,7 @@ _CONSUMER_KEYS = (
     "container",
     "process",
 )
+_RUNS_IN_KEYS = {"container", "process"}
 _FILE_KEYS = ("path", "content", "owner", "group", "mode", "link", "inplace", *KEYSTORE_KEYS)
 _ENDPOINT_KEYS = ("host", "port", "server_name", "starttls", "check_chain", "family", "via")
 _FEDERATION_KEYS = ("federation", "ca_file", "check_chain", "family")
@@ -115,53 +114,6 @@ _PARTS = "cert, chain, fullchain or privkey"
 _FIELD_STEP = 2
 
 K = TypeVar("K")
-
-# A value left for the admin to write (discover --write-map writes these): "<fill in: WHAT>".
-PLACEHOLDER_PREFIX = "<fill in: "
-PLACEHOLDER_SUFFIX = ">"
-
-
-def placeholder(what: str) -> str:
-    """The placeholder for a field the admin must fill in; ``what`` says with what."""
-    return f"{PLACEHOLDER_PREFIX}{what}{PLACEHOLDER_SUFFIX}"
-
-
-def unfilled_fields(root: Node, source: str) -> tuple[ConfigError, ...]:
-    """Each string value of the document that is still a placeholder, as an error at its
-    place and key path saying what to fill in (the walk is bounded like the reader's)."""
-    found: list[ConfigError] = []
-    stack: list[tuple[Node, Path]] = [(root, Path())]
-    visited = 0
-    while stack and visited < MAX_NODES:
-        node, path = stack.pop()
-        visited += 1
-        if isinstance(node, ScalarNode):
-            value = node.value
-            if node.tag == STR_TAG and isinstance(value, str) and _is_placeholder(value):
-                what = value[len(PLACEHOLDER_PREFIX) : -len(PLACEHOLDER_SUFFIX)].strip()
-                line, column = node.start_mark.line + 1, node.start_mark.column + 1
-                found.append(
-                    ConfigError(
-                        _visible(f"fill in {what}"), source, line, column, _visible(str(path))
-                    )
-                )
-            continue
-        if path.depth >= MAX_DEPTH:
-            continue
-        if isinstance(node, SequenceNode):
-            children = [(item, path / i) for i, item in enumerate(node.value)]
-        else:  # a mapping: its values under their (string) keys
-            children = [
-                (value_node, path / str(key_node.value))
-                for key_node, value_node in node.value
-                if isinstance(key_node, ScalarNode)
-            ]
-        stack.extend(reversed(children))
-    return tuple(found)
-
-
-def _is_placeholder(value: str) -> bool:
-    return value.startswith(PLACEHOLDER_PREFIX) and value.endswith(PLACEHOLDER_SUFFIX)
 
 
 def read_config(
@@ -312,8 +264,18 @@ class _MapReader(Reader):
             notes=opt("notes", self.string, "").strip(),
             notify=opt("notify", self.notify, defaults.notify),
             host=self.remote,
-            **read_runs_in(self, items, path, self.remote, self.command),
+            **self.runs_in(items, path),
         )
+
+    def runs_in(self, items: Items, path: Path) -> dict[str, Any]:
+        """``reload`` (a command), or the fields of a consumer in a container or with a process
+        (schema_containers, imported only for such a consumer)."""
+        reload = items.get("reload")
+        if not _RUNS_IN_KEYS & items.keys() and not isinstance(reload and reload[1], MappingNode):
+            return {} if reload is None else {"reload": self.command(reload[1], path / "reload")}
+        from certbot_fanout.schema_containers import read_runs_in
+
+        return read_runs_in(self, items, path, self.remote, self.command)
 
     def certificate(self, node: Node, path: Path) -> str:
         certificate = self.string(node, path, "a certbot lineage name")
@@ -393,7 +355,11 @@ class _MapReader(Reader):
             refuse_link(self, items, path, encoding)
             self.check_link(items, path, content)
         keystore = read_keystore(self, items, path, encoding)
-        inplace = read_inplace(self, items, path, self.remote, link)
+        inplace = False
+        if "inplace" in items:
+            from certbot_fanout.schema_containers import read_inplace  # rare: not on every run
+
+            inplace = read_inplace(self, items, path, self.remote, link)
         owner, owner_name = self.account(items, path, user=True)
         group, group_name = self.account(items, path, user=False)
         mode = 0o600 if Part.PRIVKEY in content else 0o644

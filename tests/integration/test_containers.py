@@ -501,6 +501,13 @@ def test_a_process_with_a_private_single_file_mount_is_caught_by_deploy_and_stat
     status = run([str(fanout_bin), "status", *common, "--config-dir", str(lineages.config_dir)])
     assert status.returncode == 2, explain(status)
     assert "single-file bind mount of a replaced file" in status.stdout, explain(status)
+    found = run([
+        str(fanout_bin), "discover", "--config", str(config),
+        "--config-dir", str(lineages.config_dir), "--cert-name", CERT,
+    ])  # fmt: skip
+    assert found.returncode == 1, explain(found)
+    assert f"PID {pid} (sleep)  {seen_at}  {CERT} STALE" in found.stdout, explain(found)
+    assert f"a single-file bind mount of {target}, since replaced" in found.stdout
 
     # inplace: the same inode rewritten, which the process's mount still shows.
     consumer["files"][0]["inplace"] = True
@@ -522,3 +529,43 @@ def test_a_process_with_a_private_single_file_mount_is_caught_by_deploy_and_stat
     assert result.returncode == 0, explain(result)
     seen = Path(f"/proc/{fresh.process.pid}/root{seen_at}").read_bytes()
     assert seen == (live / "fullchain.pem").read_bytes()
+
+
+def test_discover_lists_containers_carrying_the_certificate_and_processes_on_an_old_copy(
+    box: Box,
+) -> None:
+    port, other_port = free_port(), free_port()
+    certs = box.certs_dir("seen")
+    box.start("fanout-seen", port, f"{certs}:/certs:ro")
+    single = box.certs_dir("single-seen")
+    box.start(
+        "fanout-stale",
+        other_port,
+        f"{single}/fullchain.pem:/certs/fullchain.pem:ro",
+        f"{single}/privkey.pem:/certs/privkey.pem:ro",
+    )
+    box.renew()
+    for part in ("fullchain.pem", "privkey.pem"):  # a naive hook's atomic replace
+        shutil.copyfile(box.live / part, single / f".{part}.new")
+        os.rename(single / f".{part}.new", single / part)
+    files = [{"path": str(certs / "fullchain.pem"), "content": "fullchain"}]
+    config = box.map({"seen": box.consumer({"name": "fanout-seen"}, files, port)})
+
+    result = run([
+        str(box.fanout), "discover", "--config", str(config),
+        "--config-dir", str(box.lineages.config_dir), "--cert-name", CERT,
+    ])  # fmt: skip
+
+    assert result.returncode == 1, explain(result)
+    out = result.stdout
+    assert "CONTAINERS:" in out, explain(result)
+    seen_line = next(line for line in out.splitlines() if "container fanout-seen" in line)
+    assert f"{certs}/fullchain.pem -> /certs/fullchain.pem" in seen_line
+    assert "STALE" in seen_line and "[consumer seen]" in seen_line  # not deployed yet
+    stale = [line for line in out.splitlines() if "container fanout-stale" in line]
+    assert stale and all("[not in the map]" in line for line in stale), out
+    assert "a single-file bind mount: an atomic replace on this host never reaches" in out
+    assert "STALE INSIDE: its main process sees other bytes at /certs/fullchain.pem" in out
+    pid = box.dockerd.docker("inspect", "-f", "{{.State.Pid}}", "fanout-stale").stdout.strip()
+    assert "PROCESSES THAT READ AN OLD COPY:" in out
+    assert f"PID {pid} (nginx)  /certs/fullchain.pem  {CERT} STALE" in out, out

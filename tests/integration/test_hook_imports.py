@@ -23,6 +23,14 @@ from tests.support.peers import Peer
 
 FANOUT = Path(sys.prefix) / "bin" / "certbot-fanout"
 FORBIDDEN = ("certbot", "acme")
+CONTAINER_MODULES = (
+    "certbot_fanout.containers",
+    "certbot_fanout.engine",
+    "certbot_fanout.procview",
+    "certbot_fanout.discover_containers",
+    "http.client",
+    "tarfile",
+)
 
 
 def imported_modules(importtime_stderr: str) -> list[str]:
@@ -106,6 +114,9 @@ consumers:
     for needed in ("certbot_fanout.cli", "certbot_fanout.deploy", "certbot_fanout.probe"):
         assert needed in modules, f"{needed} not seen: is the importtime parser broken?"
     assert forbidden(modules) == [], "the deploy hook imported certbot/acme"
+    # A map with no container and no process imports none of what serves them.
+    only_for_containers = set(CONTAINER_MODULES) & set(modules)
+    assert only_for_containers == set(), "the hook imported the container modules"
 
 
 def test_import_check_detects_certbot() -> None:

@@ -53,9 +53,10 @@ class Plan:
     refused: str | None = None
 
 
-def plan_file(spec: FileSpec, container: Container) -> Plan:
+def plan_file(spec: FileSpec, container: Container, restarts: bool = False) -> Plan:
     """How ``spec`` (a host path, or a path inside the container that no mount carries)
-    reaches ``container``."""
+    reaches ``container``; ``restarts``: the reload restarts it, which mounts a single file
+    again (so its new inode is seen)."""
     best = None
     for mount in container.mounts:
         if spec.path == mount.source:
@@ -75,7 +76,7 @@ def plan_file(spec: FileSpec, container: Container) -> Plan:
         return Plan(spec, How.COPY, spec.path)
     mount, rest = best
     inside = mount.destination.rstrip("/") + rest if rest else mount.destination
-    if rest:
+    if rest or (restarts and not spec.inplace):
         return Plan(spec, How.HOST, inside)
     if spec.inplace:
         return Plan(spec, How.INPLACE, inside)
@@ -128,7 +129,8 @@ def _find(consumer: Consumer) -> _Found:
     if not found.containers:
         raise EngineError(f"the containers matching {consumer.container.shown} are gone")
     for spec in consumer.files:
-        plans = [plan_file(spec, c) for c in found.containers]
+        restarts = bool(consumer.service_reload and consumer.service_reload.restart)
+        plans = [plan_file(spec, c, restarts) for c in found.containers]
         kinds = {p.how for p in plans}
         if len(kinds) > 1:
             found.refused.append(

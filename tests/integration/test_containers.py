@@ -302,6 +302,66 @@ def test_a_single_file_bind_mount_with_inplace_is_rewritten_and_served_after_the
     assert status.returncode == 0, explain(status)
 
 
+def test_a_single_file_bind_mount_is_placed_atomically_when_the_reload_restarts_it(
+    box: Box,
+) -> None:
+    port = free_port()
+    certs = box.certs_dir("restart")
+    box.start(
+        "fanout-restart",
+        port,
+        f"{certs}/fullchain.pem:/certs/fullchain.pem:ro",
+        f"{certs}/privkey.pem:/certs/privkey.pem:ro",
+    )
+    pid = box.dockerd.docker("inspect", "-f", "{{.State.Pid}}", "fanout-restart").stdout.strip()
+    inode = (certs / "privkey.pem").stat().st_ino
+    box.renew()
+    files = [
+        {"path": str(certs / "fullchain.pem"), "content": "fullchain"},
+        {"path": str(certs / "privkey.pem"), "content": "privkey"},
+    ]
+    consumer = box.consumer({"name": "fanout-restart"}, files, port, reload={"restart": True})
+    config = box.map({"web": consumer})
+
+    result = box.deploy(config, "--json")
+
+    assert result.returncode == 0, explain(result)
+    assert consumer_doc(result, "web")["process_view"] == []
+    assert (certs / "privkey.pem").stat().st_ino != inode  # renamed over, atomically
+    again = box.dockerd.docker("inspect", "-f", "{{.State.Pid}}", "fanout-restart").stdout
+    assert again.strip() != pid  # restarted
+    assert box.settled(port) == box.current()
+
+
+def test_a_compose_service_is_found_by_its_label_and_reloaded_by_exec(box: Box) -> None:
+    port = free_port()
+    certs = box.certs_dir("compose")
+    labels = ("com.docker.compose.service=web", "com.docker.compose.project=fanout")
+    box.start("fanout-compose-web-1", port, f"{certs}:/certs:ro", labels=labels)
+    old = box.served(port)
+    box.renew()
+    files = [
+        {"path": str(certs / "fullchain.pem"), "content": "fullchain"},
+        {"path": str(certs / "privkey.pem"), "content": "privkey"},
+    ]
+    exec_reload = {"exec": ["/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf", "-s", "reload"]}
+    consumer = box.consumer({"compose_service": "web"}, files, port, reload=exec_reload)
+    config = box.map({"web": consumer})
+
+    result = box.deploy(config)
+
+    assert result.returncode == 0, explain(result)
+    assert box.settled(port) == box.current() != old
+    failing = {"exec": ["/usr/sbin/nginx", "-c", "/etc/nginx/missing.conf", "-t"]}
+    box.renew()
+    broken = box.map({"web": box.consumer({"compose_service": "web"}, files, port, reload=failing)})
+    failed = box.deploy(broken, "--json")
+    assert failed.returncode == 1, explain(failed)
+    web = consumer_doc(failed, "web")
+    assert web["failed_stage"] == "reload" and web["rolled_back"], web
+    assert "exited with 1" in web["error"] and "missing.conf" in web["error"], web
+
+
 def test_a_path_no_mount_carries_is_copied_into_the_container(box: Box) -> None:
     port = free_port()
     box.conf_dir("copied", port)

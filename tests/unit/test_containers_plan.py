@@ -65,6 +65,11 @@ def test_a_single_file_bind_mount_with_inplace_is_rewritten_in_place() -> None:
     assert (plan.how, plan.inside, plan.refused) == (How.INPLACE, "/tls/single.pem", None)
 
 
+def test_a_reload_that_restarts_the_container_places_a_single_file_on_the_host() -> None:
+    plan = plan_file(_spec("/etc/ssl/single.pem"), BOX, restarts=True)
+    assert (plan.how, plan.inside, plan.refused) == (How.HOST, "/tls/single.pem", None)
+
+
 def test_a_path_no_mount_carries_is_copied_in_but_a_link_is_refused() -> None:
     plan = plan_file(_spec("/certs-inside/fullchain.pem"), BOX)
     assert (plan.how, plan.inside, plan.refused) == (How.COPY, "/certs-inside/fullchain.pem", None)

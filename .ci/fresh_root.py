@@ -12,7 +12,8 @@
 3. clones the commit under test (HEAD of this checkout) to ``/root/certbot-fanout``;
 4. in a private mount and PID namespace, bind-mounts the root onto itself (so "/" is a mount
    point, as on a booted machine), mounts /proc, /sys, /dev, /dev/pts, and tmpfs on /dev/shm,
-   /run and /tmp, and runs ``./dev demo`` and then ``./dev test`` there, each with a clean
+   /run and /tmp, and runs ``./dev demo`` and then ``./dev test`` there, each as the root of a
+   mount namespace of its own (pivot_root, not chroot: ``docker exec`` needs it) with a clean
    environment (only HOME, LANG, PATH and the ``PIP_*`` variables);
 5. tears everything down, also on failure or timeout: the PID namespace ends with its first
    process (so no daemon a test started outlives the run), its mounts go with it, and the run
@@ -241,6 +242,22 @@ def configure(root: Path, commit: str) -> list[Path]:
 # --------------------------------------------------------------------------- inside the namespaces
 
 
+# The root made the root of a mount namespace of its own (pivot_root, the old root then
+# unmounted), not merely chroot'ed into: as on a booted machine, a process that joins another
+# mount namespace from there (`docker exec`, nsenter) gets that namespace's root, not the host's.
+_PIVOT = 'cd "$1" && shift && mkdir .old-root && pivot_root . .old-root && exec chroot . "$@"'
+_DROP_OLD_ROOT = 'umount -l /.old-root && rmdir /.old-root && exec "$@"'
+
+
+def enter_root(root: Path) -> list[str]:
+    """The argv prefix that runs a command as the only root of its own mount namespace."""
+    unshare = ["unshare", "--mount", "--propagation", "private"]
+    return [*unshare, "/bin/sh", "-c", _PIVOT, "fresh", str(root), "/bin/sh", "-c"] + [
+        _DROP_OLD_ROOT,
+        "fresh",
+    ]
+
+
 def mount(*args: str) -> None:
     run(["mount", *args])
 
@@ -279,8 +296,7 @@ def inside(root: Path, binds: list[Path], log: Path) -> int:
             started = time.monotonic()
             proc = subprocess.Popen(
                 [
-                    "chroot",
-                    str(root),
+                    *enter_root(root),
                     "/usr/bin/env",
                     "-i",
                     *env_argv,

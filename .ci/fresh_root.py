@@ -252,10 +252,8 @@ _DROP_OLD_ROOT = 'umount -l /.old-root && rmdir /.old-root && exec "$@"'
 def enter_root(root: Path) -> list[str]:
     """The argv prefix that runs a command as the only root of its own mount namespace."""
     unshare = ["unshare", "--mount", "--propagation", "private"]
-    return [*unshare, "/bin/sh", "-c", _PIVOT, "fresh", str(root), "/bin/sh", "-c"] + [
-        _DROP_OLD_ROOT,
-        "fresh",
-    ]
+    pivot = ["/bin/sh", "-c", _PIVOT, "fresh", str(root)]
+    return [*unshare, *pivot, "/bin/sh", "-c", _DROP_OLD_ROOT, "fresh"]
 
 
 def mount(*args: str) -> None:

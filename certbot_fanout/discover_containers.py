@@ -185,7 +185,7 @@ def _stale_view(
         pid=pid,
         command=command,
         point=entry.point,
-        original=entry.root[: -len("//deleted")],
+        original=procview.host_path(entry),
         certificate=lineage.name,
         served=info,
     )

@@ -159,6 +159,23 @@ def in_filesystem(path: str) -> tuple[str, str] | None:
     return best.device, best.root.rstrip("/") + rest
 
 
+def host_path(entry: MountEntry) -> str:
+    """The file a mount of another namespace shows, as this process names it (its filesystem's
+    path made one of this process's paths, through a mount of the same filesystem here); the
+    filesystem's own path when no mount here shows it. A replaced file keeps its old name."""
+    inside = entry.root[: -len("//deleted")] if entry.deleted else entry.root
+    best: MountEntry | None = None
+    for mine in mounts_of(os.getpid()):
+        root = mine.root.rstrip("/")
+        shows = inside == mine.root or inside.startswith(root + "/")
+        if mine.device == entry.device and shows and (best is None or len(root) > len(best.root)):
+            best = mine
+    if best is None:
+        return inside
+    rest = inside[len(best.root.rstrip("/")) :]
+    return best.point.rstrip("/") + rest if rest else best.point
+
+
 def binds_of(pid: int, path: str) -> list[MountEntry]:
     """The mounts through which process ``pid`` is given the single file ``path`` (as this
     process sees it) at some path of its own, including those of ``path``'s replaced inode
@@ -187,16 +204,15 @@ def why_stale(pid: int, path: str, restart: str = "restart it") -> str:
     mounts say; ``restart`` names what makes it open the file again."""
     mount = file_mount(pid, path)
     if mount is not None and mount.deleted:
-        original = mount.root[: -len("//deleted")]
         return (
             f"PID {pid} reads {path} through a single-file bind mount of a replaced file "
-            f"({original} on {mount.source}, since renamed over): it keeps the old file until "
-            f"it is mounted again; {restart}, or mount the directory instead of the file"
+            f"({host_path(mount)}, since renamed over): it keeps the old file until it is "
+            f"mounted again; {restart}, or mount the directory instead of the file"
         )
     if mount is not None:
         return (
-            f"PID {pid} reads {path} through a single-file bind mount of {mount.root} on "
-            f"{mount.source}, which holds other bytes"
+            f"PID {pid} reads {path} through a single-file bind mount of {host_path(mount)}, "
+            "which holds other bytes"
         )
     where = "its own mount namespace" if own_namespace(pid) else "its root"
     return f"PID {pid} sees other bytes at {path} (through {where}) than were placed"

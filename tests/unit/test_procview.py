@@ -155,3 +155,15 @@ def test_inplace_refuses_a_symlink_and_what_is_not_a_file(tmp_path: Path) -> Non
     with pytest.raises(PlacementError, match="cannot open it to rewrite"):
         files.place(_desired(tmp_path / "link", b"x"))
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_mount_of_another_namespace_is_named_as_this_process_names_the_file(
+    tmp_path: Path,
+) -> None:
+    where = procview.in_filesystem(str(tmp_path / "x.pem"))
+    assert where is not None
+    device, inside = where
+    entry = procview.MountEntry("/certs/x.pem", inside + "//deleted", "ext4", "/dev/x", device)
+    assert procview.host_path(entry) == str(tmp_path / "x.pem")
+    elsewhere = procview.MountEntry("/certs/x.pem", "/x.pem", "ext4", "/dev/x", "999:999")
+    assert procview.host_path(elsewhere) == "/x.pem"  # no mount here shows that filesystem

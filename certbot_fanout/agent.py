@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any
 
-from certbot_fanout import commands, configscan, files, fswalk, procnet, trust, wire
+from certbot_fanout import commands, configscan, files, fswalk, procnet, procview, trust, wire
 from certbot_fanout.errors import CommandError, FanoutError, PlacementError
 
 Handler = Callable[[dict[str, Any]], Any]
@@ -147,6 +147,12 @@ def _listeners(args: dict[str, Any]) -> list[list[Any]]:
     return [[s.address, s.port, s.uid] for s in procnet.listening_sockets_by_owner()]
 
 
+def _stale_views(args: dict[str, Any]) -> list[str]:
+    """A container's main process's view of its files here (see :func:`procview.stale_views`)."""
+    items = [(str(h), str(i), bool(f)) for h, i, f in args["files"]]
+    return procview.stale_views(int(args["pid"]), items, str(args["restart"]), bool(args["binds"]))
+
+
 OPS: dict[str, Handler] = {
     "resolve": _resolve,
     "names": _names,
@@ -163,6 +169,7 @@ OPS: dict[str, Handler] = {
     "listeners": _listeners,
     "references": _references,
     "pems": _pems,
+    "stale_views": _stale_views,
 }
 
 

@@ -27,9 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from certbot_fanout import commands, files, fswalk, procview, trust
+from certbot_fanout import commands, files, procview, trust
 from certbot_fanout.engine import Container, Engine, EngineError, Gone
-from certbot_fanout.errors import CommandError, PlacementError
+from certbot_fanout.errors import CommandError, FanoutError, PlacementError
 from certbot_fanout.model import Consumer, ContainerSpec, FileSpec, ProcessSpec
 
 SYSTEMCTL = "systemctl"
@@ -99,7 +99,9 @@ class _Found:
     refused: list[str]
 
 
-def _engine(spec: ContainerSpec) -> Engine:
+def _engine(spec: ContainerSpec, forwarded: str | None) -> Engine:
+    if forwarded is not None:  # the engine of another host, through its ssh connection
+        return Engine(forwarded)
     # Who may connect (the docker group) is the socket's own mode; who could put another
     # socket in its place is its directories'.
     problem = trust.path_problem(posixpath.dirname(spec.engine))
@@ -111,14 +113,15 @@ def _engine(spec: ContainerSpec) -> Engine:
     return Engine(spec.engine)
 
 
-def _find(consumer: Consumer) -> _Found:
+def _find(consumer: Consumer, forwarded: str | None) -> _Found:
     assert consumer.container is not None
-    engine = _engine(consumer.container)
+    engine = _engine(consumer.container, forwarded)
     ids = engine.find(consumer.container.selector)
     if not ids:
+        on = f" on host {consumer.host}" if consumer.host else ""
         raise EngineError(
             f"no running container matches {consumer.container.shown} "
-            f"(engine at {consumer.container.engine})"
+            f"(engine at {consumer.container.engine}{on})"
         )
     found = _Found(engine, [], {}, [])
     for ident in ids:
@@ -150,29 +153,30 @@ def _find(consumer: Consumer) -> _Found:
     return found
 
 
-def _host_bytes(spec: FileSpec) -> bytes | None:
-    read = fswalk.read_regular(spec.path, follow=spec.link)
-    return None if read is None else read.data
+Views = Callable[[int, list[tuple[str, str, bool]], str, bool], list[str]]
 
 
-def _view_problems(pid: int, where: list[tuple[FileSpec, str]], restart: str) -> list[str]:
-    problems = []
-    for spec, inside in where:
-        expected = _host_bytes(spec)
-        seen = procview.seen_by(pid, inside)
-        if seen.data is None:
-            problems.append(seen.problem or f"PID {pid} cannot read {inside}")
-        elif expected is not None and seen.data != expected:
-            problems.append(procview.why_stale(pid, inside, restart))
-    return problems
+@dataclass(frozen=True)
+class HostSide:
+    """Where the files of a container consumer are placed on its host: this one (``files``
+    and ``procview`` here), or another one (its ssh session's), and how its processes' views
+    are read there."""
+
+    snapshot: Callable[[str], files.Snapshot] = files.snapshot
+    place: Callable[[files.Desired], None] = files.place
+    restore: Callable[[files.Snapshot], None] = files.restore
+    remove_leftovers: Callable[[str], None] = files.remove_leftovers
+    views: Views = procview.stale_views
+    local: bool = True
 
 
 class _ContainerEffects:
     """The effects of a deploy on a container consumer, over its engine."""
 
-    def __init__(self, consumer: Consumer, found: _Found) -> None:
+    def __init__(self, consumer: Consumer, found: _Found, host: HostSide) -> None:
         self.consumer = consumer
         self.found = found
+        self.host = host
 
     def how(self, path: str) -> tuple[How, list[tuple[Container, str]]]:
         return self.found.plans.get(path, (How.HOST, []))
@@ -180,7 +184,7 @@ class _ContainerEffects:
     def snapshot(self, path: str) -> files.Snapshot:
         how, where = self.how(path)
         if how is not How.COPY:
-            return files.snapshot(path)
+            return self.host.snapshot(path)
         container, inside = where[0]
         got = self._call(lambda: self.found.engine.get_file(container.id, inside), container)
         if got is None:
@@ -191,19 +195,19 @@ class _ContainerEffects:
     def place(self, desired: files.Desired) -> None:
         how, where = self.how(desired.path)
         if how is not How.COPY:
-            files.place(desired)  # in place when the file says inplace
+            self.host.place(desired)  # in place when the file says inplace
         else:
             for container, inside in where:
                 self._copy_in(container, inside, desired)
 
     def remove_leftovers(self, path: str) -> None:
         if self.how(path)[0] is not How.COPY:
-            files.remove_leftovers(path)
+            self.host.remove_leftovers(path)
 
     def restore(self, previous: files.Snapshot) -> None:
         how, where = self.how(previous.path)
         if how is not How.COPY:
-            files.restore(previous)
+            self.host.restore(previous)
         else:
             for container, inside in where:
                 if previous.kind is files.Kind.FILE:
@@ -290,13 +294,15 @@ class _ContainerEffects:
                 problems.append(f"{container.label} is not running")
                 continue
             where = [
-                (spec, inside)
+                (spec.path, inside, spec.link)
                 for spec in self.consumer.files
                 for c, inside in self.how(spec.path)[1]
                 if c.id == container.id and self.how(spec.path)[0] is not How.COPY
             ]
-            restart = RESTART_HINT
-            found = _view_problems(now.pid, where, restart)
+            try:
+                found = self.host.views(now.pid, where, RESTART_HINT, False)
+            except FanoutError as e:  # the host's connection, lost
+                found = [f"process view not checked: {e}"]
             problems.extend(f"{container.label}: {p}" for p in found)
         return problems
 
@@ -320,17 +326,6 @@ def process_pid(spec: ProcessSpec, timeout: float = 10.0) -> int:
     return int(text)
 
 
-def _bind_problems(pid: int, spec: FileSpec, restart: str) -> list[str]:
-    """The single-file bind mounts through which ``pid`` reads an old ``spec.path``."""
-    return [
-        f"PID {pid} reads {bind.point} through a single-file bind mount of a replaced file "
-        f"({spec.path}, since renamed over): it keeps the old file until it is mounted "
-        f"again; {restart}, or mount the directory instead of the file"
-        for bind in procview.binds_of(pid, spec.path)
-        if bind.deleted
-    ]
-
-
 class _ProcessEffects:
     def __init__(self, consumer: Consumer) -> None:
         assert consumer.process is not None
@@ -342,12 +337,8 @@ class _ProcessEffects:
             pid = process_pid(self.process)
         except ValueError as e:
             return [f"process view not checked: {e}"]
-        restart = f"restart {self.process.shown}"
-        where = [(spec, spec.path) for spec in self.consumer.files]
-        problems = _view_problems(pid, where, restart)
-        for spec in self.consumer.files:
-            problems.extend(_bind_problems(pid, spec, restart))
-        return problems
+        where = [(spec.path, spec.path, spec.link) for spec in self.consumer.files]
+        return procview.stale_views(pid, where, f"restart {self.process.shown}", binds=True)
 
     def reload(self, timeout: float) -> None:
         action = self.consumer.service_reload
@@ -360,7 +351,9 @@ class _ProcessEffects:
             raise CommandError(f"reload: cannot signal {self.process.shown}: {e}") from None
 
 
-def effects_for(consumer: Consumer) -> dict[str, Any]:
+def effects_for(
+    consumer: Consumer, host: HostSide = HostSide(), forwarded: str | None = None
+) -> dict[str, Any]:
     """The effects (``deploy.Effects``' fields) that differ for ``consumer``: its files placed
     as its container's mounts say, its reload sent through the engine (or to its process),
     its process's view checked.
@@ -371,7 +364,7 @@ def effects_for(consumer: Consumer) -> dict[str, Any]:
     if consumer.container is None:
         process = _ProcessEffects(consumer)
         return {"reload_service": process.reload, "stale_views": process.stale_views}
-    container = _ContainerEffects(consumer, _find(consumer))
+    container = _ContainerEffects(consumer, _find(consumer, forwarded), host)
     return {
         "snapshot": container.snapshot,
         "place": container.place,

@@ -437,7 +437,7 @@ class Places:
             # Its files are its own map's (`status` there checks them); here, its endpoints.
             return consumer, self.from_here(consumer)
         session, placed = self.hosts.prepare(consumer)
-        return placed, replace(
+        effects = replace(
             self.effects,
             snapshot=session.snapshot,
             place=session.place,
@@ -449,6 +449,20 @@ class Places:
             fetch=_not_our_loopback(self.effects.fetch, consumer.host),
             fetch_via_host=session.fetch_through,
         )
+        if placed.container is not None:
+            from certbot_fanout import containers
+
+            host = containers.HostSide(
+                session.snapshot,
+                session.place,
+                session.restore,
+                session.remove_leftovers,
+                session.stale_views,
+                local=False,
+            )
+            forwarded = session.forward_socket(placed.container.engine)
+            effects = replace(effects, **containers.effects_for(placed, host, forwarded))
+        return placed, effects
 
     def from_here(self, consumer: Consumer) -> Effects:
         """The effects that reach nothing on ``consumer``'s host: its endpoints probed from
@@ -507,6 +521,10 @@ class Places:
             return _failed(consumer, Stage.CONNECT, str(e), start)
         except PlacementError as e:
             return _failed(consumer, Stage.PLACE, str(e), start)
+        except FanoutError as e:  # its container engine unreachable, or no container matching
+            return _failed(consumer, Stage.CONNECT, str(e), start)
+        if effects.refused:
+            return _failed(consumer, Stage.PLACE, effects.refused, start)
         return replace(_guarded(placed, lineage, options, effects), consumer=consumer)
 
     def _run_inside(

@@ -13,7 +13,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from certbot_fanout import fswalk
 
 MAX_VIEW = 1 << 20  # the most read of one file as a process sees it
 MAX_LINKS = 40
@@ -268,3 +271,29 @@ def _parent(pid: int) -> int:
         return int(fields[fields.rfind(")") + 2 :].split()[1])
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def stale_views(
+    pid: int, files: Iterable[tuple[str, str, bool]], restart: str, binds: bool = False
+) -> list[str]:
+    """What process ``pid`` sees wrong of each file (host path, the path it reads, whether the
+    host path is a link to follow): other bytes than the host's, or none; with ``binds``, also
+    each single-file bind mount of a host path replaced since (at a path of its own). Each in a
+    sentence that says why; ``restart`` names what makes it open the file again."""
+    problems = []
+    for host, inside, follow in files:
+        read = fswalk.read_regular(host, follow=follow)
+        seen = seen_by(pid, inside)
+        if seen.data is None:
+            problems.append(seen.problem or f"PID {pid} cannot read {inside}")
+        elif read is not None and seen.data != read.data:
+            problems.append(why_stale(pid, inside, restart))
+        if binds:
+            problems.extend(
+                f"PID {pid} reads {bind.point} through a single-file bind mount of a replaced "
+                f"file ({host}, since renamed over): it keeps the old file until it is mounted "
+                f"again; {restart}, or mount the directory instead of the file"
+                for bind in binds_of(pid, host)
+                if bind.deleted
+            )
+    return problems

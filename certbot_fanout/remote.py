@@ -22,6 +22,7 @@ host's name and ssh's own words (:class:`HostError`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import logging
 import math
@@ -49,6 +50,7 @@ SHIPPED = (
     "commands",
     "wire",
     "fswalk",
+    "procview",
     "configscan",
     "procnet",
     "agent",
@@ -127,6 +129,17 @@ def ssh_program() -> str:
     if problem is not None:
         raise HostError(f"ssh is not run: {commands.untrusted_program_text(problem)}")
     return program
+
+
+def _without_clear(options: list[str]) -> list[str]:
+    """``options`` without ``-o ClearAllForwardings=yes``."""
+    kept: list[str] = []
+    for option in options:
+        if option == "ClearAllForwardings=yes" and kept and kept[-1] == "-o":
+            kept.pop()
+            continue
+        kept.append(option)
+    return kept
 
 
 def ssh_options(host: Host, *, pinned: bool = True) -> list[str]:
@@ -243,6 +256,7 @@ class Session:
         self._dead: str | None = None  # why the connection is gone
         self._reader: threading.Thread | None = None
         self._names: dict[str, dict[int, str]] = {"users": {}, "groups": {}}
+        self._forwards: dict[str, str] = {}  # remote socket -> its local end (forward_socket)
 
     @property
     def where(self) -> str:
@@ -543,6 +557,55 @@ class Session:
         requires), in a sentence; None: it would."""
         found = self._file_call("program_problem", {"program": program})
         return None if found is None else str(found)
+
+    def stale_views(
+        self, pid: int, items: list[tuple[str, str, bool]], restart: str, binds: bool
+    ) -> list[str]:
+        """What process ``pid`` on the target sees wrong of each file (see
+        :func:`procview.stale_views`)."""
+        args = {"pid": pid, "files": [list(i) for i in items], "restart": restart, "binds": binds}
+        return [str(p) for p in self._file_call("stale_views", args)]
+
+    def forward_socket(self, remote_path: str) -> str:
+        """A unix socket here that reaches ``remote_path`` (a socket on the target, such as
+        its container engine's) through this connection: ``ssh -O forward -L``, once per
+        path; the local end is in the run's 0700 control directory.
+
+        Raises:
+            HostError: ssh refused the forward (its words), e.g. the target's sshd forbids
+                stream-local forwarding.
+        """
+        with self._lock:
+            known = self._forwards.get(remote_path)
+        if known is not None:
+            return known
+        digest = hashlib.sha256(remote_path.encode()).hexdigest()[:12]
+        local = os.path.join(os.path.dirname(self.control_path), f"{self.host.name}-{digest}.sock")
+        # ClearAllForwardings (in ssh_options) would clear this -L too: not for this command.
+        argv = [
+            ssh_program(),
+            *_without_clear(ssh_options(self.host)),
+            "-o",
+            f"ControlPath={self.control_path}",
+            "-O",
+            "forward",
+            "-L",
+            f"{local}:{remote_path}",
+            "--",
+            self.host.ssh,
+        ]
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, timeout=FILE_TIMEOUT, stdin=subprocess.DEVNULL
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise HostError(f"{self.where}: cannot forward {remote_path}: {e}") from None
+        if done.returncode != 0:
+            words = done.stderr.decode("utf-8", "replace").strip()[-300:]
+            raise HostError(f"{self.where}: ssh would not forward {remote_path}: {words}")
+        with self._lock:
+            self._forwards[remote_path] = local
+        return local
 
     def directory(self, directory: str) -> tuple[bool, tuple[str, ...]]:
         """Whether ``directory`` is one on the target, and its default ACL's named entries."""

@@ -154,13 +154,6 @@ def read_runs_in(
     container nor a process yet."""
     container = process = None
     if "container" in items:
-        if remote:
-            raise reader.error(
-                items["container"][0],
-                path / "container",
-                f"containers on another host (here {remote}) are not supported yet: "
-                "give the consumer on that host's own map (mode: receive), or drop 'host'",
-            )
         container = read_container(reader, items["container"][1], path / "container")
     if "process" in items:
         if container is not None:

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .cli import run
@@ -30,34 +31,50 @@ START_TIMEOUT = 30.0
 
 
 class Dockerd:
-    """``dockerd`` under ``base``, started and stopped by the tests."""
+    """``dockerd`` under ``base``, started and stopped by the tests.
 
-    def __init__(self, base: Path) -> None:
+    On a test host (tests.support.sshhosts), ``enter`` wraps its argv to run it inside the
+    host's namespaces, ``run_dir`` is where its socket, exec root and pid file are as the host
+    sees them (short: a unix socket's path is at most 107 bytes), and ``from_here`` turns such
+    a path into the one this process reaches it at (``socket``)."""
+
+    def __init__(
+        self,
+        base: Path,
+        enter: Callable[[list[str]], list[str]] | None = None,
+        run_dir: str | None = None,
+        from_here: Callable[[str], Path] | None = None,
+    ) -> None:
         self.base = base
-        self.socket = base / "docker.sock"
-        self.pid_file = base / "docker.pid"
+        self.enter = enter or (lambda argv: argv)
+        self.run_dir = run_dir or str(base)
+        self.socket_path = f"{self.run_dir}/docker.sock"  # as the daemon's host names it
+        self.socket = from_here(self.socket_path) if from_here else Path(self.socket_path)
         self.log = base / "dockerd.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        for sub in ("root", "exec"):
-            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        (self.base / "root").mkdir(parents=True, exist_ok=True)
+        if self.run_dir == str(self.base):
+            (self.base / "exec").mkdir(exist_ok=True)
         argv = [
             DOCKERD,
             f"--data-root={self.base / 'root'}",
-            f"--exec-root={self.base / 'exec'}",
-            f"--host=unix://{self.socket}",
-            f"--pidfile={self.pid_file}",
+            f"--exec-root={self.run_dir}/exec",
+            f"--host=unix://{self.socket_path}",
+            f"--pidfile={self.run_dir}/docker.pid",
             "--iptables=false",
             "--ip6tables=false",
             "--bridge=none",
             "--userland-proxy=false",
         ]
-        script = 'mount -t tmpfs -o mode=0710 fanout-docker "$1" && shift && exec "$@"'
+        script = (
+            f'mount -t tmpfs -o mode=0710 fanout-docker "$1" && shift && {cgroup_script()}exec "$@"'
+        )
         unshare = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [*unshare, str(self.base / "root"), *argv],
+                self.enter([*unshare, str(self.base / "root"), *argv]),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -97,6 +114,26 @@ class Dockerd:
         self.process = None
 
 
+def cgroup_script() -> str:
+    """Shell steps that mount this machine's cgroup hierarchies on /sys/fs/cgroup where they
+    are missing (``ip netns exec`` mounts a fresh sysfs, without them), for dockerd."""
+    steps = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" ")
+        dash = fields.index("-")
+        point, fstype, options = fields[4], fields[dash + 1], fields[dash + 3]
+        if fstype == "cgroup2" and point == "/sys/fs/cgroup":
+            unified = "mount -t cgroup2 none /sys/fs/cgroup"
+            return f"{{ [ -e /sys/fs/cgroup/cgroup.controllers ] || {unified}; }} && "
+        if fstype == "cgroup" and point.startswith("/sys/fs/cgroup/"):
+            wanted = ",".join(o for o in options.split(",") if o not in ("rw", "ro"))
+            steps.append(f"mkdir -p {point} && mount -t cgroup -o {wanted} cgroup {point}")
+    if not steps:
+        return ""
+    mount_all = " && ".join(["mount -t tmpfs cgroup /sys/fs/cgroup", *steps])
+    return f"{{ [ -e /sys/fs/cgroup/devices ] || {{ {mount_all}; }}; }} && "
+
+
 def _copy_with_libraries(binary: str, root: Path) -> None:
     """``binary`` and every library ``ldd`` names, at their own paths under ``root``."""
     paths = [binary]
@@ -133,8 +170,8 @@ def import_image(dockerd: Dockerd, root: Path, name: str) -> None:
     archive.unlink()
 
 
-def nginx_conf(port: int, cert: str, key: str) -> str:
-    """An nginx.conf for a container (host network): one TLS server on 127.0.0.1:port."""
+def nginx_conf(port: int, cert: str, key: str, address: str = "127.0.0.1") -> str:
+    """An nginx.conf for a container (host network): one TLS server on ADDRESS:port."""
     return f"""daemon off;
 user root;
 worker_processes 1;
@@ -149,7 +186,7 @@ http {{
     uwsgi_temp_path /tmp/uwsgi;
     scgi_temp_path /tmp/scgi;
     server {{
-        listen 127.0.0.1:{port} ssl;
+        listen {address}:{port} ssl;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         return 204;

@@ -132,9 +132,13 @@ def test_what_is_refused_and_why(body: str, words: str) -> None:
     assert words in _refused(body)
 
 
-def test_a_container_or_an_inplace_file_on_another_host_is_refused() -> None:
+def test_a_container_on_another_host_but_not_a_process_or_an_inplace_file() -> None:
     hosts = "hosts:\n  mx1: root@mx1.example.org\n"
-    refused = _refused("    host: mx1\n    container: {name: a}\n", hosts)
-    assert "containers on another host (here mx1) are not supported yet" in refused
+    consumer = _consumer("    host: mx1\n    container: {name: a}\n", hosts)
+    assert consumer.host == "mx1" and consumer.container == ContainerSpec(name="a")
+    refused = _refused("    host: mx1\n    process: {name: a}\n", hosts)
+    assert "the process view is checked on this host only, not on mx1" in refused
+    receive = "hosts:\n  mx1: {ssh: root@mx1.example.org, mode: receive}\n"
+    assert "container" in _refused("    host: mx1\n    container: {name: a}\n", receive)
     body = "    host: mx1\n    files:\n      - {path: /x.pem, content: cert, inplace: true}\n"
     assert "inplace is for a file on this host, not on mx1" in _refused(body, hosts)

@@ -404,6 +404,31 @@ def test_a_path_no_mount_carries_is_copied_into_the_container(box: Box) -> None:
     again = box.deploy(config, "--json")
     assert again.returncode == 0, explain(again)
     assert not consumer_doc(again, "web")["reloaded"]  # idempotent: nothing to copy
+    status, doc = box.status(config)  # the files checked inside the container
+    assert status.returncode == 0 and doc["consumers"][0]["problems"] == [], explain(status)
+    box.dockerd.docker("exec", "fanout-copied", "rm", "/certs/privkey.pem")
+    status, doc = box.status(config)
+    assert status.returncode == 2, explain(status)
+    assert "/certs/privkey.pem: missing" in doc["consumers"][0]["problems"], doc
+
+
+def test_a_reload_command_still_works_for_a_container(box: Box) -> None:
+    port = free_port()
+    certs = box.certs_dir("command")
+    box.start("fanout-command", port, f"{certs}:/certs:ro")
+    box.renew()
+    files = [
+        {"path": str(certs / "fullchain.pem"), "content": "fullchain"},
+        {"path": str(certs / "privkey.pem"), "content": "privkey"},
+    ]
+    kill = [DOCKER, "-H", f"unix://{box.dockerd.socket}", "kill", "-s", "HUP", "fanout-command"]
+    config = box.map({"web": box.consumer({"name": "fanout-command"}, files, port, reload=kill)})
+
+    result = box.deploy(config, "--json")
+
+    assert result.returncode == 0, explain(result)
+    assert consumer_doc(result, "web")["reloaded"]
+    assert box.settled(port) == box.current()
 
 
 def test_containers_matched_by_label_are_each_reloaded_and_verified(box: Box) -> None:

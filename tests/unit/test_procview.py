@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from certbot_fanout import files, procview
+from certbot_fanout import containers, files, procview
 from certbot_fanout.errors import PlacementError
+from certbot_fanout.model import ProcessSpec
 
 MOUNTINFO = (
     "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
@@ -167,3 +168,9 @@ def test_a_mount_of_another_namespace_is_named_as_this_process_names_the_file(
     assert procview.host_path(entry) == str(tmp_path / "x.pem")
     elsewhere = procview.MountEntry("/certs/x.pem", "/x.pem", "ext4", "/dev/x", "999:999")
     assert procview.host_path(elsewhere) == "/x.pem"  # no mount here shows that filesystem
+
+
+def test_a_unit_without_a_main_process_is_said_so() -> None:
+    # No systemd runs here (nor in CI's root): systemctl fails, or says MainPID=0.
+    with pytest.raises(ValueError, match=r"^unit fanout-none\.service"):
+        containers.process_pid(ProcessSpec(unit="fanout-none.service"))

@@ -113,11 +113,17 @@ def run_checks(config: Config, config_dir: str, probe: bool = True) -> CheckRepo
         for consumer in config.consumers:
             lineage = lineages.get(consumer.certificate)
             if consumer.host is None:
-                problems.extend(_preflight_consumer(consumer, lineage, probe, Look()))
+                located, found = _in_containers(consumer, None)
+                problems.extend(found)
+                problems.extend(_preflight_consumer(located, lineage, probe, Look()))
                 continue
             assert hosts is not None
             try:
                 located, look = _remote_look(hosts, consumer)
+                session = hosts.session(consumer.host) if located.container else None
+                forward = getattr(session, "forward_socket", None)
+                located, found = _in_containers(located, forward)
+                problems.extend(found)
                 problems.extend(_preflight_consumer(located, lineage, probe, look))
             except FanoutError as e:  # the host unreachable, or an owner missing there
                 problems.append(Problem(consumer.name, str(e)))
@@ -131,6 +137,26 @@ def run_checks(config: Config, config_dir: str, probe: bool = True) -> CheckRepo
         endpoints=sum(len(c.verify) for c in config.consumers),
         probed=probe,
     )
+
+
+def _in_containers(
+    consumer: Consumer, forward: Callable[[str], str] | None
+) -> tuple[Consumer, list[Problem]]:
+    """A container consumer's engine and containers looked at (what a deploy would refuse),
+    and the consumer without the files it would copy into them (not on the host, so not
+    checked there); any other consumer as it is. ``forward``: the engine's socket reached
+    through its host's connection."""
+    if consumer.container is None:
+        return consumer, []
+    from certbot_fanout import containers
+
+    try:
+        engine = forward(consumer.container.engine) if forward else None
+        refused, copied = containers.preflight(consumer, engine)
+    except FanoutError as e:
+        return replace(consumer, files=()), [Problem(consumer.name, str(e))]
+    kept = tuple(spec for spec in consumer.files if spec.path not in copied)
+    return replace(consumer, files=kept), [Problem(consumer.name, why) for why in refused]
 
 
 def _remote_look(hosts: remote.Hosts, consumer: Consumer) -> tuple[Consumer, Look]:

@@ -351,6 +351,18 @@ class _ProcessEffects:
             raise CommandError(f"reload: cannot signal {self.process.shown}: {e}") from None
 
 
+def preflight(consumer: Consumer, forwarded: str | None = None) -> tuple[list[str], set[str]]:
+    """For ``check``: what the next deploy of a container consumer would refuse (each in a
+    sentence), and the paths it would copy into its containers (not on the host).
+
+    Raises:
+        EngineError: the engine cannot be reached, or no running container matches.
+    """
+    found = _find(consumer, forwarded)
+    copied = {path for path, (how, _) in found.plans.items() if how is How.COPY}
+    return found.refused, copied
+
+
 def effects_for(
     consumer: Consumer, host: HostSide = HostSide(), forwarded: str | None = None
 ) -> dict[str, Any]:

@@ -654,3 +654,33 @@ def test_discover_lists_containers_carrying_the_certificate_and_processes_on_an_
     pid = box.dockerd.docker("inspect", "-f", "{{.State.Pid}}", "fanout-stale").stdout.strip()
     assert "PROCESSES THAT READ AN OLD COPY:" in out
     assert f"PID {pid} (nginx)  /certs/fullchain.pem  {CERT} STALE" in out, out
+
+
+def test_check_looks_at_the_containers_and_not_at_paths_copied_into_them(box: Box) -> None:
+    port = free_port()
+    certs = box.certs_dir("checked")
+    box.start(
+        "fanout-checked",
+        port,
+        f"{certs}/fullchain.pem:/certs/fullchain.pem:ro",
+        f"{certs}/privkey.pem:/certs/privkey.pem:ro",
+    )
+    files = [
+        {"path": str(certs / "fullchain.pem"), "content": "fullchain"},
+        {"path": "/inside-only/chain.pem", "content": "chain"},  # copied in
+    ]
+    config = box.map({
+        "web": box.consumer({"name": "fanout-checked"}, files, port),
+        "gone": box.consumer({"name": "fanout-nowhere"}, [{**files[0], "path": "/x.pem"}], port),
+    })  # fmt: skip
+
+    result = run([
+        str(box.fanout), "check", "--config", str(config),
+        "--config-dir", str(box.lineages.config_dir),
+    ])  # fmt: skip
+
+    assert result.returncode == 1, explain(result)
+    out = result.stdout
+    assert "through a single-file bind mount of" in out, explain(result)
+    assert "no running container matches name fanout-nowhere" in out
+    assert "/inside-only" not in out  # not a directory of this host's to create

@@ -5,7 +5,7 @@
 certificate, or by the process that listens on a port serving it), with the test and reload
 of its preset, the files found for it and the endpoints it listens on; one consumer for each
 find no service was recognised for. What the scan could not know is a placeholder
-(:func:`certbot_fanout.schema_placeholders.placeholder`), which ``check`` names until it is
+(:func:`certbot_fanout.yamlnode.placeholder`), which ``check`` names until it is
 filled in.
 
 A find whose name holds a control character, or is not UTF-8 (the map holds only UTF-8
@@ -31,7 +31,7 @@ import yaml
 from certbot_fanout.discover import Copy, DiscoverReport, Find
 from certbot_fanout.errors import FanoutError
 from certbot_fanout.presets import PRESETS
-from certbot_fanout.schema_placeholders import placeholder
+from certbot_fanout.yamlnode import placeholder
 
 # Which preset a listening process is, by its name (/proc/PID/comm) or, for an interpreter,
 # by a word of its command line.

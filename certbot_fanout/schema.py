@@ -62,7 +62,6 @@ from certbot_fanout.schema_keystore import (
     whole_file,
 )
 from certbot_fanout.schema_notify import read_notify
-from certbot_fanout.schema_placeholders import unfilled_fields
 from certbot_fanout.trust import path_problem
 from certbot_fanout.yamlnode import (
     INT_TAG,
@@ -77,6 +76,7 @@ from certbot_fanout.yamlnode import (
     SequenceNode,
     YAMLError,
     suggest,
+    unfilled_fields,
 )
 
 SUPPORTED_VERSION = 1

@@ -8,8 +8,9 @@ This module knows YAML, not the map: :func:`decode` and :func:`compose` turn byt
 graph within bounds (encoding, nesting, characters), :class:`Path` says where a node is, and
 :class:`Reader` hands out typed values (mappings with duplicate and merge keys handled, lists,
 strings, numbers, booleans), counting the nodes it visits and tracking the depth from the path;
-:func:`suggest` words the "did you mean" of a rejection. The schema of the map is in
-:mod:`certbot_fanout.schema`.
+:func:`suggest` words the "did you mean" of a rejection; :func:`unfilled_fields` finds the
+placeholders (``"<fill in: WHAT>"``) a writer of maps left for the admin, each at its place. The
+schema of the map is in :mod:`certbot_fanout.schema`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_NODES",
     "NULL_TAG",
+    "PLACEHOLDER_PREFIX",
+    "PLACEHOLDER_SUFFIX",
     "STR_TAG",
     "Items",
     "Node",
@@ -41,7 +44,9 @@ __all__ = [
     "YAMLError",
     "compose",
     "decode",
+    "placeholder",
     "suggest",
+    "unfilled_fields",
 ]
 
 # Bounds that keep a hostile or broken file from costing more than a moment.
@@ -454,3 +459,51 @@ def _visible(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+# A value left for the admin to write (discover --write-map writes these): "<fill in: WHAT>".
+PLACEHOLDER_PREFIX = "<fill in: "
+PLACEHOLDER_SUFFIX = ">"
+
+
+def placeholder(what: str) -> str:
+    """The placeholder for a field the admin must fill in; ``what`` says with what."""
+    return f"{PLACEHOLDER_PREFIX}{what}{PLACEHOLDER_SUFFIX}"
+
+
+def unfilled_fields(root: Node, source: str) -> tuple[ConfigError, ...]:
+    """Each string value of the document that is still a placeholder, as an error at its
+    place and key path saying what to fill in (the walk is bounded like the reader's)."""
+    found: list[ConfigError] = []
+    stack: list[tuple[Node, Path]] = [(root, Path())]
+    visited = 0
+    while stack and visited < MAX_NODES:
+        node, path = stack.pop()
+        visited += 1
+        if isinstance(node, ScalarNode):
+            value = node.value
+            if node.tag == STR_TAG and isinstance(value, str) and _is_placeholder(value):
+                what = value[len(PLACEHOLDER_PREFIX) : -len(PLACEHOLDER_SUFFIX)].strip()
+                line, column = node.start_mark.line + 1, node.start_mark.column + 1
+                found.append(
+                    ConfigError(
+                        _visible(f"fill in {what}"), source, line, column, _visible(str(path))
+                    )
+                )
+            continue
+        if path.depth >= MAX_DEPTH:
+            continue
+        if isinstance(node, SequenceNode):
+            children = [(item, path / i) for i, item in enumerate(node.value)]
+        else:  # a mapping: its values under their (string) keys
+            children = [
+                (value_node, path / str(key_node.value))
+                for key_node, value_node in node.value
+                if isinstance(key_node, ScalarNode)
+            ]
+        stack.extend(reversed(children))
+    return tuple(found)
+
+
+def _is_placeholder(value: str) -> bool:
+    return value.startswith(PLACEHOLDER_PREFIX) and value.endswith(PLACEHOLDER_SUFFIX)

@@ -28,6 +28,7 @@ CONTAINER_MODULES = (
     "certbot_fanout.engine",
     "certbot_fanout.procview",
     "certbot_fanout.discover_containers",
+    "certbot_fanout.schema_containers",
     "http.client",
     "tarfile",
 )

@@ -127,7 +127,7 @@ def fake_engine(tmp_path: Path) -> Iterator[tuple[str, dict[str, tuple[int, byte
     answers: dict[str, tuple[int, bytes]] = {}
     handler = type("Handler", (_Handler,), {"answers": answers})
     server = _UnixServer(path, handler)  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield path, answers
     server.shutdown()

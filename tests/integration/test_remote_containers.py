@@ -4,8 +4,9 @@ through the run's ssh connection (``ssh -O forward -L``), the files placed by th
 the reload sent through the engine, and the container's view read there by the agent.
 
 Cases: a directory bind mount on the host (deployed, HUP, verified from here); a single-file
-bind mount refused; once a naive copy has replaced that file, `status` CRITICAL with the
-explanation the host's agent gives; a container that is not there fails at connect."""
+bind mount refused by deploy and named by check; once a naive copy has replaced that file,
+`status` CRITICAL with the explanation the host's agent gives; a container that is not there
+fails at connect."""
 
 from __future__ import annotations
 
@@ -132,6 +133,10 @@ def test_a_single_file_bind_mount_on_another_host_is_refused_then_caught_by_stat
     assert refused.returncode == 1, explain(refused)
     assert "through a single-file bind mount of /srv/tls/fullchain.pem" in refused.stdout
     assert a.read_bytes(FULLCHAIN) == old.fullchain_pem  # nothing placed
+    # check sees what deploy refuses, through the same forwarded engine socket.
+    checked = world.cli("check")
+    assert checked.returncode == 1, explain(checked)
+    assert "through a single-file bind mount of /srv/tls/fullchain.pem" in checked.stdout
 
     # A naive copy on the host, renamed over the mounted file: the container keeps the old.
     for path, data in ((FULLCHAIN, world.issued.fullchain_pem), (PRIVKEY, world.issued.key_pem)):

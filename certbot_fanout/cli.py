@@ -599,12 +599,12 @@ def _write_first_map(args: argparse.Namespace, report: DiscoverReport, out: Text
     """``discover --write-map FILE``: the first map of what was found, as a new file."""
     import shlex
 
-    from certbot_fanout.mapwriter import listener_services, plan_map, write_new_file
+    from certbot_fanout.mapwriter import listener_owners, plan_map, write_new_file
     from certbot_fanout.render_discover import render_discover_map
 
     ports = {f.listener.port for f in report.finds if f.listener is not None}
     config_dir = None if args.config_dir == DEFAULT_CERTBOT_DIR else str(args.config_dir)
-    first = plan_map(report, listener_services(ports), config_dir)
+    first = plan_map(report, listener_owners(ports), config_dir)
     write_new_file(args.write_map, render_discover_map(first))
     dir_option = f" --config-dir {shlex.quote(config_dir)}" if config_dir else ""
     print(

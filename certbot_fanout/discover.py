@@ -46,7 +46,7 @@ from certbot_fanout.configscan import MAX_CONFIG_ENTRIES
 from certbot_fanout.errors import FanoutError, ProbeError
 from certbot_fanout.fswalk import MAX_FILE_BYTES, MAX_PEM_BLOCKS, NEVER_SCAN
 from certbot_fanout.lineage import CertInfo, Lineage, cert_info, lineage_dir, read_lineage
-from certbot_fanout.model import Config, Dialect, Endpoint
+from certbot_fanout.model import DEFAULT_ENGINE_SOCKET, Config, Dialect, Endpoint
 from certbot_fanout.procnet import Socket, listening_sockets_by_owner
 
 SCAN_ROOTS = ("/etc", "/var/lib", "/opt", "/srv", "/usr/local/etc")
@@ -182,6 +182,32 @@ class Copy:
     group: str | None = None
 
 
+def copy_from_scan(item: Mapping[str, object]) -> Copy:
+    """The :class:`Copy` of one file a scan listed (:func:`certbot_fanout.fswalk.pem_file`'s
+    fields, here or in another host's answer).
+
+    Raises:
+        KeyError, TypeError, ValueError: a field missing or of the wrong kind.
+    """
+
+    def number(key: str) -> int:
+        value = item[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{key}: not a number")
+        return value
+
+    owner, group = item.get("owner"), item.get("group")
+    return Copy(
+        certificates=number("certificates"),
+        holds_key=bool(item["holds_key"]),
+        uid=number("uid"),
+        gid=number("gid"),
+        mode=number("mode") & 0o7777,
+        owner=str(owner) if owner else None,
+        group=str(group) if group else None,
+    )
+
+
 @dataclass(frozen=True)
 class Find:
     """One place on this host that carries a lineage's certificate."""
@@ -241,6 +267,9 @@ class ContainerFind:
     seen_current: bool | None  # its main process sees the same bytes there (None: not read)
     ports: tuple[str, ...] = ()  # what it publishes
     mapped_by: str | None = None
+    copy: Copy | None = None  # the file on this host, as the scan read it
+    engine: str = DEFAULT_ENGINE_SOCKET  # the socket of the engine that runs it
+    namespace: str | None = None  # its main process's mount namespace (mnt:[INODE])
 
     @property
     def mapped(self) -> bool:

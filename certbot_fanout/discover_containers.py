@@ -18,7 +18,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from certbot_fanout import fswalk, procview
-from certbot_fanout.discover import ContainerFind, DiscoverReport, ViewFind, match
+from certbot_fanout.discover import (
+    ContainerFind,
+    Copy,
+    DiscoverReport,
+    ViewFind,
+    copy_from_scan,
+    match,
+)
 from certbot_fanout.engine import Container, Engine, EngineError, Mount, matches
 from certbot_fanout.lineage import CertInfo, Lineage, cert_info_from_der
 from certbot_fanout.model import DEFAULT_ENGINE_SOCKET, Config
@@ -68,19 +75,21 @@ def _containers(
         except EngineError:
             continue  # gone since the list
         for mount in container.mounts:
-            for path, der in _pems_under(mount.source, config_dir, deadline):
+            for path, der, copy in _pems_under(mount.source, config_dir, deadline):
                 try:
                     info = cert_info_from_der(der)
                 except ValueError:
                     continue
                 lineage = match(info, lineages)
                 if lineage is not None:
-                    found.append(_find(config, container, mount, path, lineage, info))
+                    where = (engine.path, container, mount)
+                    found.append(_find(config, where, path, (lineage, info), copy))
     return found
 
 
-def _pems_under(source: str, config_dir: str, deadline: float) -> Iterable[tuple[str, bytes]]:
-    """The PEM files with a certificate at ``source`` (a file, or a directory's tree)."""
+def _pems_under(source: str, config_dir: str, deadline: float) -> Iterable[tuple[str, bytes, Copy]]:
+    """The PEM files with a certificate at ``source`` (a file, or a directory's tree): each
+    one's path, first certificate, and what the scan read of it."""
     try:
         st = os.stat(source)
     except OSError:
@@ -93,17 +102,18 @@ def _pems_under(source: str, config_dir: str, deadline: float) -> Iterable[tuple
         items = fswalk.scan_pems([source], [config_dir], MAX_ENTRIES, seconds, MAX_FOUND)["found"]
     else:
         items = []
-    return [(str(i["path"]), base64.b64decode(i["der"])) for i in items]
+    return [(str(i["path"]), base64.b64decode(i["der"]), copy_from_scan(i)) for i in items]
 
 
 def _find(
     config: Config,
-    container: Container,
-    mount: Mount,
+    where: tuple[str, Container, Mount],
     path: str,
-    lineage: Lineage,
-    info: CertInfo,
+    carried: tuple[Lineage, CertInfo],
+    copy: Copy,
 ) -> ContainerFind:
+    engine, container, mount = where
+    lineage, info = carried
     single = path == mount.source
     rest = "" if single else path[len(mount.source.rstrip("/")) :]
     inside = mount.destination.rstrip("/") + rest if rest else mount.destination
@@ -134,7 +144,17 @@ def _find(
         seen_current=seen_current,
         ports=container.ports,
         mapped_by=mapped_by,
+        copy=copy,
+        engine=engine,
+        namespace=_namespace(container.pid),
     )
+
+
+def _namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt") if pid > 0 else None
+    except OSError:
+        return None
 
 
 def _views(lineages: Mapping[str, Lineage], deadline: float) -> list[ViewFind]:

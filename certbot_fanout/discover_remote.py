@@ -30,12 +30,12 @@ from certbot_fanout.discover import (
     SCAN_ROOTS,
     SERVICE_CONFIGS,
     Budgets,
-    Copy,
     DiscoverReport,
     Find,
     FindKind,
     Probed,
     Reference,
+    copy_from_scan,
     listeners,
     match,
     read_lineages,
@@ -192,15 +192,7 @@ def _find(config: Config, host: str, lineages: Mapping[str, Lineage], item: Any)
     try:
         info = cert_info(x509.load_der_x509_certificate(base64.b64decode(item["der"])))
         path = str(item["path"])
-        copy = Copy(
-            certificates=int(item["certificates"]),
-            holds_key=bool(item["holds_key"]),
-            uid=int(item["uid"]),
-            gid=int(item["gid"]),
-            mode=int(item["mode"]) & 0o7777,
-            owner=str(item["owner"]) if item.get("owner") else None,
-            group=str(item["group"]) if item.get("group") else None,
-        )
+        copy = copy_from_scan(item)
     except (KeyError, TypeError, ValueError, binascii.Error):
         return None
     lineage = match(info, lineages)

@@ -4,32 +4,39 @@
 :class:`FirstMap`: one consumer per recognised service (by the configuration that names the
 certificate, or by the process that listens on a port serving it), with the test and reload
 of its preset, the files found for it and the endpoints it listens on; one consumer for each
-find no service was recognised for. What the scan could not know is a placeholder
+find no service was recognised for; one for each running container whose mounts carry a
+certificate (``container: {name: ...}``, the files it mounts, the ports it publishes; the
+copies it mounts are not consumers of their own). What the scan could not know is a placeholder
 (:func:`certbot_fanout.yamlnode.placeholder`), which ``check`` names until it is
 filled in.
 
 A find whose name holds a control character, or is not UTF-8 (the map holds only UTF-8
 text), is left out with a note: a found name only ever reaches the map as a quoted YAML value,
-never as a comment or a key. :func:`listener_services` reads ``/proc`` to say which service
-holds a listening socket; :func:`write_new_file` writes the map without ever replacing a file.
+never as a comment or a key. :func:`listener_owners` reads ``/proc`` to say which service
+(or container) holds a listening socket; :func:`write_new_file` writes the map without ever
+replacing a file.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import grp
+import ipaddress
 import os
 import pwd
 import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import yaml
 
-from certbot_fanout.discover import Copy, DiscoverReport, Find
+from certbot_fanout.discover import ContainerFind, Copy, DiscoverReport, Find, FindKind
 from certbot_fanout.errors import FanoutError
+from certbot_fanout.model import DEFAULT_ENGINE_SOCKET
 from certbot_fanout.presets import PRESETS
 from certbot_fanout.yamlnode import placeholder
 
@@ -96,6 +103,8 @@ class MapConsumer:
     about: str
     files: tuple[MapFile, ...] | str = ()
     host: str | None = None  # the map's host it lives on (None: this host)
+    container: str | None = None  # the name of the container it is (container: {name: ...})
+    engine: str | None = None  # that container's engine socket, when not the default
     test: tuple[str, ...] | None = None
     reload: tuple[str, ...] | str | None = None
     verify: tuple[MapEndpoint, ...] = ()
@@ -161,16 +170,21 @@ def find_refusal(find: Find) -> str | None:
 
 def plan_map(
     report: DiscoverReport,
-    services: Mapping[int, str] | None = None,
+    owners: Mapping[int, Owner] | None = None,
     config_dir: str | None = None,
 ) -> FirstMap:
-    """The first map of what discover found; ``services`` says which preset listens on
-    which port (:func:`listener_services`)."""
-    services = services or {}
+    """The first map of what discover found; ``owners`` says whose each listening port is
+    (:func:`listener_owners`)."""
+    owners = owners or {}
+    services = {port: o.service for port, o in owners.items() if o.service}
     groups: dict[tuple[str, str], list[Find]] = {}
     alone: list[Find] = []
-    left_out: list[LeftOut] = []
+    names: set[str] = set()
+    in_containers = _in_containers(report, owners, names)
+    left_out = in_containers.left_out
     for find in report.finds:
+        if in_containers.claims(find):
+            continue
         why = find_refusal(find)
         if why is not None:
             left_out.append(LeftOut(find.where, why))
@@ -184,13 +198,53 @@ def plan_map(
     for service, _cert in groups:
         per_service[service] = per_service.get(service, 0) + 1
     consumers: list[MapConsumer] = []
-    names: set[str] = set()
     for (service, cert), finds in groups.items():
         name = service if per_service[service] == 1 else f"{service}-{cert}"
         consumers.append(_service_consumer(_unique(name, names), service, cert, finds))
     for find in alone:
         consumers.append(_lone_consumer(_unique(_lone_name(find), names), find))
-    return FirstMap(tuple(consumers), tuple(left_out), config_dir)
+    return FirstMap((*consumers, *in_containers.consumers), tuple(left_out), config_dir)
+
+
+class _InContainers(NamedTuple):
+    """The containers' consumers of a first map, and the finds that are theirs."""
+
+    consumers: list[MapConsumer]
+    left_out: list[LeftOut]
+    files: set[str]  # the host paths their mounts carry
+    ports: set[int]  # the ports their processes listen on
+
+    def claims(self, find: Find) -> bool:
+        """Whether ``find`` is a container's (a file it mounts, a port it listens on), so
+        not a consumer of its own."""
+        if find.kind is FindKind.FILE:
+            return find.where in self.files
+        listener = find.listener
+        return (
+            find.kind is FindKind.LISTENER and listener is not None and listener.port in self.ports
+        )
+
+
+def _in_containers(
+    report: DiscoverReport, owners: Mapping[int, Owner], names: set[str]
+) -> _InContainers:
+    """A consumer for each container; what its processes listen on (a listening socket held
+    in its mount namespace) goes to it, not to a service of this host."""
+    inside = {f.namespace: f.container for f in report.containers if f.namespace}
+    theirs = {port: inside[o.namespace] for port, o in owners.items() if o.namespace in inside}
+    listens: dict[str, list[MapEndpoint]] = {}
+    for find in report.finds:
+        endpoint = _endpoint(find)
+        if find.kind is FindKind.LISTENER and endpoint and endpoint.port in theirs:
+            listens.setdefault(theirs[endpoint.port], []).append(endpoint)
+    consumers, left_out = _container_consumers(report.containers, names, listens)
+    planned = {c.container for c in consumers}
+    return _InContainers(
+        consumers,
+        left_out,
+        files={f.path for c in consumers if not isinstance(c.files, str) for f in c.files},
+        ports={port for port, container in theirs.items() if container in planned},
+    )
 
 
 def consumer_for(find: Find, name: str) -> MapConsumer | LeftOut:
@@ -305,6 +359,120 @@ def _lone_consumer(name: str, find: Find) -> MapConsumer:
     )
 
 
+def _container_consumers(
+    finds: Iterable[ContainerFind], names: set[str], listens: Mapping[str, list[MapEndpoint]]
+) -> tuple[list[MapConsumer], list[LeftOut]]:
+    """One consumer per running container whose mounts carry a lineage's certificate (per
+    certificate, if it carries several), whether the map covers it or not, as for any find
+    of a first map. Two containers that
+    mount the same files (replicas) are one consumer's to find by label: the second is left
+    out with that said."""
+    groups: dict[tuple[str, str], list[ContainerFind]] = {}
+    left_out: list[LeftOut] = []
+    for find in finds:
+        if find.copy is None:
+            continue
+        why = next(
+            (r for r in map(refusal, (find.container, find.source, find.certificate)) if r),
+            None,
+        )
+        if why is not None:
+            left_out.append(LeftOut(f"container {find.container}: {find.source}", why))
+            continue
+        groups.setdefault((find.container, find.certificate), []).append(find)
+    planned: list[MapConsumer] = []
+    taken: dict[str, str] = {}  # a file's path: the consumer it went to
+    certificates = collections.Counter(container for container, _ in groups)
+    for (container, certificate), group in groups.items():
+        other = next((taken[f.source] for f in group if f.source in taken), None)
+        if other is not None:
+            why = (
+                f"it mounts the files of consumer {other}: give both containers a label and "
+                "map them as one consumer with container: {label: ...}"
+            )
+            left_out.append(LeftOut(f"container {container}", why))
+            continue
+        several = certificates[container] > 1
+        name = _unique(f"{container}-{certificate}" if several else container, names)
+        taken.update((f.source, name) for f in group)
+        endpoints = listens.get(container, [])
+        planned.append(_container_consumer(name, (container, certificate), group, endpoints))
+    return planned, left_out
+
+
+def _container_consumer(
+    name: str,
+    which: tuple[str, str],
+    finds: list[ContainerFind],
+    listens: list[MapEndpoint],
+) -> MapConsumer:
+    """A container (``which``: its name and the certificate): the files its mounts carry (a
+    placeholder for the key when none of them holds one), the ports it publishes and those
+    its processes were found serving the certificate on, and its reload left to fill in."""
+    container, certificate = which
+    files = [_mounted_file(find) for find in finds]
+    if not any("privkey" in f.content for f in files):
+        key = placeholder(
+            f"the path on this host of the private key container {container} reads (mounted "
+            "as its certificate is); the file must exist for check to pass"
+        )
+        files.append(dataclasses.replace(files[0], path=key, content=("privkey",), mode=0o600))
+    said = []
+    for find in finds:
+        how = "a single-file bind mount" if find.single_file else "under a directory mount"
+        said.append(f"{find.source} is {find.inside} in the container ({how})")
+    single = any(find.single_file for find in finds)
+    notes = "found by certbot-fanout discover: " + "; ".join(said)
+    if single:
+        notes += (
+            "; deploy refuses a single-file bind mount (an atomic replace never reaches the "
+            "container): mount the directory, or give the file inplace: true (not atomic), or "
+            "reload with {restart: true}"
+        )
+    return MapConsumer(
+        name=name,
+        certificate=certificate,
+        about=(
+            "a running container whose mounts carry the certificate (docs/containers.md); "
+            "its reload is left to fill in"
+        ),
+        files=tuple(files),
+        container=container,
+        engine=None if finds[0].engine == DEFAULT_ENGINE_SOCKET else finds[0].engine,
+        reload=placeholder(
+            "how the container reloads: {signal: HUP}, {exec: [COMMAND, ARG, ...]} or "
+            "{restart: true}, written as a mapping"
+        ),
+        verify=tuple(dict.fromkeys([*listens, *(e for f in finds for e in _published(f.ports))])),
+        notes=notes,
+    )
+
+
+def _mounted_file(find: ContainerFind) -> MapFile:
+    assert find.copy is not None
+    return _map_file(find.source, find.copy, None)
+
+
+def _published(ports: Iterable[str]) -> list[MapEndpoint]:
+    """The endpoints of a container's published TCP ports (``0.0.0.0:8443->443/tcp``), asked
+    for on loopback when published on every address."""
+    found = []
+    for port in ports:
+        address, _, rest = port.rpartition(":")
+        host_port, _, inside = rest.partition("->")
+        if not inside.endswith("/tcp") or not host_port.isdigit():
+            continue
+        address = address.strip("[]")
+        try:
+            every = not address or ipaddress.ip_address(address).is_unspecified
+        except ValueError:
+            continue  # not an address
+        if every:
+            address = "127.0.0.1"
+        found.append(MapEndpoint(address, int(host_port)))
+    return found
+
+
 def _notes(finds: Iterable[Find]) -> str:
     """Where discover found the consumer (a value of the map, never a comment)."""
     said = []
@@ -360,12 +528,13 @@ def _account(number: int, *, user: bool, named: str | None = None) -> str | int:
 
 
 def _file(find: Find, service: str | None) -> MapFile | None:
-    if find.copy is None:
-        return None
-    copy = find.copy
+    return None if find.copy is None else _map_file(find.where, find.copy, service)
+
+
+def _map_file(path: str, copy: Copy, service: str | None) -> MapFile:
     mode = copy.mode & 0o770 if copy.holds_key else copy.mode  # a key is never for others
     return MapFile(
-        path=find.where,
+        path=path,
         content=_content(copy, service),
         owner=_account(copy.uid, user=True, named=copy.owner),
         group=_account(copy.gid, user=False, named=copy.group),
@@ -376,15 +545,24 @@ def _file(find: Find, service: str | None) -> MapFile | None:
 # -- which service listens ----------------------------------------------------------------
 
 
-def listener_services(ports: Iterable[int], proc: str = "/proc") -> dict[int, str]:
-    """The preset each listening port's process is (for the ports given), from /proc: the
-    socket's inode in net/tcp and tcp6, the process whose fd is that socket, its name. Only
-    links are read, within a time and count budget; a port not told apart is left out."""
+class Owner(NamedTuple):
+    """The process that holds a listening socket: the preset it is (None: not recognised), and
+    its mount namespace (``mnt:[INODE]``; None: not read)."""
+
+    service: str | None
+    namespace: str | None
+
+
+def listener_owners(ports: Iterable[int], proc: str = "/proc") -> dict[int, Owner]:
+    """Whose each listening port is (for the ports given), from /proc: the socket's inode in
+    net/tcp and tcp6, the process whose fd is that socket, its name and its mount namespace
+    (a container's processes share one). Only links are read, within a time and count
+    budget; a port not told apart is left out."""
     wanted = set(ports)
     inodes = _listening_inodes(wanted, proc)
     if not inodes:
         return {}
-    found: dict[int, str] = {}
+    found: dict[int, Owner] = {}
     deadline = time.monotonic() + _PROC_BUDGET
     links = 0
     for pid in _pids(proc):
@@ -395,7 +573,7 @@ def listener_services(ports: Iterable[int], proc: str = "/proc") -> dict[int, st
             fds = os.listdir(fd_dir)
         except OSError:
             continue
-        service: str | None = None
+        owner: Owner | None = None
         for fd in fds:
             links += 1
             try:
@@ -405,10 +583,17 @@ def listener_services(ports: Iterable[int], proc: str = "/proc") -> dict[int, st
             port = inodes.get(target)
             if port is None or port in found:
                 continue
-            service = service or _process_service(proc, pid) or ""
-            if service:
-                found[port] = service
+            found[port] = owner = owner or Owner(
+                _process_service(proc, pid), _namespace(os.path.join(proc, pid))
+            )
     return found
+
+
+def _namespace(process: str) -> str | None:
+    try:
+        return os.readlink(os.path.join(process, "ns", "mnt"))
+    except OSError:
+        return None
 
 
 def _pids(proc: str) -> list[str]:

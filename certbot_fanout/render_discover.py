@@ -241,6 +241,11 @@ def _consumer_value(c: MapConsumer) -> dict[str, object]:
     if c.host is not None:
         body["host"] = _Quoted(c.host)
     body["certificate"] = _Quoted(c.certificate)
+    if c.container is not None:
+        container = _FlowMap({"name": _Quoted(c.container)})
+        if c.engine is not None:
+            container["engine"] = _Quoted(c.engine)
+        body["container"] = container
     if isinstance(c.files, str):
         body["files"] = _Quoted(c.files)
     elif c.files:

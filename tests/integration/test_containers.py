@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.support.cli import explain, run
 from tests.support.docker import (
@@ -654,6 +656,73 @@ def test_discover_lists_containers_carrying_the_certificate_and_processes_on_an_
     pid = box.dockerd.docker("inspect", "-f", "{{.State.Pid}}", "fanout-stale").stdout.strip()
     assert "PROCESSES THAT READ AN OLD COPY:" in out
     assert f"PID {pid} (nginx)  /certs/fullchain.pem  {CERT} STALE" in out, out
+
+
+def test_discover_writes_a_first_map_with_a_consumer_for_each_container(box: Box) -> None:
+    port, other_port = free_port(), free_port()
+    certs = box.certs_dir("first-dir")
+    box.start("fanout-first-dir", port, f"{certs}:/certs:ro")
+    single = box.certs_dir("first-file")
+    box.start(
+        "fanout-first-file",
+        other_port,
+        f"{single}/fullchain.pem:/certs/fullchain.pem:ro",
+        f"{single}/privkey.pem:/certs/privkey.pem:ro",
+    )
+    # The map names the test's engine (discover asks the engines a map names).
+    files = [{"path": "/nonexistent/x.pem", "content": "fullchain"}]
+    config = box.map({"other": box.consumer({"name": "fanout-nowhere"}, files, port)})
+    written = box.work / "first.yaml"
+
+    result = run([
+        str(box.fanout), "discover", "--config", str(config),
+        "--config-dir", str(box.lineages.config_dir), "--cert-name", CERT,
+        "--path", str(box.work), "--write-map", str(written),
+    ])  # fmt: skip
+
+    assert written.exists(), explain(result)
+    first = yaml.safe_load(written.read_text())["consumers"]
+    assert first["fanout-first-dir"]["container"] == {
+        "name": "fanout-first-dir",
+        "engine": str(box.dockerd.socket),
+    }, first
+    assert first["fanout-first-file"]["container"]["name"] == "fanout-first-file"
+    for name, where in (("fanout-first-dir", certs), ("fanout-first-file", single)):
+        paths = [f["path"] for f in first[name]["files"]]
+        assert paths[0] == str(where / "fullchain.pem"), first[name]
+    assert "single-file bind mount" in first["fanout-first-file"]["notes"]
+    assert "single-file" not in first["fanout-first-dir"]["notes"]
+    # The copies the containers mount, and the ports their nginx listens on, are theirs: no
+    # consumer of their own (nor an "nginx" of this host for the listeners).
+    assert sorted(first) == ["fanout-first-dir", "fanout-first-file"], written.read_text()
+    assert [e["port"] for e in first["fanout-first-dir"]["verify"]] == [port]
+    assert [e["port"] for e in first["fanout-first-file"]["verify"]] == [other_port]
+
+    # Filled in, it is a map check reads: the directory mount is fine, the single file is
+    # what deploy would refuse.
+    written.write_text(_filled(written.read_text(), certs, single))
+    for where in (certs, single):
+        (where / "privkey.pem").chmod(0o600)  # as the map says (copyfile left it 0644)
+    checked = run([
+        str(box.fanout), "check", "--config", str(written),
+        "--config-dir", str(box.lineages.config_dir), "--no-probe",
+    ])  # fmt: skip
+    assert checked.returncode == 1, explain(checked)
+    assert "fanout-first-file" in checked.stdout and "single-file bind mount" in checked.stdout
+    assert "fanout-first-dir:" not in checked.stdout, explain(checked)
+
+
+def _filled(text: str, *dirs: Path) -> str:
+    """The written map with each key path to fill in set to the privkey.pem beside the
+    certificate it goes with, and each reload to a signal."""
+    out = []
+    for line in text.splitlines():
+        if '"<fill in: the path on this host of the private key' in line:
+            where = next(d for d in dirs if f"fanout-first-{d.name.split('-')[-1]}" in line)
+            line = re.sub(r'"<fill in: [^"]*>"', f'"{where}/privkey.pem"', line)
+        line = re.sub(r'reload: "<fill in: [^"]*>"', "reload: {signal: HUP}", line)
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def test_check_looks_at_the_containers_and_not_at_paths_copied_into_them(box: Box) -> None:

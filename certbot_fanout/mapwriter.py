@@ -364,9 +364,8 @@ def _container_consumers(
 ) -> tuple[list[MapConsumer], list[LeftOut]]:
     """One consumer per running container whose mounts carry a lineage's certificate (per
     certificate, if it carries several), whether the map covers it or not, as for any find
-    of a first map. Two containers that
-    mount the same files (replicas) are one consumer's to find by label: the second is left
-    out with that said."""
+    of a first map. Two containers that mount the same files (replicas) are one consumer's
+    to find by label: the second is left out with that said."""
     groups: dict[tuple[str, str], list[ContainerFind]] = {}
     left_out: list[LeftOut] = []
     for find in finds:

@@ -146,15 +146,8 @@ def _find(
         mapped_by=mapped_by,
         copy=copy,
         engine=engine,
-        namespace=_namespace(container.pid),
+        namespace=procview.mount_namespace(container.pid) if container.pid > 0 else None,
     )
-
-
-def _namespace(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/mnt") if pid > 0 else None
-    except OSError:
-        return None
 
 
 def _views(lineages: Mapping[str, Lineage], deadline: float) -> list[ViewFind]:
@@ -162,16 +155,13 @@ def _views(lineages: Mapping[str, Lineage], deadline: float) -> list[ViewFind]:
     lineage's certificate through a bind mount of a replaced file."""
     found = []
     namespaces: set[str] = set()
-    ours = os.readlink("/proc/self/ns/mnt")
+    ours = procview.mount_namespace()
     pids = sorted(int(e) for e in os.listdir("/proc")[:MAX_PROCS] if e.isdigit())
     for pid in pids:
         if time.monotonic() > deadline:
             break
-        try:
-            namespace = os.readlink(f"/proc/{pid}/ns/mnt")
-        except OSError:
-            continue
-        if namespace == ours or namespace in namespaces:
+        namespace = procview.mount_namespace(pid)
+        if namespace is None or namespace == ours or namespace in namespaces:
             continue
         namespaces.add(namespace)
         for entry in procview.mounts_of(pid):

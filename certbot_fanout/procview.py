@@ -194,12 +194,18 @@ def binds_of(pid: int, path: str) -> list[MountEntry]:
     ]
 
 
+def mount_namespace(pid: int | str = "self") -> str | None:
+    """The mount namespace of ``pid`` (``mnt:[INODE]``; None: gone, or not readable)."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
+
 def own_namespace(pid: int) -> bool:
     """Whether ``pid`` has a mount namespace other than this process's."""
-    try:
-        return os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
-    except OSError:
-        return False
+    theirs = mount_namespace(pid)
+    return theirs is not None and theirs != mount_namespace()
 
 
 def why_stale(pid: int, path: str, restart: str = "restart it") -> str:

@@ -189,6 +189,15 @@ def wait_serving(port: int, timeout: float = 10) -> None:
             time.sleep(0.05)
 
 
+def file_mounts(certs: Path) -> tuple[str, str]:
+    """``docker run -v`` of each of the two files in ``certs`` on its own (single-file bind
+    mounts, the trap), at /certs."""
+    return (
+        f"{certs}/fullchain.pem:/certs/fullchain.pem:ro",
+        f"{certs}/privkey.pem:/certs/privkey.pem:ro",
+    )
+
+
 @pytest.fixture
 def box(
     fanout_bin: Path, dockerd: Dockerd, lineages: LineageFactory, tmp_path: Path
@@ -236,12 +245,7 @@ def test_a_single_file_bind_mount_is_refused_and_a_replaced_one_is_caught_by_sta
 ) -> None:
     port = free_port()
     certs = box.certs_dir("single")
-    box.start(
-        "fanout-single",
-        port,
-        f"{certs}/fullchain.pem:/certs/fullchain.pem:ro",
-        f"{certs}/privkey.pem:/certs/privkey.pem:ro",
-    )
+    box.start("fanout-single", port, *file_mounts(certs))
     old = box.served(port)
     box.renew()
     files = [
@@ -280,12 +284,7 @@ def test_a_single_file_bind_mount_with_inplace_is_rewritten_and_served_after_the
 ) -> None:
     port = free_port()
     certs = box.certs_dir("inplace")
-    box.start(
-        "fanout-inplace",
-        port,
-        f"{certs}/fullchain.pem:/certs/fullchain.pem:ro",
-        f"{certs}/privkey.pem:/certs/privkey.pem:ro",
-    )
+    box.start("fanout-inplace", port, *file_mounts(certs))
     inode = (certs / "privkey.pem").stat().st_ino
     box.renew()
     files = [
@@ -309,12 +308,7 @@ def test_a_single_file_bind_mount_is_placed_atomically_when_the_reload_restarts_
 ) -> None:
     port = free_port()
     certs = box.certs_dir("restart")
-    box.start(
-        "fanout-restart",
-        port,
-        f"{certs}/fullchain.pem:/certs/fullchain.pem:ro",
-        f"{certs}/privkey.pem:/certs/privkey.pem:ro",
-    )
+    box.start("fanout-restart", port, *file_mounts(certs))
     pid = box.dockerd.docker("inspect", "-f", "{{.State.Pid}}", "fanout-restart").stdout.strip()
     inode = (certs / "privkey.pem").stat().st_ino
     box.renew()
@@ -625,12 +619,7 @@ def test_discover_lists_containers_carrying_the_certificate_and_processes_on_an_
     certs = box.certs_dir("seen")
     box.start("fanout-seen", port, f"{certs}:/certs:ro")
     single = box.certs_dir("single-seen")
-    box.start(
-        "fanout-stale",
-        other_port,
-        f"{single}/fullchain.pem:/certs/fullchain.pem:ro",
-        f"{single}/privkey.pem:/certs/privkey.pem:ro",
-    )
+    box.start("fanout-stale", other_port, *file_mounts(single))
     box.renew()
     for part in ("fullchain.pem", "privkey.pem"):  # a naive hook's atomic replace
         shutil.copyfile(box.live / part, single / f".{part}.new")
@@ -663,12 +652,7 @@ def test_discover_writes_a_first_map_with_a_consumer_for_each_container(box: Box
     certs = box.certs_dir("first-dir")
     box.start("fanout-first-dir", port, f"{certs}:/certs:ro")
     single = box.certs_dir("first-file")
-    box.start(
-        "fanout-first-file",
-        other_port,
-        f"{single}/fullchain.pem:/certs/fullchain.pem:ro",
-        f"{single}/privkey.pem:/certs/privkey.pem:ro",
-    )
+    box.start("fanout-first-file", other_port, *file_mounts(single))
     # The map names the test's engine (discover asks the engines a map names).
     files = [{"path": "/nonexistent/x.pem", "content": "fullchain"}]
     config = box.map({"other": box.consumer({"name": "fanout-nowhere"}, files, port)})
@@ -728,12 +712,7 @@ def _filled(text: str, *dirs: Path) -> str:
 def test_check_looks_at_the_containers_and_not_at_paths_copied_into_them(box: Box) -> None:
     port = free_port()
     certs = box.certs_dir("checked")
-    box.start(
-        "fanout-checked",
-        port,
-        f"{certs}/fullchain.pem:/certs/fullchain.pem:ro",
-        f"{certs}/privkey.pem:/certs/privkey.pem:ro",
-    )
+    box.start("fanout-checked", port, *file_mounts(certs))
     files = [
         {"path": str(certs / "fullchain.pem"), "content": "fullchain"},
         {"path": "/inside-only/chain.pem", "content": "chain"},  # copied in
